@@ -1,0 +1,68 @@
+"""agentledger: every tool call and LLM call of an agent pipeline as a durable step in Redis."""
+
+from ._codec import Codec
+from ._context import current_idempotency_key, current_run, current_scope, scope
+from ._errors import (
+    ApprovalPending,
+    CorruptRecordError,
+    FencedOutError,
+    InDoubtStepError,
+    LedgerError,
+    LedgerUnavailableError,
+    NonDeterminismError,
+    PayloadTooLargeError,
+    RecordedStepError,
+    RunBusyError,
+    UnknownSchemaVersionError,
+    UnsupportedTypeError,
+)
+from ._ledger import Ledger, PendingApproval
+from ._records import (
+    Decision,
+    InDoubtPolicy,
+    RunRecord,
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+)
+from ._session import RunSession, StepCall, StepStart
+from ._step import aapproval, approval, step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApprovalPending",
+    "Codec",
+    "CorruptRecordError",
+    "Decision",
+    "FencedOutError",
+    "InDoubtPolicy",
+    "InDoubtStepError",
+    "Ledger",
+    "LedgerError",
+    "LedgerUnavailableError",
+    "NonDeterminismError",
+    "PayloadTooLargeError",
+    "PendingApproval",
+    "RecordedStepError",
+    "RunBusyError",
+    "RunRecord",
+    "RunSession",
+    "RunStatus",
+    "StepCall",
+    "StepKind",
+    "StepRecord",
+    "StepStart",
+    "StepStatus",
+    "UnknownSchemaVersionError",
+    "UnsupportedTypeError",
+    "__version__",
+    "aapproval",
+    "approval",
+    "current_idempotency_key",
+    "current_run",
+    "current_scope",
+    "scope",
+    "step",
+]

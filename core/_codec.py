@@ -1,0 +1,216 @@
+"""The value codec: JSON with type tags and an allow-list. Never pickle.
+
+Plain JSON values (None, bool, int, float, str, lists, dicts with str keys) are stored as they
+are. Any other type is stored as ``{"$al": TAG, "v": DATA}`` and comes back only if TAG is
+registered here; an unknown tag is a clear error, never an import by name. Adapters extend the
+allow-list (LangChain messages, Agents SDK items, CrewAI outputs); users register their own
+pydantic models and dataclasses with :meth:`Codec.register_pydantic` /
+:meth:`Codec.register_dataclass`.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import dataclasses
+import datetime as dt
+import decimal
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._errors import RecordedStepError, UnsupportedTypeError
+from ._records import Decision
+
+__all__ = ["Codec", "default_codec", "fingerprint_of"]
+
+TAG = "$al"
+Encoder = Callable[[Any], Any]
+Decoder = Callable[[Any], Any]
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Codec:
+    """Encodes values to JSON-able data and back, through an allow-list of types."""
+
+    def __init__(self) -> None:
+        self._encoders: dict[type, tuple[str, Encoder]] = {}
+        self._decoders: dict[str, Decoder] = {}
+        self._errors: dict[str, type[BaseException]] = {}
+        self._register_builtins()
+
+    # ---- the allow-list -------------------------------------------------------------------
+    def register(self, cls: type, tag: str, encode: Encoder, decode: Decoder) -> None:
+        """Allow ``cls``: ``encode`` turns an instance into codec-encodable data, ``decode``
+        turns that data (already decoded) back into an instance."""
+        self._encoders[cls] = (tag, encode)
+        self._decoders[tag] = decode
+
+    def register_pydantic(self, cls: type[BaseModel], tag: str | None = None) -> None:
+        """Allow a pydantic model class; it is stored as its JSON-mode dump."""
+
+        def encode(m: Any) -> Any:
+            return m.model_dump(mode="json", exclude_unset=False)
+
+        self.register(cls, tag or f"pydantic:{_qualname(cls)}", encode, cls.model_validate)
+
+    def register_dataclass(self, cls: type, tag: str | None = None) -> None:
+        """Allow a dataclass; its fields are encoded by this codec, recursively."""
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls!r} is not a dataclass")
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+        def encode(obj: Any) -> Any:
+            return {n: getattr(obj, n) for n in names}
+
+        def decode(data: Any) -> Any:
+            return cls(**data)
+
+        self.register(cls, tag or f"dataclass:{_qualname(cls)}", encode, decode)
+
+    def register_error(self, cls: type[BaseException]) -> None:
+        """Allow an exception class to be raised again, with its recorded message, on replay."""
+        self._errors[_qualname(cls)] = cls
+
+    def knows(self, cls: type) -> bool:
+        return cls in self._encoders
+
+    # ---- values ---------------------------------------------------------------------------
+    def encode(self, value: Any) -> Any:
+        """Return JSON-able data for ``value``; raise :class:`UnsupportedTypeError` if a type
+        in it is not allowed."""
+        t = type(value)
+        if value is None or t is bool or t is int or t is str:
+            return value
+        if t is float:
+            if value != value or value in (float("inf"), float("-inf")):
+                return {TAG: "float", "v": repr(value)}
+            return value
+        if t is list:
+            return [self.encode(v) for v in value]
+        if t is dict:
+            if all(type(k) is str for k in value) and TAG not in value:
+                return {k: self.encode(v) for k, v in value.items()}
+            return {TAG: "dict", "v": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
+        entry = self._encoders.get(t)
+        if entry is None:
+            entry = self._find_by_base(t)
+        if entry is None:
+            raise UnsupportedTypeError(
+                f"cannot record a value of type {_qualname(t)}: it is not on the codec's "
+                "allow-list. Register it with ledger.codec.register_pydantic(...), "
+                "register_dataclass(...) or register(...)."
+            )
+        tag, enc = entry
+        return {TAG: tag, "v": self.encode(enc(value))}
+
+    def _find_by_base(self, t: type) -> tuple[str, Encoder] | None:
+        # Subclasses of built-in containers and enums, and exceptions, have generic forms.
+        for base in t.__mro__[1:]:
+            entry = self._encoders.get(base)
+            if entry is not None and base in (tuple, set, frozenset, dt.datetime, dt.date):
+                return entry
+        return None
+
+    def decode(self, data: Any) -> Any:
+        t = type(data)
+        if t is list:
+            return [self.decode(v) for v in data]
+        if t is dict:
+            tag = data.get(TAG)
+            if tag is None:
+                return {k: self.decode(v) for k, v in data.items()}
+            if tag == "dict":
+                return {self.decode(k): self.decode(v) for k, v in data["v"]}
+            dec = self._decoders.get(tag)
+            if dec is None:
+                raise UnsupportedTypeError(
+                    f"recorded value has type tag {tag!r}, which is not on this codec's "
+                    "allow-list (register the type before replaying this run)"
+                )
+            return dec(self.decode(data["v"]))
+        return data
+
+    def dumps(self, value: Any) -> str:
+        return json.dumps(self.encode(value), separators=(",", ":"), ensure_ascii=False)
+
+    def loads(self, text: str | bytes) -> Any:
+        return self.decode(json.loads(text))
+
+    # ---- errors ---------------------------------------------------------------------------
+    def encode_error(self, exc: BaseException) -> dict[str, Any]:
+        args: Any
+        try:
+            args = self.encode(list(exc.args))
+        except UnsupportedTypeError:
+            args = None
+        return {"type": _qualname(type(exc)), "message": str(exc), "args": args}
+
+    def decode_error(self, data: dict[str, Any]) -> BaseException:
+        """The recorded exception, rebuilt if its class is allowed (built-in exceptions and
+        registered ones); otherwise a :class:`RecordedStepError` carrying its type and text."""
+        type_name = str(data.get("type", "Exception"))
+        message = str(data.get("message", ""))
+        cls = self._errors.get(type_name)
+        if cls is None and type_name.startswith("builtins."):
+            candidate = getattr(builtins, type_name.removeprefix("builtins."), None)
+            if isinstance(candidate, type) and issubclass(candidate, Exception):
+                cls = candidate
+        if cls is not None:
+            args = data.get("args")
+            try:
+                return cls(*self.decode(args)) if isinstance(args, list) else cls(message)
+            except Exception:
+                try:
+                    return cls(message)
+                except Exception:
+                    pass
+        return RecordedStepError(type_name, message)
+
+    # ---- the built-in allow-list ----------------------------------------------------------
+    def _register_builtins(self) -> None:
+        self.register(tuple, "tuple", list, tuple)
+        self.register(set, "set", list, set)
+        self.register(frozenset, "frozenset", list, frozenset)
+        self.register(bytes, "bytes", lambda b: base64.b64encode(b).decode(), base64.b64decode)
+        self.register(dt.datetime, "datetime", dt.datetime.isoformat, dt.datetime.fromisoformat)
+        self.register(dt.date, "date", dt.date.isoformat, dt.date.fromisoformat)
+        self.register(dt.timedelta, "timedelta", dt.timedelta.total_seconds,
+                      lambda s: dt.timedelta(seconds=s))
+        self.register(decimal.Decimal, "decimal", str, decimal.Decimal)
+        self.register(uuid.UUID, "uuid", str, uuid.UUID)
+        self._decoders["float"] = float
+        self.register_pydantic(Decision, "agentledger.Decision")
+
+
+def default_codec() -> Codec:
+    return Codec()
+
+
+def fingerprint_of(codec: Codec, call: Any) -> str:
+    """A digest of a call's normalised inputs. Values the codec cannot encode count by type
+    only (a client object, say): their repr often holds a memory address."""
+    try:
+        data = codec.encode(call)
+    except UnsupportedTypeError:
+        data = _loose(codec, call)
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _loose(codec: Codec, value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_loose(codec, v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _loose(codec, v) for k, v in value.items()}
+    try:
+        return codec.encode(value)
+    except UnsupportedTypeError:
+        return f"<{_qualname(type(value))}>"

@@ -1,0 +1,137 @@
+"""Every error agentledger raises, under one base class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ApprovalPending",
+    "CorruptRecordError",
+    "FencedOutError",
+    "InDoubtStepError",
+    "LedgerError",
+    "LedgerUnavailableError",
+    "NonDeterminismError",
+    "PayloadTooLargeError",
+    "RecordedStepError",
+    "RunBusyError",
+    "UnknownSchemaVersionError",
+    "UnsupportedTypeError",
+]
+
+
+class LedgerError(Exception):
+    """Base class of every agentledger error."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """Redis could not be reached. The ledger fails closed: no unrecorded step runs."""
+
+
+class CorruptRecordError(LedgerError):
+    """A record read from Redis is not valid JSON or does not match its schema."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"corrupt record at {key!r}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+class UnknownSchemaVersionError(CorruptRecordError):
+    """A record was written by a newer agentledger than this one."""
+
+    def __init__(self, key: str, version: object, supported: int) -> None:
+        LedgerError.__init__(
+            self,
+            f"record at {key!r} has schema version {version!r}; this agentledger reads "
+            f"versions up to {supported}. Upgrade agentledger to read it.",
+        )
+        self.key = key
+        self.detail = f"schema version {version!r}"
+        self.version = version
+
+
+class PayloadTooLargeError(LedgerError):
+    """A value to record is larger than the ledger's ``max_payload_bytes``."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} is {size} bytes encoded, over the limit of {limit} bytes "
+            "(raise Ledger(max_payload_bytes=...) or return something smaller)"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class UnsupportedTypeError(LedgerError, TypeError):
+    """A value has a type the codec's allow-list does not know."""
+
+
+class FencedOutError(LedgerError):
+    """This process lost the run's lease to another one; its writes are refused."""
+
+
+class RunBusyError(LedgerError):
+    """Another live process holds the run's lease."""
+
+    def __init__(self, run_id: str, owner: str, remaining_ms: int) -> None:
+        super().__init__(
+            f"run {run_id!r} is held by {owner!r} for another {remaining_ms} ms "
+            "(pass on_busy='wait' to wait for it, or wait until the lease expires)"
+        )
+        self.run_id = run_id
+        self.owner = owner
+        self.remaining_ms = remaining_ms
+
+
+class NonDeterminismError(LedgerError):
+    """A replayed call does not match the call recorded under the same step key."""
+
+    def __init__(self, key: str, recorded: str, new: str) -> None:
+        super().__init__(
+            f"step {key!r} was recorded for a different call.\n"
+            f"  recorded: {recorded}\n  now:      {new}\n"
+            "The code or its inputs changed since the run started. Start a new run id, "
+            "or open the run with on_mismatch='replay' to accept the recorded result."
+        )
+        self.key = key
+        self.recorded = recorded
+        self.new = new
+
+
+class InDoubtStepError(LedgerError):
+    """A step started before a crash and recorded no outcome; its policy is to fail the run."""
+
+    def __init__(self, key: str, attempts: int, idempotency_key: str) -> None:
+        super().__init__(
+            f"step {key!r} is in doubt: attempt {attempts} started and recorded no outcome, "
+            "so nobody knows whether its side effect happened. Its in-doubt policy is 'fail'. "
+            f"Check the effect (idempotency key {idempotency_key!r}), then resolve it with "
+            "`agentledger approve RUN_ID STEP` (re-run) or `--reject`."
+        )
+        self.key = key
+        self.attempts = attempts
+        self.idempotency_key = idempotency_key
+
+
+class RecordedStepError(LedgerError):
+    """A recorded failure whose exception type is not on the codec's allow-list."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+class ApprovalPending(LedgerError):
+    """Raised inside a run when a step waits for a person; the run stops, holding nothing."""
+
+    def __init__(self, run_id: str, step_key: str, payload: Any = None) -> None:
+        super().__init__(
+            f"run {run_id!r} waits for a decision on step {step_key!r} "
+            f"(`agentledger approve {run_id} {step_key!r}`)"
+        )
+        self.run_id = run_id
+        self.step_key = step_key
+        self.payload = payload
+

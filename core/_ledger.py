@@ -1,0 +1,558 @@
+"""``Ledger``: the store of runs and steps on Redis, with sync and asyncio twins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript, Script
+from redis.retry import Retry
+
+from . import _scripts as lua
+from ._codec import Codec
+from ._errors import (
+    ApprovalPending,
+    CorruptRecordError,
+    LedgerError,
+    LedgerUnavailableError,
+    RunBusyError,
+    UnknownSchemaVersionError,
+)
+from ._keys import RunKeys, check_run_id, runs_index
+from ._records import (
+    SCHEMA_VERSION,
+    Decision,
+    InDoubtPolicy,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    parse_step_meta,
+)
+from ._session import RunSession
+
+__all__ = ["Ledger", "PendingApproval"]
+
+_SCRIPTS = {
+    "acquire": lua.ACQUIRE_RUN,
+    "renew": lua.RENEW_LEASE,
+    "finish": lua.FINISH_RUN,
+    "claim": lua.CLAIM_STEP,
+    "complete": lua.COMPLETE_STEP,
+    "decide": lua.DECIDE_STEP,
+    "delete": lua.DELETE_RUN,
+}
+
+
+def _retry() -> Retry:
+    # Ride out a Redis restart (a few seconds) before failing closed. Every script is
+    # idempotent under one fencing token, so a retried call after a lost reply is safe.
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
+
+
+def _retry_async() -> Any:
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    return AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
+
+
+def _s(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+
+
+class PendingApproval(StepRecord):
+    """A step waiting for a person, with its run id and request payload decoded."""
+
+    run_id: str
+    payload: Any = None
+
+
+class Ledger:
+    """Runs and their steps in Redis.
+
+    Build one with :meth:`from_url` (``redis://``, ``rediss://``, ``unix://``; no URL and no
+    ``AGENTLEDGER_URL``: the embedded Redis in ``./.agentledger/``) or hand it a redis-py
+    client (the pool stays yours to close). One ``Ledger`` serves threads and event loops.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | None = None,
+        *,
+        url: str | None = None,
+        prefix: str = "agentledger",
+        codec: Codec | None = None,
+        lease_ms: int = 15_000,
+        completed_ttl_s: float | None = 7 * 24 * 3600,
+        max_payload_bytes: int = 8 * 1024 * 1024,
+        in_doubt: InDoubtPolicy | str = InDoubtPolicy.RERUN,
+        on_mismatch: str = "raise",
+    ) -> None:
+        if client is None and url is None:
+            raise TypeError("Ledger needs a redis client or a url (or use Ledger.from_url())")
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must be a non-empty string without braces")
+        if on_mismatch not in ("raise", "replay"):
+            raise ValueError("on_mismatch must be 'raise' or 'replay'")
+        if lease_ms < 100:
+            raise ValueError("lease_ms must be at least 100")
+        self.url = url
+        self.prefix = prefix
+        self.codec = codec or Codec()
+        self.lease_ms = int(lease_ms)
+        self.completed_ttl_s = completed_ttl_s
+        self.max_payload_bytes = int(max_payload_bytes)
+        self.in_doubt = InDoubtPolicy(in_doubt)
+        self.on_mismatch = on_mismatch
+        self._owns_client = client is None
+        if client is None:
+            assert url is not None
+            client = redis.Redis.from_url(
+                url, retry=_retry(), retry_on_error=[redis.ConnectionError, redis.TimeoutError]
+            )
+        self.redis: redis.Redis = client
+        self._scripts: dict[str, Script] = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
+        self._aclients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, AsyncScript]]
+        ] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, prefix: str = "agentledger", **options: Any) -> Ledger:
+        """A ledger on ``url``; ``None`` reads ``AGENTLEDGER_URL``, and if that is unset too,
+        starts (or joins) the embedded Redis in ``./.agentledger/``."""
+        url = url or os.environ.get("AGENTLEDGER_URL") or None
+        if url is None:
+            from ._embedded import embedded_url
+
+            url = embedded_url()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss:// or unix://")
+        return cls(url=url, prefix=prefix, **options)
+
+    # ---- clients --------------------------------------------------------------------------
+    def _async(self) -> tuple[aredis.Redis, dict[str, AsyncScript]]:
+        # redis.asyncio connections belong to one event loop: keep one client per loop.
+        loop = asyncio.get_running_loop()
+        entry = self._aclients.get(loop)
+        if entry is None:
+            kwargs = dict(self.redis.connection_pool.connection_kwargs)
+            conn_class = self.redis.connection_pool.connection_class
+            kwargs.pop("retry", None)
+            kwargs.pop("retry_on_error", None)
+            if issubclass(conn_class, redis.UnixDomainSocketConnection):
+                pool = aredis.ConnectionPool(
+                    connection_class=aredis.UnixDomainSocketConnection, **kwargs
+                )
+            elif issubclass(conn_class, redis.SSLConnection):
+                pool = aredis.ConnectionPool(connection_class=aredis.SSLConnection, **kwargs)
+            else:
+                pool = aredis.ConnectionPool(**kwargs)
+            client = aredis.Redis(
+                connection_pool=pool,
+                retry=_retry_async(),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            )
+            entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
+            self._aclients[loop] = entry
+        return entry
+
+    def keys(self, run_id: str) -> RunKeys:
+        return RunKeys(self.prefix, check_run_id(run_id))
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._scripts[name](keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
+        except redis.ResponseError as e:
+            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    async def ascript(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._async()[1][name](keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
+        except redis.ResponseError as e:
+            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    @contextmanager
+    def _calls(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable: {e}") from e
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.redis.close()
+
+    async def aclose(self) -> None:
+        entry = self._aclients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].aclose()
+
+    # ---- runs -----------------------------------------------------------------------------
+    def _owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def _acquire_args(self, run_id: str, kind: str, force: bool) -> tuple[list[str], list[Any]]:
+        k = self.keys(run_id)
+        return [k.run, k.steps, k.keyset], [self._owner(), self.lease_ms, "1" if force else "0",
+                                            kind, run_id, "1"]
+
+    def _busy_owner_is_dead(self, owner: str) -> bool:
+        # Same host and its pid is gone: the lease belongs to a crashed process of this
+        # machine, so waiting out the lease would only delay the restart.
+        host, _, rest = owner.partition(":")
+        pid_text = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid_text.isdigit():
+            return False
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def open_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
+                 wait_timeout_s: float | None = None) -> RunSession:
+        """Take the run's lease and load its recorded steps (one round trip); the caller
+        must :meth:`RunSession.finish` it. ``on_busy``: 'wait' for a live owner's lease to
+        expire (at most ``wait_timeout_s``), 'fail' at once, or 'takeover' (fence it out)."""
+        deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
+                                       else 2 * self.lease_ms / 1000)
+        force = on_busy == "takeover"
+        while True:
+            keys, args = self._acquire_args(run_id, kind, force)
+            with self._calls():
+                pipe = self.redis.pipeline(transaction=False)
+                self._scripts["acquire"](keys=keys, args=args, client=pipe)
+                pipe.zadd(runs_index(self.prefix), {run_id: int(time.time() * 1000)})
+                reply = pipe.execute()[0]
+            session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
+            if session is not None:
+                session.start_renewing()
+                return session
+            force = self._busy_owner_is_dead(_s(reply[1]))
+            if not force:
+                time.sleep(min(0.2, max(0.01, reply[2] / 1000)))
+
+    async def aopen_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
+                        wait_timeout_s: float | None = None) -> RunSession:
+        deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
+                                       else 2 * self.lease_ms / 1000)
+        force = on_busy == "takeover"
+        client, scripts = self._async()
+        while True:
+            keys, args = self._acquire_args(run_id, kind, force)
+            with self._calls():
+                pipe = client.pipeline(transaction=False)
+                await scripts["acquire"](keys=keys, args=args, client=pipe)
+                pipe.zadd(runs_index(self.prefix), {run_id: int(time.time() * 1000)})
+                reply = (await pipe.execute())[0]
+            session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
+            if session is not None:
+                session.start_renewing()
+                return session
+            force = self._busy_owner_is_dead(_s(reply[1]))
+            if not force:
+                await asyncio.sleep(min(0.2, max(0.01, reply[2] / 1000)))
+
+    def _after_acquire(self, run_id: str, kind: str, owner: str, reply: list[Any],
+                       on_busy: str, deadline: float) -> RunSession | None:
+        tag = _s(reply[0])
+        if tag == "VERSION":
+            raise UnknownSchemaVersionError(self.keys(run_id).run, _s(reply[1]), SCHEMA_VERSION)
+        if tag == "BUSY":
+            if on_busy == "fail" or time.monotonic() > deadline:
+                raise RunBusyError(run_id, _s(reply[1]), int(reply[2]))
+            return None
+        return RunSession(self, run_id, owner=owner, fence=int(reply[1]), steps=reply[3], kind=kind)
+
+    @contextmanager
+    def run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
+            wait_timeout_s: float | None = None) -> Iterator[RunSession]:
+        """Run the block as run ``run_id``: steps inside are durable. Leaving normally marks
+        the run completed; an exception marks it failed; :class:`ApprovalPending` marks it
+        waiting (and propagates, so the caller knows the run stopped for a person)."""
+        session = self.open_run(run_id, kind=kind, on_busy=on_busy, wait_timeout_s=wait_timeout_s)
+        token = session.activate()
+        try:
+            yield session
+        except ApprovalPending:
+            session.finish(RunStatus.WAITING)
+            raise
+        except BaseException as e:
+            session.finish(RunStatus.FAILED, error=e)
+            raise
+        else:
+            session.finish(RunStatus.COMPLETED)
+        finally:
+            session.deactivate(token)
+
+    @asynccontextmanager
+    async def arun(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
+                   wait_timeout_s: float | None = None) -> AsyncIterator[RunSession]:
+        session = await self.aopen_run(run_id, kind=kind, on_busy=on_busy,
+                                       wait_timeout_s=wait_timeout_s)
+        token = session.activate()
+        try:
+            yield session
+        except ApprovalPending:
+            await session.afinish(RunStatus.WAITING)
+            raise
+        except BaseException as e:
+            await session.afinish(RunStatus.FAILED, error=e)
+            raise
+        else:
+            await session.afinish(RunStatus.COMPLETED)
+        finally:
+            session.deactivate(token)
+
+    # ---- reading --------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunRecord | None:
+        k = self.keys(run_id)
+        with self._calls():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(k.run)
+            pipe.pttl(k.run)
+            h, ttl = pipe.execute()
+        return self._run_record(k, h, ttl)
+
+    async def aget_run(self, run_id: str) -> RunRecord | None:
+        k = self.keys(run_id)
+        with self._calls():
+            pipe = self._async()[0].pipeline(transaction=False)
+            pipe.hgetall(k.run)
+            pipe.pttl(k.run)
+            h, ttl = await pipe.execute()
+        return self._run_record(k, h, ttl)
+
+    @staticmethod
+    def _run_record(k: RunKeys, h: dict[bytes, bytes], ttl: int) -> RunRecord | None:
+        if not h:
+            return None
+        return RunRecord.from_hash(k.run, {_s(a): _s(b) for a, b in h.items()}, ttl)
+
+    def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        """Runs, newest update first; ``status`` may be a :class:`RunStatus` or 'stalled'
+        (running, but its lease expired: its process died)."""
+        with self._calls():
+            ids = [_s(x) for x in self.redis.zrevrange(runs_index(self.prefix), 0, -1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for rid in ids:
+                k = RunKeys(self.prefix, rid)
+                pipe.hgetall(k.run)
+                pipe.pttl(k.run)
+            replies = pipe.execute() if ids else []
+        return self._filter_runs(ids, replies, status, limit)
+
+    async def alist_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
+        client = self._async()[0]
+        with self._calls():
+            ids = [_s(x) for x in await client.zrevrange(runs_index(self.prefix), 0, -1)]
+            pipe = client.pipeline(transaction=False)
+            for rid in ids:
+                k = RunKeys(self.prefix, rid)
+                pipe.hgetall(k.run)
+                pipe.pttl(k.run)
+            replies = await pipe.execute() if ids else []
+        return self._filter_runs(ids, replies, status, limit)
+
+    def _filter_runs(self, ids: list[str], replies: list[Any], status: str | None,
+                     limit: int) -> list[RunRecord]:
+        now = int(time.time() * 1000)
+        out: list[RunRecord] = []
+        for i, rid in enumerate(ids):
+            rec = self._run_record(RunKeys(self.prefix, rid), replies[2 * i], replies[2 * i + 1])
+            if rec is None:
+                continue  # expired; `gc` drops it from the index
+            if status == "stalled":
+                if not (rec.status == RunStatus.RUNNING and rec.lease_until < now):
+                    continue
+            elif status is not None and rec.status != status:
+                continue
+            out.append(rec)
+            if len(out) >= limit:
+                break
+        return out
+
+    def steps(self, run_id: str, scope: str | None = None) -> list[StepRecord]:
+        """The run's step records in the order they started (one round trip). With
+        ``scope``, only the steps in that scope and below."""
+        k = self.keys(run_id)
+        with self._calls():
+            h = self.redis.hgetall(k.steps)
+        return self._step_records(k, h, scope)
+
+    async def asteps(self, run_id: str, scope: str | None = None) -> list[StepRecord]:
+        k = self.keys(run_id)
+        with self._calls():
+            h = await self._async()[0].hgetall(k.steps)
+        return self._step_records(k, h, scope)
+
+    @staticmethod
+    def _step_records(k: RunKeys, h: dict[bytes, bytes], scope: str | None) -> list[StepRecord]:
+        fields = {_s(a): b for a, b in h.items()}
+        out = []
+        for f, raw in fields.items():
+            if not f.startswith("m:"):
+                continue
+            name = f[2:]
+            meta = parse_step_meta(f"{k.steps} {f}", raw)
+            if scope is not None and not (meta.scope == scope or meta.scope.startswith(scope + "/")):
+                continue
+            outcome = fields.get("r:" + name)
+            request = fields.get("a:" + name)
+            out.append(StepRecord(**meta.model_dump(), outcome=_s(outcome) if outcome else None,
+                                  request=_s(request) if request else None))
+        out.sort(key=lambda r: r.seq)
+        return out
+
+    def pending_approvals(self, run_id: str | None = None) -> list[PendingApproval]:
+        runs = [run_id] if run_id else [r.run_id for r in self.list_runs(limit=10_000)
+                                        if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
+        out = []
+        for rid in runs:
+            out.extend(self._pending(rid, self.steps(rid)))
+        return out
+
+    async def apending_approvals(self, run_id: str | None = None) -> list[PendingApproval]:
+        runs = [run_id] if run_id else [r.run_id for r in await self.alist_runs(limit=10_000)
+                                        if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
+        out = []
+        for rid in runs:
+            out.extend(self._pending(rid, await self.asteps(rid)))
+        return out
+
+    def _pending(self, run_id: str, steps: list[StepRecord]) -> list[PendingApproval]:
+        out = []
+        for s in steps:
+            if s.status != StepStatus.WAITING:
+                continue
+            payload = None
+            if s.request:
+                try:
+                    payload = self.codec.loads(s.request)
+                except (LedgerError, ValueError):
+                    payload = s.request
+            out.append(PendingApproval(**s.model_dump(), run_id=run_id, payload=payload))
+        return out
+
+    # ---- decisions ------------------------------------------------------------------------
+    def _decide_args(self, run_id: str, step: str | None, approved: bool, by: str | None,
+                     note: str | None, payload: Any) -> tuple[list[str], list[Any]]:
+        k = self.keys(run_id)
+        d = Decision(approved=approved, by=by, note=note, payload=payload,
+                     at=int(time.time() * 1000))
+        approval_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": True,
+                                       "value": self.codec.encode(d)}, separators=(",", ":"))
+        # An in-doubt step: approve = run it again (same idempotency key), approve with a
+        # payload = it did happen and this is its result, reject = it fails.
+        if not approved:
+            doubt_status = "failed"
+            doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": False, "error": {
+                "type": "agentledger.StepRejected",
+                "message": f"rejected by {by or 'a person'}" + (f": {note}" if note else "")}})
+        elif payload is not None:
+            doubt_status = "completed"
+            doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": True,
+                                        "value": self.codec.encode(payload)})
+        else:
+            doubt_status, doubt_outcome = "retry", ""
+        return [k.run, k.steps], [step or "", "completed", approval_outcome, doubt_status,
+                                  doubt_outcome]
+
+    def _after_decide(self, run_id: str, reply: list[Any]) -> str:
+        tag = _s(reply[0])
+        if tag == "OK":
+            return _s(reply[1])
+        if tag == "AMBIGUOUS":
+            n = int(reply[1])
+            raise LedgerError(f"run {run_id!r} has {n} waiting steps; name the step"
+                              if n else f"run {run_id!r} has no step waiting for a decision")
+        if tag == "NOSTEP":
+            raise LedgerError(f"run {run_id!r} has no step {_s(reply[1])!r}")
+        if tag == "NOTWAITING":
+            raise LedgerError(f"step {_s(reply[1])!r} of run {run_id!r} is {_s(reply[2])}, "
+                              "not waiting for a decision")
+        raise CorruptRecordError(self.keys(run_id).steps, f"step metadata: {_s(reply[1])[:80]!r}")
+
+    def decide(self, run_id: str, step: str | None = None, *, approved: bool = True,
+               by: str | None = None, note: str | None = None, payload: Any = None) -> str:
+        """Record a person's decision on a waiting step (the run's only one if ``step`` is
+        None) and return the step key. The run continues from there when started again."""
+        keys, args = self._decide_args(run_id, step, approved, by, note, payload)
+        return self._after_decide(run_id, self.script("decide", keys, args))
+
+    async def adecide(self, run_id: str, step: str | None = None, *, approved: bool = True,
+                      by: str | None = None, note: str | None = None, payload: Any = None) -> str:
+        keys, args = self._decide_args(run_id, step, approved, by, note, payload)
+        return self._after_decide(run_id, await self.ascript("decide", keys, args))
+
+    # ---- housekeeping ---------------------------------------------------------------------
+    def track_key(self, run_id: str, key: str) -> None:
+        """Expire and delete ``key`` (an adapter's own, in the run's slot) with the run."""
+        with self._calls():
+            self.redis.sadd(self.keys(run_id).keyset, key)
+
+    async def atrack_key(self, run_id: str, key: str) -> None:
+        with self._calls():
+            await self._async()[0].sadd(self.keys(run_id).keyset, key)
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete everything the run wrote; return the number of keys removed."""
+        k = self.keys(run_id)
+        n = int(self.script("delete", [k.run, k.steps, k.keyset], []))
+        with self._calls():
+            self.redis.zrem(runs_index(self.prefix), run_id)
+        return n
+
+    async def adelete_run(self, run_id: str) -> int:
+        k = self.keys(run_id)
+        n = int(await self.ascript("delete", [k.run, k.steps, k.keyset], []))
+        with self._calls():
+            await self._async()[0].zrem(runs_index(self.prefix), run_id)
+        return n
+
+    def gc(self) -> int:
+        """Drop index entries of runs whose keys expired; return how many."""
+        with self._calls():
+            ids = [_s(x) for x in self.redis.zrange(runs_index(self.prefix), 0, -1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for rid in ids:
+                pipe.exists(RunKeys(self.prefix, rid).run)
+            gone = [rid for rid, e in zip(ids, pipe.execute() if ids else [], strict=True) if not e]
+            if gone:
+                self.redis.zrem(runs_index(self.prefix), *gone)
+        return len(gone)
+
+    async def agc(self) -> int:
+        client = self._async()[0]
+        with self._calls():
+            ids = [_s(x) for x in await client.zrange(runs_index(self.prefix), 0, -1)]
+            pipe = client.pipeline(transaction=False)
+            for rid in ids:
+                pipe.exists(RunKeys(self.prefix, rid).run)
+            res = await pipe.execute() if ids else []
+            gone = [rid for rid, e in zip(ids, res, strict=True) if not e]
+            if gone:
+                await client.zrem(runs_index(self.prefix), *gone)
+        return len(gone)

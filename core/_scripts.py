@@ -1,0 +1,237 @@
+"""Lua scripts of the ledger, one atomic round trip each.
+
+Each script touches only the keys of one run (one hash tag, so one Cluster slot). Times are the
+Redis server's clock (``TIME``), so the lease does not depend on the clients' clocks agreeing.
+Step metadata (``m:<key>``) is small JSON of strings and integers that the scripts read and
+update with cjson; outcomes (``r:<key>``) are opaque to Lua, so their numbers never pass
+through cjson's float formatting.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE_RUN", "CLAIM_STEP", "COMPLETE_STEP", "DECIDE_STEP", "DELETE_RUN",
+           "FINISH_RUN", "RENEW_LEASE"]
+
+_NOW = """
+local __t = redis.call('TIME')
+local now = tonumber(__t[1]) * 1000 + math.floor(tonumber(__t[2]) / 1000)
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set
+# ARGV[1] owner, ARGV[2] lease ms, ARGV[3] '1' to take over a live lease, ARGV[4] kind,
+# ARGV[5] run id, ARGV[6] '1' to return the run's step records
+# -> {'BUSY', owner, remaining ms} | {'VERSION', v} | {'OK', fence, now, {field, value, ...}}
+ACQUIRE_RUN = _NOW + """
+local run = KEYS[1]
+local v = redis.call('HGET', run, 'v')
+if v and v ~= '1' then return {'VERSION', v} end
+local owner = redis.call('HGET', run, 'owner')
+local lease_until = tonumber(redis.call('HGET', run, 'lease_until') or '0') or 0
+if owner and owner ~= '' and owner ~= ARGV[1] and lease_until > now and ARGV[3] ~= '1' then
+  return {'BUSY', owner, lease_until - now}
+end
+local fence = redis.call('HINCRBY', run, 'fence', 1)
+if not v then
+  redis.call('HSET', run, 'v', '1', 'run_id', ARGV[5], 'kind', ARGV[4], 'created', now,
+             'steps_total', 0, 'steps_done', 0, 'seq', 0)
+end
+redis.call('HSET', run, 'owner', ARGV[1], 'lease_until', now + tonumber(ARGV[2]),
+           'status', 'running', 'updated', now, 'ended', 0, 'last_error', '')
+-- A run that ended had a TTL; running again, it keeps its keys.
+redis.call('PERSIST', run)
+redis.call('PERSIST', KEYS[2])
+redis.call('PERSIST', KEYS[3])
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('PERSIST', k) end
+local steps = {}
+if ARGV[6] == '1' then steps = redis.call('HGETALL', KEYS[2]) end
+return {'OK', fence, now, steps}
+"""
+
+# KEYS[1] run hash; ARGV[1] fence, ARGV[2] lease ms -> 1 renewed | 0 fenced out
+RENEW_LEASE = _NOW + """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_until', now + tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set
+# ARGV[1] fence, ARGV[2] status, ARGV[3] last error, ARGV[4] ttl ms (0: none)
+# -> 1 | 0 fenced out
+FINISH_RUN = _NOW + """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+local status = ARGV[2]
+redis.call('HSET', KEYS[1], 'status', status, 'updated', now, 'owner', '', 'lease_until', 0,
+           'last_error', ARGV[3])
+if status == 'completed' or status == 'failed' then
+  redis.call('HSET', KEYS[1], 'ended', now)
+  local ttl = tonumber(ARGV[4])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('PEXPIRE', k, ttl) end
+    redis.call('PEXPIRE', KEYS[3], ttl)
+  end
+end
+return 1
+"""
+
+_DECODE_META = """
+local function decode_meta(raw)
+  local ok, m = pcall(cjson.decode, raw)
+  if not ok or type(m) ~= 'table' or m.v ~= 1 or type(m.status) ~= 'string' then return nil end
+  return m
+end
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash
+# ARGV[1] step key, ARGV[2] fence, ARGV[3] metadata JSON of a new record, ARGV[4] mode
+# ('claim': the attempt starts now | 'approval': the step waits for a person), ARGV[5] the
+# in-doubt policy ('rerun' | 'fail' | 'ask'), ARGV[6] approval request payload (mode approval)
+# -> {'FENCED', fence} | {'CORRUPT', raw} | {'DONE', meta, outcome} | {'WAITING', meta}
+#    | {'INDOUBT', meta} | {'CLAIMED', meta}
+CLAIM_STEP = _NOW + _DECODE_META + """
+local fence = redis.call('HGET', KEYS[1], 'fence')
+if fence ~= ARGV[2] then return {'FENCED', fence or ''} end
+local mkey = 'm:' .. ARGV[1]
+local raw = redis.call('HGET', KEYS[2], mkey)
+if raw then
+  local m = decode_meta(raw)
+  if not m then return {'CORRUPT', raw} end
+  local st = m.status
+  if st == 'completed' or st == 'failed' then
+    return {'DONE', raw, redis.call('HGET', KEYS[2], 'r:' .. ARGV[1]) or ''}
+  end
+  if st == 'waiting' then return {'WAITING', raw} end
+  if st == 'running' and tostring(m.fence) == fence then
+    return {'CLAIMED', raw}  -- this lease's own attempt: a retried claim
+  end
+  if st == 'running' and ARGV[5] ~= 'rerun' then
+    if ARGV[5] == 'ask' then
+      m.status = 'waiting'
+      m.doubt = 1
+      raw = cjson.encode(m)
+      redis.call('HSET', KEYS[2], mkey, raw)
+      return {'WAITING', raw}
+    end
+    return {'INDOUBT', raw}
+  end
+  -- 'running' under the rerun policy, or 'retry' (a person allowed it): a new attempt.
+  m.status = 'running'
+  m.attempts = m.attempts + 1
+  m.fence = tonumber(fence)
+  m.started = now
+  m.doubt = 0
+  raw = cjson.encode(m)
+  redis.call('HSET', KEYS[2], mkey, raw)
+  return {'CLAIMED', raw}
+end
+local m = cjson.decode(ARGV[3])
+m.seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+m.attempts = 1
+m.fence = tonumber(fence)
+m.started = now
+m.ended = 0
+if ARGV[4] == 'approval' then
+  m.status = 'waiting'
+  redis.call('HSET', KEYS[2], 'a:' .. ARGV[1], ARGV[6])
+else
+  m.status = 'running'
+end
+raw = cjson.encode(m)
+redis.call('HSET', KEYS[2], mkey, raw)
+redis.call('HINCRBY', KEYS[1], 'steps_total', 1)
+return {'CLAIMED', raw}
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash
+# ARGV[1] step key, ARGV[2] fence, ARGV[3] 'completed' | 'failed', ARGV[4] outcome JSON,
+# ARGV[5] metadata JSON for a step recorded without an intent (one round trip per LLM call)
+# -> {'OK', meta} | {'FENCED', fence} | {'CORRUPT', raw} | {'DONE', meta, outcome}
+COMPLETE_STEP = _NOW + _DECODE_META + """
+local fence = redis.call('HGET', KEYS[1], 'fence')
+if fence ~= ARGV[2] then return {'FENCED', fence or ''} end
+local mkey = 'm:' .. ARGV[1]
+local raw = redis.call('HGET', KEYS[2], mkey)
+local m
+if raw then
+  m = decode_meta(raw)
+  if not m then return {'CORRUPT', raw} end
+  if m.status == 'completed' or m.status == 'failed' then
+    if tostring(m.fence) == fence then return {'OK', raw} end  -- a retried write
+    return {'DONE', raw, redis.call('HGET', KEYS[2], 'r:' .. ARGV[1]) or ''}
+  end
+else
+  m = cjson.decode(ARGV[5])
+  m.seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  m.attempts = 1
+  m.started = now
+  redis.call('HINCRBY', KEYS[1], 'steps_total', 1)
+end
+m.status = ARGV[3]
+m.fence = tonumber(fence)
+m.ended = now
+m.doubt = 0
+raw = cjson.encode(m)
+redis.call('HSET', KEYS[2], mkey, raw, 'r:' .. ARGV[1], ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'steps_done', 1)
+return {'OK', raw}
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash
+# ARGV[1] step key ('' = the run's only waiting step), ARGV[2] new status for an approval
+# ('completed'), ARGV[3] its outcome JSON, ARGV[4] new status for an in-doubt step
+# ('retry' | 'completed' | 'failed'), ARGV[5] its outcome JSON ('' = none)
+# -> {'OK', key, meta} | {'NOSTEP', key} | {'NOTWAITING', key, status} | {'AMBIGUOUS', n}
+#    | {'CORRUPT', raw}
+DECIDE_STEP = _NOW + _DECODE_META + """
+local key = ARGV[1]
+local holder = redis.call('HGET', KEYS[1], 'owner')
+local held_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
+local live = holder and holder ~= '' and held_until > now
+if key == '' then
+  local found = {}
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.sub(f, 1, 2) == 'm:' then
+      local m = decode_meta(all[i + 1])
+      if m and (m.status == 'waiting' or (m.status == 'running' and not live)) then
+        table.insert(found, string.sub(f, 3))
+      end
+    end
+  end
+  if #found ~= 1 then return {'AMBIGUOUS', #found} end
+  key = found[1]
+end
+local mkey = 'm:' .. key
+local raw = redis.call('HGET', KEYS[2], mkey)
+if not raw then return {'NOSTEP', key} end
+local m = decode_meta(raw)
+if not m then return {'CORRUPT', raw} end
+if m.status == 'running' then
+  -- An attempt without an outcome in a run nobody holds: an in-doubt step (policy 'fail').
+  if live then return {'NOTWAITING', key, 'running'} end
+  m.doubt = 1
+elseif m.status ~= 'waiting' then
+  return {'NOTWAITING', key, m.status}
+end
+local status, outcome = ARGV[2], ARGV[3]
+if m.doubt == 1 then status, outcome = ARGV[4], ARGV[5] end
+m.status = status
+if status ~= 'retry' then
+  m.ended = now
+  redis.call('HINCRBY', KEYS[1], 'steps_done', 1)
+end
+raw = cjson.encode(m)
+redis.call('HSET', KEYS[2], mkey, raw)
+if outcome ~= '' then redis.call('HSET', KEYS[2], 'r:' .. key, outcome) end
+redis.call('HSET', KEYS[1], 'updated', now)
+return {'OK', key, raw}
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set -> number of keys deleted
+DELETE_RUN = """
+local n = 0
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do n = n + redis.call('DEL', k) end
+return n + redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+"""

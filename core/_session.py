@@ -1,0 +1,453 @@
+"""``RunSession``: one process's hold on one run, and the step protocol adapters call.
+
+A session takes the run's lease (bumping its fencing token) and loads every recorded step of the
+run in the same round trip. While it holds the lease, nobody else writes to the run, so that
+snapshot is authoritative: a step found completed in it replays with no round trip, a step absent
+from it is live. A live step costs one round trip to record its intent (skipped for calls with no
+side effect, such as LLM calls) and one to record its outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import Token
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import _context
+from ._faults import crash_point
+from ._errors import (
+    ApprovalPending,
+    CorruptRecordError,
+    FencedOutError,
+    InDoubtStepError,
+    LedgerError,
+    NonDeterminismError,
+    PayloadTooLargeError,
+    UnsupportedTypeError,
+)
+from ._keys import RunKeys, runs_index
+from ._records import (
+    SCHEMA_VERSION,
+    Decision,
+    InDoubtPolicy,
+    RunStatus,
+    StepKind,
+    StepMeta,
+    StepStatus,
+    parse_outcome,
+    parse_step_meta,
+)
+
+if TYPE_CHECKING:
+    from ._ledger import Ledger
+
+__all__ = ["RunSession", "StepCall", "StepStart"]
+
+log = logging.getLogger("agentledger")
+T = TypeVar("T")
+_PREVIEW = 160
+
+
+def _s(b: bytes | str) -> str:
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+
+
+@dataclass(slots=True)
+class StepCall:
+    """What an adapter is about to call."""
+
+    kind: StepKind | str
+    name: str
+    inputs: Any = None  # normalised inputs: the fingerprint and the preview come from them
+    scope: str | None = None  # None: the current scope (agentledger.scope / the adapter's)
+    call_id: str | None = None  # a replayed id from the framework (a tool call id): the key
+    preview: str | None = None
+    policy: InDoubtPolicy | str | None = None  # None: the ledger's default
+    intent: bool = True  # False: record only the outcome (no side effect to guard)
+
+
+@dataclass(slots=True)
+class StepStart:
+    """A step begun: either replayed (its outcome is known) or live (the caller runs it)."""
+
+    key: str
+    idempotency_key: str
+    replayed: bool
+    attempt: int = 1
+    fingerprint: str = ""
+    preview: str = ""
+    call: StepCall | None = None
+    scope: str = ""
+    outcome: dict[str, Any] | None = field(default=None, repr=False)
+    t0: float = 0.0
+
+
+class RunSession:
+    """The lease on one run held by this process. Made by ``Ledger.open_run``/``run``."""
+
+    def __init__(self, ledger: Ledger, run_id: str, *, owner: str, fence: int,
+                 steps: list[Any], kind: str = "") -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.kind = kind
+        self.owner = owner
+        self.fence = fence
+        self.keys = RunKeys(ledger.prefix, run_id)
+        self.codec = ledger.codec
+        self.fenced = False
+        self.finished = False
+        self.executed = 0  # steps executed live by this session
+        self.replayed = 0  # steps answered from records
+        self._meta: dict[str, bytes] = {}
+        self._outcomes: dict[str, bytes] = {}
+        for i in range(0, len(steps), 2):
+            f = _s(steps[i])
+            if f.startswith("m:"):
+                self._meta[f[2:]] = steps[i + 1]
+            elif f.startswith("r:"):
+                self._outcomes[f[2:]] = steps[i + 1]
+        self._counters: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._fence_arg = str(fence)
+        self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start_renewing(self) -> None:
+        self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
+                                         name=f"agentledger-lease-{self.run_id}")
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        interval = self.ledger.lease_ms / 3000
+        while not self._stop.wait(interval):
+            try:
+                ok = self.ledger.script("renew", [self.keys.run], [self._fence_arg,
+                                                                   self.ledger.lease_ms])
+            except LedgerError as e:
+                log.warning("agentledger: could not renew the lease of %r: %s", self.run_id, e)
+                continue
+            if not ok:
+                self.fenced = True
+                log.error("agentledger: run %r was taken over by another process", self.run_id)
+                return
+
+    def activate(self) -> Token[RunSession | None]:
+        """Make this the session that steps in this context record into."""
+        return _context._session.set(self)
+
+    def deactivate(self, token: Token[RunSession | None]) -> None:
+        _context._session.reset(token)
+
+    def _finish_args(self, status: RunStatus | str, error: BaseException | None
+                     ) -> tuple[list[str], list[Any]]:
+        self._stop.set()
+        self.finished = True
+        ttl = self.ledger.completed_ttl_s
+        err = "" if error is None else f"{type(error).__name__}: {error}"[:1000]
+        return ([self.keys.run, self.keys.steps, self.keys.keyset],
+                [self._fence_arg, str(RunStatus(status)), err, int(ttl * 1000) if ttl else 0])
+
+    def finish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
+        """Record how the run ended (or that it waits) and release the lease. False if this
+        process had been fenced out."""
+        keys, args = self._finish_args(status, error)
+        try:
+            pipe = self.ledger.redis.pipeline(transaction=False)
+            self.ledger._scripts["finish"](keys=keys, args=args, client=pipe)
+            pipe.zadd(runs_index(self.ledger.prefix), {self.run_id: int(time.time() * 1000)})
+            with self.ledger._calls():
+                return bool(pipe.execute()[0])
+        except LedgerError:
+            if error is None:
+                raise
+            log.exception("agentledger: could not record that run %r failed", self.run_id)
+            return False
+
+    async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
+        keys, args = self._finish_args(status, error)
+        try:
+            client, scripts = self.ledger._async()
+            pipe = client.pipeline(transaction=False)
+            await scripts["finish"](keys=keys, args=args, client=pipe)
+            pipe.zadd(runs_index(self.ledger.prefix), {self.run_id: int(time.time() * 1000)})
+            with self.ledger._calls():
+                return bool((await pipe.execute())[0])
+        except LedgerError:
+            if error is None:
+                raise
+            log.exception("agentledger: could not record that run %r failed", self.run_id)
+            return False
+
+    # ---- keys -----------------------------------------------------------------------------
+    def step_key(self, call: StepCall, scope: str | None = None) -> str:
+        """Scope + kind:name + occurrence (or the framework's call id)."""
+        if scope is None:
+            scope = call.scope if call.scope is not None else _context._scope.get()
+        base = f"{scope}/{call.kind}:{call.name}" if scope else f"{call.kind}:{call.name}"
+        if call.call_id:
+            return f"{base}@{call.call_id}"
+        with self._lock:
+            n = self._counters.get(base, 0) + 1
+            self._counters[base] = n
+        return f"{base}#{n}"
+
+    def idempotency_key(self, step_key: str) -> str:
+        digest = hashlib.sha256((self._ik_seed + step_key).encode()).hexdigest()
+        return f"al-{digest[:40]}"
+
+    def recorded(self, step_key: str) -> StepMeta | None:
+        """The step's metadata as loaded or written by this session, if any."""
+        raw = self._meta.get(step_key)
+        return None if raw is None else parse_step_meta(f"{self.keys.steps} m:{step_key}", raw)
+
+    # ---- the step protocol ----------------------------------------------------------------
+    def _plan(self, call: StepCall) -> tuple[StepStart, list[Any] | None]:
+        """Decide from the snapshot: replay, claim (one round trip), or run without an
+        intent record. Returns the start and the claim script's arguments (None: no trip)."""
+        if self.fenced:
+            raise FencedOutError(f"run {self.run_id!r} was taken over; this process stops")
+        from ._codec import fingerprint_of
+
+        scope = call.scope if call.scope is not None else _context._scope.get()
+        key = self.step_key(call, scope)
+        fp = fingerprint_of(self.codec, call.inputs)
+        preview = call.preview if call.preview is not None else _preview(call.inputs)
+        start = StepStart(key=key, idempotency_key=self.idempotency_key(key), replayed=False,
+                          fingerprint=fp, preview=preview, call=call, scope=scope)
+        raw = self._meta.get(key)
+        meta = None
+        if raw is not None:
+            meta = parse_step_meta(f"{self.keys.steps} m:{key}", raw)
+            self._check_fingerprint(meta, start)
+            if meta.status in (StepStatus.COMPLETED, StepStatus.FAILED):
+                return self._replay(start, meta), None
+            if meta.status == StepStatus.WAITING and call.kind != StepKind.APPROVAL:
+                raise ApprovalPending(self.run_id, key, meta.preview)
+        if meta is None and not call.intent:
+            return start, None
+        policy = InDoubtPolicy(call.policy) if call.policy else self.ledger.in_doubt
+        mode = "approval" if call.kind == StepKind.APPROVAL else "claim"
+        request = self.codec.dumps(call.inputs) if mode == "approval" else ""
+        new_meta = self._new_meta(start, policy)
+        return start, [[self.keys.run, self.keys.steps],
+                       [key, self._fence_arg, new_meta, mode, str(policy), request]]
+
+    @staticmethod
+    def _new_meta(start: StepStart, policy: InDoubtPolicy) -> str:
+        call = start.call
+        assert call is not None
+        return json.dumps({"v": SCHEMA_VERSION, "key": start.key, "kind": str(call.kind),
+                           "name": call.name, "scope": start.scope, "fp": start.fingerprint,
+                           "ik": start.idempotency_key, "policy": str(policy),
+                           "preview": start.preview}, separators=(",", ":"), ensure_ascii=False)
+
+    def _replay(self, start: StepStart, meta: StepMeta) -> StepStart:
+        raw = self._outcomes.get(start.key)
+        where = f"{self.keys.steps} r:{start.key}"
+        if raw is None:
+            raise CorruptRecordError(where, "step is recorded as ended but has no outcome")
+        start.outcome = parse_outcome(where, raw)
+        start.replayed = True
+        start.attempt = meta.attempts
+        self.replayed += 1
+        return start
+
+    def _check_fingerprint(self, meta: StepMeta, start: StepStart) -> None:
+        if meta.fp and meta.fp != start.fingerprint and self.ledger.on_mismatch == "raise":
+            raise NonDeterminismError(start.key, meta.preview or meta.fp, start.preview or start.fingerprint)
+
+    def _after_claim(self, start: StepStart, reply: list[Any]) -> StepStart:
+        tag = _s(reply[0])
+        key = start.key
+        where = f"{self.keys.steps} m:{key}"
+        if tag == "CLAIMED":
+            self._meta[key] = reply[1]
+            start.attempt = parse_step_meta(where, reply[1]).attempts
+            return start
+        if tag == "FENCED":
+            self.fenced = True
+            raise FencedOutError(f"run {self.run_id!r} was taken over (fence {_s(reply[1])} > "
+                                 f"{self.fence}); this process may not write to it")
+        if tag == "CORRUPT":
+            parse_step_meta(where, reply[1])  # raises the precise error
+            raise CorruptRecordError(where, "the Lua script could not read the metadata")
+        meta = parse_step_meta(where, reply[1])
+        self._meta[key] = reply[1]
+        if tag == "DONE":
+            self._outcomes[key] = reply[2]
+            self._check_fingerprint(meta, start)
+            return self._replay(start, meta)
+        if tag == "WAITING":
+            raise ApprovalPending(self.run_id, key, meta.preview)
+        if tag == "INDOUBT":
+            raise InDoubtStepError(key, meta.attempts, meta.ik)
+        raise LedgerError(f"unexpected reply {tag!r} from the claim script")
+
+    def begin(self, call: StepCall) -> StepStart:
+        """Replay the step from its record, or claim it (intent) so that the caller runs it
+        and then calls :meth:`record`."""
+        start, args = self._plan(call)
+        if args is not None:
+            crash_point("before_claim")
+            start = self._after_claim(start, self.ledger.script("claim", *args))
+            crash_point("after_claim")
+        start.t0 = time.perf_counter()
+        return start
+
+    async def abegin(self, call: StepCall) -> StepStart:
+        start, args = self._plan(call)
+        if args is not None:
+            crash_point("before_claim")
+            start = self._after_claim(start, await self.ledger.ascript("claim", *args))
+            crash_point("after_claim")
+        start.t0 = time.perf_counter()
+        return start
+
+    def _outcome_args(self, start: StepStart, value: Any, error: BaseException | None
+                      ) -> tuple[list[Any], BaseException | None]:
+        """The complete script's arguments, and the error to raise instead of returning the
+        value when the value cannot be recorded (that failure is what gets recorded)."""
+        raised: BaseException | None = None
+        try:
+            body = ({"v": SCHEMA_VERSION, "ok": True, "value": self.codec.encode(value)}
+                    if error is None else
+                    {"v": SCHEMA_VERSION, "ok": False, "error": self.codec.encode_error(error)})
+            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+            if len(text) > self.ledger.max_payload_bytes and len(text.encode()) > self.ledger.max_payload_bytes:
+                raise PayloadTooLargeError(f"the outcome of step {start.key!r}",
+                                           len(text.encode()), self.ledger.max_payload_bytes)
+        except (UnsupportedTypeError, PayloadTooLargeError) as e:
+            raised = e
+            text = json.dumps({"v": SCHEMA_VERSION, "ok": False,
+                               "error": self.codec.encode_error(e)}, separators=(",", ":"))
+        status = "completed" if error is None and raised is None else "failed"
+        call = start.call
+        assert call is not None
+        meta = "" if call.intent else self._new_meta(start, InDoubtPolicy.RERUN)
+        return [[self.keys.run, self.keys.steps],
+                [start.key, self._fence_arg, status, text, meta]], raised
+
+    def _after_complete(self, start: StepStart, args: list[Any], reply: list[Any]) -> None:
+        tag = _s(reply[0])
+        if tag == "OK":
+            self._meta[start.key] = reply[1]
+            self._outcomes[start.key] = args[1][3].encode()
+            self.executed += 1
+            return
+        if tag == "FENCED":
+            self.fenced = True
+            raise FencedOutError(f"run {self.run_id!r} was taken over while step "
+                                 f"{start.key!r} ran; its outcome was not recorded here")
+        if tag == "CORRUPT":
+            raise CorruptRecordError(f"{self.keys.steps} m:{start.key}", "unreadable metadata")
+        # DONE: another attempt recorded first; keep its outcome, the one the run will see.
+        self._meta[start.key] = reply[1]
+        self._outcomes[start.key] = reply[2]
+
+    def record(self, start: StepStart, value: Any = None, error: BaseException | None = None) -> None:
+        """Record the outcome of a live step: its value, or the error it raised."""
+        args, raised = self._outcome_args(start, value, error)
+        crash_point("before_record")
+        self._after_complete(start, args, self.ledger.script("complete", *args))
+        crash_point("after_record")
+        if raised is not None:
+            raise raised
+
+    async def arecord(self, start: StepStart, value: Any = None,
+                      error: BaseException | None = None) -> None:
+        args, raised = self._outcome_args(start, value, error)
+        crash_point("before_record")
+        self._after_complete(start, args, await self.ledger.ascript("complete", *args))
+        crash_point("after_record")
+        if raised is not None:
+            raise raised
+
+    def result(self, start: StepStart) -> Any:
+        """The replayed value of a step, or raise its recorded error."""
+        outcome = start.outcome
+        assert outcome is not None, "result() is for replayed steps"
+        where = f"{self.keys.steps} r:{start.key}"
+        try:
+            if outcome["ok"]:
+                return self.codec.decode(outcome["value"])
+            err_data = outcome["error"]
+        except UnsupportedTypeError as e:
+            raise UnsupportedTypeError(f"{where}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptRecordError(where, f"outcome does not decode ({e})") from None
+        if not isinstance(err_data, dict):
+            raise CorruptRecordError(where, "recorded error is not an object")
+        raise self.codec.decode_error(err_data)
+
+    # ---- whole calls ----------------------------------------------------------------------
+    def call(self, call: StepCall, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` as a durable step (or replay it)."""
+        start = self.begin(call)
+        if start.replayed:
+            return self.result(start)  # type: ignore[no-any-return]
+        token = _context._step.set(start)
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as e:
+            self.record(start, error=e)
+            raise
+        finally:
+            _context._step.reset(token)
+        self.record(start, value)
+        return value
+
+    async def acall(self, call: StepCall, fn: Callable[..., Awaitable[T]], *args: Any,
+                    **kwargs: Any) -> T:
+        start = await self.abegin(call)
+        if start.replayed:
+            return self.result(start)  # type: ignore[no-any-return]
+        token = _context._step.set(start)
+        try:
+            value = await fn(*args, **kwargs)
+        except Exception as e:
+            await self.arecord(start, error=e)
+            raise
+        finally:
+            _context._step.reset(token)
+        await self.arecord(start, value)
+        return value
+
+    # ---- approvals ------------------------------------------------------------------------
+    def _approval_call(self, name: str, payload: Any, scope: str | None) -> StepCall:
+        return StepCall(kind=StepKind.APPROVAL, name=name, inputs=payload, scope=scope)
+
+    def _decision(self, start: StepStart) -> Decision:
+        if not start.replayed:
+            raise ApprovalPending(self.run_id, start.key, start.preview)
+        value = self.result(start)
+        if isinstance(value, Decision):
+            return value
+        return Decision.model_validate(value)
+
+    def approval(self, name: str, payload: Any = None, *, scope: str | None = None) -> Decision:
+        """The person's decision on this approval step; if there is none yet, record the
+        request and raise :class:`ApprovalPending` (the run stops, holding nothing)."""
+        return self._decision(self.begin(self._approval_call(name, payload, scope)))
+
+    async def aapproval(self, name: str, payload: Any = None, *, scope: str | None = None
+                        ) -> Decision:
+        return self._decision(await self.abegin(self._approval_call(name, payload, scope)))
+
+
+def _preview(inputs: Any) -> str:
+    if inputs is None:
+        return ""
+    try:
+        text = inputs if isinstance(inputs, str) else json.dumps(inputs, default=repr,
+                                                                  ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(inputs)
+    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
