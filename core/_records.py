@@ -85,6 +85,7 @@ class StepRecord(StepMeta):
 
     outcome: str | None = None  # the ``r:<key>`` payload
     request: str | None = None  # the ``a:<key>`` payload of an approval request
+    replays: int = 0  # how many times a restarted run answered this step from its record
 
     @property
     def duration_ms(self) -> int | None:

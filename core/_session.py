@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _context
-from ._faults import crash_point
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
@@ -31,6 +30,7 @@ from ._errors import (
     PayloadTooLargeError,
     UnsupportedTypeError,
 )
+from ._faults import crash_point
 from ._keys import RunKeys, runs_index
 from ._records import (
     SCHEMA_VERSION,
@@ -104,6 +104,7 @@ class RunSession:
         self.finished = False
         self.executed = 0  # steps executed live by this session
         self.replayed = 0  # steps answered from records
+        self._replayed_keys: list[str] = []
         self._meta: dict[str, bytes] = {}
         self._outcomes: dict[str, bytes] = {}
         for i in range(0, len(steps), 2):
@@ -161,10 +162,12 @@ class RunSession:
         keys, args = self._finish_args(status, error)
         try:
             pipe = self.ledger.redis.pipeline(transaction=False)
+            for key in self._replayed_keys:
+                pipe.hincrby(self.keys.steps, "p:" + key, 1)
             self.ledger._scripts["finish"](keys=keys, args=args, client=pipe)
             pipe.zadd(runs_index(self.ledger.prefix), {self.run_id: int(time.time() * 1000)})
             with self.ledger._calls():
-                return bool(pipe.execute()[0])
+                return bool(pipe.execute()[-2])
         except LedgerError:
             if error is None:
                 raise
@@ -176,10 +179,12 @@ class RunSession:
         try:
             client, scripts = self.ledger._async()
             pipe = client.pipeline(transaction=False)
+            for key in self._replayed_keys:
+                pipe.hincrby(self.keys.steps, "p:" + key, 1)
             await scripts["finish"](keys=keys, args=args, client=pipe)
             pipe.zadd(runs_index(self.ledger.prefix), {self.run_id: int(time.time() * 1000)})
             with self.ledger._calls():
-                return bool((await pipe.execute())[0])
+                return bool((await pipe.execute())[-2])
         except LedgerError:
             if error is None:
                 raise
@@ -258,6 +263,7 @@ class RunSession:
         start.replayed = True
         start.attempt = meta.attempts
         self.replayed += 1
+        self._replayed_keys.append(start.key)
         return start
 
     def _check_fingerprint(self, meta: StepMeta, start: StepStart) -> None:

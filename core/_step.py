@@ -12,7 +12,7 @@ from ._errors import LedgerError
 from ._records import Decision, InDoubtPolicy, StepKind
 from ._session import StepCall
 
-__all__ = ["approval", "aapproval", "step"]
+__all__ = ["aapproval", "approval", "step"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
