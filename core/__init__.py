@@ -13,6 +13,7 @@ from ._errors import (
     PayloadTooLargeError,
     RecordedStepError,
     RunBusyError,
+    StepRejected,
     UnknownSchemaVersionError,
     UnsupportedTypeError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "StepCall",
     "StepKind",
     "StepRecord",
+    "StepRejected",
     "StepStart",
     "StepStatus",
     "UnknownSchemaVersionError",

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._errors import RecordedStepError, UnsupportedTypeError
+from ._errors import LedgerError, RecordedStepError, StepRejected, UnsupportedTypeError
 from ._records import Decision
 
 __all__ = ["Codec", "default_codec", "fingerprint_of"]
@@ -188,6 +188,8 @@ class Codec:
         self.register(uuid.UUID, "uuid", str, uuid.UUID)
         self._decoders["float"] = float
         self.register_pydantic(Decision, "agentledger.Decision")
+        for err in (StepRejected, LedgerError):
+            self.register_error(err)
 
 
 def default_codec() -> Codec:

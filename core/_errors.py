@@ -15,6 +15,7 @@ __all__ = [
     "PayloadTooLargeError",
     "RecordedStepError",
     "RunBusyError",
+    "StepRejected",
     "UnknownSchemaVersionError",
     "UnsupportedTypeError",
 ]
@@ -135,3 +136,7 @@ class ApprovalPending(LedgerError):
         self.step_key = step_key
         self.payload = payload
 
+
+
+class StepRejected(LedgerError):
+    """A person rejected an approval or an in-doubt step; replayed as this error."""

@@ -27,6 +27,7 @@ from ._errors import (
     LedgerError,
     LedgerUnavailableError,
     RunBusyError,
+    StepRejected,
     UnknownSchemaVersionError,
 )
 from ._keys import RunKeys, check_run_id, runs_index
@@ -475,9 +476,9 @@ class Ledger:
         # payload = it did happen and this is its result, reject = it fails.
         if not approved:
             doubt_status = "failed"
-            doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": False, "error": {
-                "type": "agentledger.StepRejected",
-                "message": f"rejected by {by or 'a person'}" + (f": {note}" if note else "")}})
+            rejected = StepRejected(f"rejected by {by or 'a person'}" + (f": {note}" if note else ""))
+            doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": False,
+                                        "error": self.codec.encode_error(rejected)})
         elif payload is not None:
             doubt_status = "completed"
             doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": True,

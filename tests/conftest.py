@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from _support import SHARED_URL, RedisServer, answers, tmpdir
 
 

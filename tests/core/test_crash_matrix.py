@@ -1,0 +1,138 @@
+"""Guarantees 1-3 with real crashes: a child process SIGKILLed at every step boundary, then a
+fresh process with the same run id."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _support import REPO, killed, run_child
+from agentledger import Ledger, RunStatus
+
+CHILD = REPO / "tests" / "core" / "children" / "pipeline_child.py"
+EXPECTED = {"sync": 21, "async": 720}
+STEPS = ["s1", "s2", "s3", "s4", "s5"]
+
+
+def effects(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def start(redis_url: str, prefix: str, run_id: str, mode: str, fx: Path, **env: str):  # type: ignore[no-untyped-def]
+    return run_child(CHILD, redis_url, prefix, run_id, mode, str(fx), env=env)
+
+
+def last_json(out: str) -> dict[str, object]:
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("point", ["before_claim", "after_claim", "in_body", "before_record",
+                                   "after_record"])
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_killed_at_every_boundary_resumes_without_repeating(
+        redis_url: str, prefix: str, tmp_path: Path, mode: str, point: str, n: int) -> None:
+    fx = tmp_path / "effects.jsonl"
+    env = {"KILL_IN_BODY": str(n)} if point == "in_body" else {"AGENTLEDGER_CRASH_AT": f"{point}:{n}"}
+    first = start(redis_url, prefix, "r", mode, fx, **env)
+    assert killed(first), first.stderr
+
+    crashed = STEPS[n - 1]
+    before = Counter(e["step"] for e in effects(fx))
+    # What the dead process executed: steps before n always, step n only if its body ran.
+    body_ran = point in ("in_body", "before_record", "after_record")
+    assert set(before) == set(STEPS[: n - 1] + ([crashed] if body_ran else []))
+
+    second = start(redis_url, prefix, "r", mode, fx)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert last_json(second.stdout) == {"result": EXPECTED[mode]}
+
+    runs = Counter(e["step"] for e in effects(fx))
+    in_doubt = point in ("in_body", "before_record")  # effect done, outcome not recorded
+    for s in STEPS:
+        assert runs[s] == (2 if s == crashed and in_doubt else 1), (s, runs)
+    keys = {e["key"] for e in effects(fx) if e["step"] == crashed}
+    assert len(keys) == 1  # the re-run used the same idempotency key
+
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        run = ledger.get_run("r")
+        assert run is not None and run.status == RunStatus.COMPLETED
+        recs = ledger.steps("r")
+        assert [r.status for r in recs] == ["completed"] * 5
+        attempts = {r.seq: r.attempts for r in recs}
+        # An intent recorded without an outcome costs a second attempt.
+        assert attempts[n] == (2 if point in ("after_claim", "in_body", "before_record") else 1)
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_in_doubt_policy_fail_stops_the_run_until_a_person_decides(
+        redis_url: str, prefix: str, tmp_path: Path, mode: str) -> None:
+    fx = tmp_path / "effects.jsonl"
+    assert killed(start(redis_url, prefix, "r", mode, fx, KILL_IN_BODY="3", POLICY="fail"))
+    second = start(redis_url, prefix, "r", mode, fx, POLICY="fail")
+    assert second.returncode == 3
+    assert last_json(second.stdout)["error"] == "InDoubtStepError"
+    assert Counter(e["step"] for e in effects(fx)) == {"s1": 1, "s2": 1, "s3": 1}
+
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        run = ledger.get_run("r")
+        assert run is not None and run.status == RunStatus.FAILED
+        assert "InDoubtStepError" in run.last_error
+        pending = ledger.pending_approvals("r")
+        assert [p.name for p in pending] == ["add" if mode == "sync" else "amul"]
+        ledger.decide("r", approved=True, by="ops", note="mail log shows nothing sent")
+    finally:
+        ledger.close()
+    third = start(redis_url, prefix, "r", mode, fx, POLICY="fail")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert last_json(third.stdout) == {"result": EXPECTED[mode]}
+    runs = Counter(e["step"] for e in effects(fx))
+    assert runs == {"s1": 1, "s2": 1, "s3": 2, "s4": 1, "s5": 1}
+
+
+def test_in_doubt_policy_ask_turns_the_step_into_an_approval(
+        redis_url: str, prefix: str, tmp_path: Path) -> None:
+    fx = tmp_path / "effects.jsonl"
+    assert killed(start(redis_url, prefix, "r", "sync", fx, KILL_IN_BODY="2", POLICY="ask"))
+    second = start(redis_url, prefix, "r", "sync", fx, POLICY="ask")
+    assert second.returncode == 3
+    assert last_json(second.stdout)["error"] == "ApprovalPending"
+
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        run = ledger.get_run("r")
+        assert run is not None and run.status == RunStatus.WAITING
+        (pending,) = ledger.pending_approvals()
+        assert pending.run_id == "r" and pending.doubt == 1
+        # The person checked: the effect did happen, and its result was 6.
+        ledger.decide("r", pending.key, approved=True, by="ops", payload=6)
+    finally:
+        ledger.close()
+    third = start(redis_url, prefix, "r", "sync", fx, POLICY="ask")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert last_json(third.stdout) == {"result": 21}
+    assert Counter(e["step"] for e in effects(fx)) == {"s1": 1, "s2": 1, "s3": 1, "s4": 1, "s5": 1}
+
+
+def test_rejected_in_doubt_step_fails_with_the_rejection(
+        redis_url: str, prefix: str, tmp_path: Path) -> None:
+    fx = tmp_path / "effects.jsonl"
+    assert killed(start(redis_url, prefix, "r", "sync", fx, KILL_IN_BODY="2", POLICY="ask"))
+    assert start(redis_url, prefix, "r", "sync", fx, POLICY="ask").returncode == 3
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        ledger.decide("r", approved=False, by="ops", note="do not retry")
+    finally:
+        ledger.close()
+    third = start(redis_url, prefix, "r", "sync", fx, POLICY="ask")
+    assert third.returncode == 3
+    assert last_json(third.stdout) == {"error": "StepRejected",
+                                       "message": "rejected by ops: do not retry"}
+    assert Counter(e["step"] for e in effects(fx)) == {"s1": 1, "s2": 1}
