@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._errors import LedgerError, RecordedStepError, StepRejected, UnsupportedTypeError
+from . import _errors
+from ._errors import RecordedStepError, UnsupportedTypeError
 from ._records import Decision
 
 __all__ = ["Codec", "default_codec", "fingerprint_of"]
@@ -168,10 +169,10 @@ class Codec:
             try:
                 return cls(*self.decode(args)) if isinstance(args, list) else cls(message)
             except Exception:
-                try:
-                    return cls(message)
-                except Exception:
-                    pass
+                # A constructor with other parameters: same class and text, attributes unset.
+                exc = cls.__new__(cls)
+                BaseException.__init__(exc, message)
+                return exc
         return RecordedStepError(type_name, message)
 
     # ---- the built-in allow-list ----------------------------------------------------------
@@ -188,8 +189,10 @@ class Codec:
         self.register(uuid.UUID, "uuid", str, uuid.UUID)
         self._decoders["float"] = float
         self.register_pydantic(Decision, "agentledger.Decision")
-        for err in (StepRejected, LedgerError):
-            self.register_error(err)
+        for name in _errors.__all__:
+            err = getattr(_errors, name)
+            if isinstance(err, type) and issubclass(err, Exception):
+                self.register_error(err)
 
 
 def default_codec() -> Codec:
