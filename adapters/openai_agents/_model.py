@@ -1,0 +1,189 @@
+"""``DurableModel``: a ``Model`` whose calls are durable steps of the active run.
+
+A model call has no side effect to guard, so it records only its outcome (one round trip):
+a crash before that record simply asks the model again. Its step key is the agent's name and
+its occurrence in the scope, so parallel nested runs (agents as tools, guardrail agents) that
+run under other scopes or other names never race for a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from typing import Any
+
+import agentledger
+from agentledger import RunSession, StepCall, StepKind
+from agents.agent_output import AgentOutputSchemaBase
+from agents.handoffs import Handoff
+from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
+from agents.model_settings import ModelSettings
+from agents.models.interface import Model, ModelTracing
+from agents.tool import Tool
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+)
+from openai.types.responses.response_prompt_param import ResponsePromptParam
+
+from ._types import dump_item
+
+__all__ = ["DurableModel", "model_scope"]
+
+# Set while a DurableRunner resumes after an approval: the resumed run's model calls count
+# again from one, so they get a scope of their own ("r<round>").
+model_scope: ContextVar[str | None] = ContextVar("agentledger_oa_model_scope", default=None)
+
+
+def _normalised_input(input: str | list[TResponseInputItem]) -> Any:
+    if isinstance(input, str):
+        return input
+    out = []
+    for item in input:
+        data = dump_item(item)
+        if isinstance(data, dict) and "id" in data:
+            data = {k: v for k, v in data.items() if k != "id"}  # ids are not the question
+        out.append(data)
+    return out
+
+
+def _schema_name(schema: AgentOutputSchemaBase | None) -> str | None:
+    return None if schema is None else schema.name()
+
+
+class DurableModel(Model):
+    """Wraps the model an agent resolved to, for the agent ``agent_name``."""
+
+    def __init__(self, inner: Model, agent_name: str) -> None:
+        self.inner = inner
+        self.agent_name = agent_name
+
+    def _call(self, system_instructions: str | None, input: str | list[TResponseInputItem],
+              tools: list[Tool], output_schema: AgentOutputSchemaBase | None,
+              handoffs: list[Handoff], streamed: bool) -> StepCall:
+        inputs = {"instructions": system_instructions, "input": _normalised_input(input),
+                  "tools": sorted(t.name for t in tools),
+                  "handoffs": sorted(h.tool_name for h in handoffs),
+                  "output": _schema_name(output_schema)}
+        extra = model_scope.get()
+        scope = None
+        if extra is not None:
+            outer = agentledger.current_scope()
+            scope = f"{outer}/{extra}" if outer else extra
+        name = f"{self.agent_name}:stream" if streamed else self.agent_name
+        return StepCall(kind=StepKind.LLM, name=name, inputs=inputs, scope=scope, intent=False,
+                        preview=f"{self.agent_name}: {len(inputs['input'])} input item(s)"
+                        if isinstance(inputs["input"], list) else None)
+
+    async def get_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> ModelResponse:
+        session = agentledger.current_run()
+        if session is None:
+            return await self.inner.get_response(
+                system_instructions, input, model_settings, tools, output_schema, handoffs,
+                tracing, previous_response_id=previous_response_id,
+                conversation_id=conversation_id, prompt=prompt)
+        start = await session.abegin(self._call(system_instructions, input, tools,
+                                                output_schema, handoffs, streamed=False))
+        if start.replayed:
+            value = session.result(start)
+            if not isinstance(value, ModelResponse):
+                raise TypeError(f"step {start.key!r} holds a {type(value).__name__}, "
+                                "not a model response")
+            return value
+        # A failed model call is not recorded: it had no effect, the restart asks again.
+        response = await self.inner.get_response(
+            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
+            previous_response_id=previous_response_id, conversation_id=conversation_id,
+            prompt=prompt)
+        await session.arecord(start, response)
+        return response
+
+    def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        live = self.inner.stream_response(
+            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
+            previous_response_id=previous_response_id, conversation_id=conversation_id,
+            prompt=prompt)
+        session = agentledger.current_run()
+        if session is None:
+            return live
+        call = self._call(system_instructions, input, tools, output_schema, handoffs,
+                          streamed=True)
+        return self._stream(session, call, live)
+
+    async def _stream(self, session: RunSession, call: StepCall,
+                      live: AsyncIterator[TResponseStreamEvent]
+                      ) -> AsyncIterator[TResponseStreamEvent]:
+        start = await session.abegin(call)
+        if start.replayed:
+            response = session.result(start)
+            if not isinstance(response, Response):
+                raise TypeError(f"step {start.key!r} holds a {type(response).__name__}, "
+                                "not a streamed response")
+            await _close(live)
+            for event in _replay_events(response):
+                yield event
+            return
+        async for event in live:
+            if isinstance(event, ResponseCompletedEvent):
+                # Recorded before the runner sees the final response, so no tool of this
+                # turn can start before the record exists.
+                await session.arecord(start, event.response)
+            yield event
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def get_retry_advice(self, request: Any) -> Any:
+        return self.inner.get_retry_advice(request)
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _replay_events(response: Response) -> list[TResponseStreamEvent]:
+    """A recorded streamed response as item-level events: each output item added and done,
+    then the completed response (token deltas are not recorded)."""
+    events: list[TResponseStreamEvent] = []
+    seq = 0
+    for index, item in enumerate(response.output):
+        events.append(ResponseOutputItemAddedEvent(item=item, output_index=index,
+                                                   sequence_number=seq,
+                                                   type="response.output_item.added"))
+        events.append(ResponseOutputItemDoneEvent(item=item, output_index=index,
+                                                  sequence_number=seq + 1,
+                                                  type="response.output_item.done"))
+        seq += 2
+    events.append(ResponseCompletedEvent(response=response, sequence_number=seq,
+                                         type="response.completed"))
+    return events

@@ -1,0 +1,279 @@
+"""``DurableRunner``: ``Runner`` with every model call, tool call and handoff a durable step.
+
+A run is named by ``run_id``. Starting it again with the same id (after a crash, in another
+process) runs the agent loop again from its input: every call that completed is answered from
+its record, and the loop goes on live from the call that was in flight.
+
+Human approval: when the SDK stops for a ``needs_approval`` tool, the run's ``RunState`` is kept
+in Redis (a key of the run, expired and deleted with it) and one approval step per interruption
+waits for a person. ``ledger.decide`` / ``agentledger approve`` records the decision;
+``DurableRunner.resume(run_id)`` or the same ``run`` call applies the decisions to the saved
+state and continues. The approved tool is a step keyed by its call id, so resuming twice, or
+after a crash during the resume, does not run it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from agentledger import (
+    ApprovalPending,
+    Decision,
+    Ledger,
+    LedgerError,
+    RunSession,
+    RunStatus,
+    StepCall,
+    StepKind,
+)
+from agents import Agent, Runner, RunResult, RunResultStreaming, RunState
+from agents.items import ToolApprovalItem
+
+from ._model import model_scope
+from ._patch import install
+from ._types import prepare_codec
+
+__all__ = ["DurableRunner"]
+
+log = logging.getLogger("agentledger.openai_agents")
+
+KIND = "openai-agents"
+STATE_KEY = "oa-state"
+_STATE_VERSION = 1
+_default: Ledger | None = None
+# Starting agents of runs begun in this process, so resume(run_id) can do without one.
+_agents: dict[tuple[str, str], Agent[Any]] = {}
+
+
+def _ledger(ledger: Ledger | None) -> Ledger:
+    global _default
+    if ledger is None:
+        if _default is None:
+            _default = Ledger.from_url()
+        ledger = _default
+    prepare_codec(ledger.codec)
+    install()
+    return ledger
+
+
+# ---- the saved RunState ------------------------------------------------------------------
+def _state_blob(result: RunResult | RunResultStreaming, round_no: int) -> str:
+    return json.dumps({"v": _STATE_VERSION, "round": round_no,
+                       "state": result.to_state().to_json()}, separators=(",", ":"))
+
+
+def _parse_state(key: str, raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise LedgerError(f"{key}: saved run state is not JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("v") != _STATE_VERSION or "state" not in data:
+        raise LedgerError(f"{key}: saved run state has an unknown layout or version")
+    return data
+
+
+def _save_state(ledger: Ledger, run_id: str, blob: str) -> None:
+    key = ledger.keys(run_id).extra(STATE_KEY)
+    pipe = ledger.redis.pipeline(transaction=False)
+    pipe.set(key, blob)
+    pipe.sadd(ledger.keys(run_id).keyset, key)
+    with ledger._calls():
+        pipe.execute()
+
+
+def _load_state(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
+    key = ledger.keys(run_id).extra(STATE_KEY)
+    with ledger._calls():
+        raw = ledger.redis.get(key)
+    return _parse_state(key, raw)  # type: ignore[arg-type]
+
+
+# ---- approvals ---------------------------------------------------------------------------
+def _approval_call(item: ToolApprovalItem) -> StepCall:
+    name = item.tool_name or item.name or "tool"
+    try:
+        arguments: Any = json.loads(item.arguments or "{}")
+    except ValueError:
+        arguments = item.arguments
+    return StepCall(kind=StepKind.APPROVAL, name=name, call_id=item.call_id, scope="",
+                    inputs={"tool": name, "arguments": arguments, "agent": item.agent.name})
+
+
+def _as_decision(value: Any) -> Decision:
+    return value if isinstance(value, Decision) else Decision.model_validate(value)
+
+
+async def _ask(session: RunSession, items: list[ToolApprovalItem]) -> list[Decision | None]:
+    """Each interruption's decision, recording a request for those without one."""
+    out: list[Decision | None] = []
+    for item in items:
+        try:
+            start = await session.abegin(_approval_call(item))
+        except ApprovalPending:
+            out.append(None)
+            continue
+        out.append(_as_decision(session.result(start)) if start.replayed else None)
+    return out
+
+
+def _ask_sync(session: RunSession, items: list[ToolApprovalItem]) -> None:
+    for item in items:
+        with contextlib.suppress(ApprovalPending):
+            session.begin(_approval_call(item))
+
+
+def _apply(state: RunState[Any], items: list[ToolApprovalItem],
+           decisions: list[Decision | None], run_id: str) -> None:
+    for item, decision in zip(items, decisions, strict=True):
+        if decision is None:
+            raise ApprovalPending(run_id, _approval_call(item).name, "tool call waits for approval")
+        if decision.approved:
+            state.approve(item)
+        else:
+            state.reject(item, rejection_message=decision.note or None)
+
+
+class DurableRunner:
+    """``Runner.run``/``run_sync``/``run_streamed`` with ``run_id`` (and ``ledger``): each
+    model call, function tool call and handoff of the run is a durable step in Redis."""
+
+    @classmethod
+    async def run(cls, starting_agent: Agent[Any], input: Any, *, run_id: str,
+                  ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
+        """Run (or continue) the run ``run_id``. Returns ``Runner.run``'s result; when a tool
+        needs approval the result has ``interruptions`` and the run waits. Called again while
+        a decision is missing, raises :class:`agentledger.ApprovalPending`."""
+        led = _ledger(ledger)
+        _agents[(led.prefix, run_id)] = starting_agent
+        session = await led.aopen_run(run_id, kind=KIND)
+        token = session.activate()
+        try:
+            saved = await asyncio.to_thread(_load_state, led, run_id)
+            round_no = 0
+            if saved is None:
+                result = await Runner.run(starting_agent, input, **kwargs)
+            else:
+                round_no = int(saved.get("round", 1))
+                state = await RunState.from_json(starting_agent, saved["state"])
+                items = state.get_interruptions()
+                _apply(state, items, await _ask(session, items), run_id)
+                scope_token = model_scope.set(f"r{round_no}")
+                try:
+                    result = await Runner.run(starting_agent, state, **kwargs)
+                finally:
+                    model_scope.reset(scope_token)
+            if result.interruptions:
+                blob = _state_blob(result, round_no + 1)
+                await asyncio.to_thread(_save_state, led, run_id, blob)
+                await _ask(session, list(result.interruptions))
+        except ApprovalPending:
+            await session.afinish(RunStatus.WAITING)
+            raise
+        except BaseException as e:
+            await session.afinish(RunStatus.FAILED, error=e)
+            raise
+        finally:
+            session.deactivate(token)
+        await session.afinish(RunStatus.WAITING if result.interruptions else RunStatus.COMPLETED)
+        return result
+
+    @classmethod
+    async def resume(cls, run_id: str, starting_agent: Agent[Any] | None = None, *,
+                     ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
+        """Continue a run that waited for approval, with the recorded decisions. The starting
+        agent may be left out in the process that began the run."""
+        led = _ledger(ledger)
+        agent = starting_agent or _agents.get((led.prefix, run_id))
+        if agent is None:
+            raise LedgerError(f"resume({run_id!r}) needs the run's starting agent in a new "
+                              "process: DurableRunner.resume(run_id, agent)")
+        if await asyncio.to_thread(_load_state, led, run_id) is None:
+            raise LedgerError(f"run {run_id!r} has no saved state to resume: it never waited "
+                              "for an approval (start it with DurableRunner.run)")
+        return await cls.run(agent, None, run_id=run_id, ledger=led, **kwargs)
+
+    @classmethod
+    def run_sync(cls, starting_agent: Agent[Any], input: Any, *, run_id: str,
+                 ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
+        """The synchronous form of :meth:`run` (not from inside a running event loop)."""
+        led = _ledger(ledger)
+
+        async def main() -> RunResult:
+            try:
+                return await cls.run(starting_agent, input, run_id=run_id, ledger=led, **kwargs)
+            finally:
+                await led.aclose()
+
+        return asyncio.run(main())
+
+    @classmethod
+    def resume_sync(cls, run_id: str, starting_agent: Agent[Any] | None = None, *,
+                    ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
+        led = _ledger(ledger)
+
+        async def main() -> RunResult:
+            try:
+                return await cls.resume(run_id, starting_agent, ledger=led, **kwargs)
+            finally:
+                await led.aclose()
+
+        return asyncio.run(main())
+
+    @classmethod
+    def run_streamed(cls, starting_agent: Agent[Any], input: Any, *, run_id: str,
+                     ledger: Ledger | None = None, **kwargs: Any) -> RunResultStreaming:
+        """``Runner.run_streamed`` as run ``run_id``: live calls stream as they happen,
+        recorded ones from their records. A run waiting for approval is continued with
+        :meth:`resume` (not streamed)."""
+        led = _ledger(ledger)
+        _agents[(led.prefix, run_id)] = starting_agent
+        session = led.open_run(run_id, kind=KIND)
+        token = session.activate()
+        try:
+            if _load_state(led, run_id) is not None:
+                raise LedgerError(f"run {run_id!r} waited for an approval; continue it with "
+                                  "DurableRunner.resume(run_id)")
+            # The run loop task copies this context, so its calls record into the session.
+            streamed = Runner.run_streamed(starting_agent, input, **kwargs)
+        except BaseException as e:
+            session.finish(RunStatus.FAILED, error=e)
+            raise
+        finally:
+            session.deactivate(token)
+        task = streamed.run_loop_task
+        if task is None:
+            session.finish(RunStatus.FAILED, error=LedgerError("the SDK started no run loop"))
+            raise LedgerError("Runner.run_streamed started no run loop task")
+        task.add_done_callback(lambda t: _finish_streamed(session, led, run_id, streamed, t))
+        return streamed
+
+
+def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str,
+                     streamed: RunResultStreaming, task: asyncio.Task[Any]) -> None:
+    """Record how a streamed run ended (a done callback: one synchronous round trip)."""
+    try:
+        error: BaseException | None
+        if task.cancelled():
+            error = asyncio.CancelledError("the streamed run was cancelled")
+        else:
+            error = task.exception() or streamed._stored_exception
+        if error is not None:
+            session.finish(RunStatus.FAILED, error=error)
+        elif streamed.interruptions:
+            _save_state(ledger, run_id, _state_blob(streamed, 1))
+            token = session.activate()
+            try:
+                _ask_sync(session, list(streamed.interruptions))
+            finally:
+                session.deactivate(token)
+            session.finish(RunStatus.WAITING)
+        else:
+            session.finish(RunStatus.COMPLETED)
+    except Exception:
+        log.exception("agentledger: could not record the end of streamed run %r", run_id)

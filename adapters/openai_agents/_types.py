@@ -1,0 +1,77 @@
+"""The Agents SDK types that go into step records, on the ledger codec's allow-list.
+
+Model output items are stored as ``model_dump(exclude_unset=True)`` and rebuilt with the
+Responses union's validator: the rebuilt item dumps to the same fields, so a replayed response
+is byte-identical as input to the next turn (a full dump would add defaults the model never
+sent and change the next request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agentledger import Codec
+from agents.items import ModelResponse
+from agents.tool import ToolOutputFileContent, ToolOutputImage, ToolOutputText
+from agents.usage import deserialize_usage, serialize_usage
+from openai.types.responses import Response
+from openai.types.responses.response_output_item import ResponseOutputItem
+from pydantic import BaseModel, TypeAdapter
+
+__all__ = ["ToolOutcome", "dump_item", "prepare_codec"]
+
+_OUTPUT_ITEM: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)
+_PREPARED = "openai-agents:ModelResponse"
+
+
+@dataclass(slots=True)
+class ToolOutcome:
+    """What a function tool call produced: its output, and whether that output is an error
+    text the SDK made (it skips the tool's output schema for those)."""
+
+    output: Any
+    sdk_error: bool = False
+
+
+def dump_item(item: Any) -> Any:
+    """An output/input item as the JSON the SDK would send: only the fields that were set."""
+    if isinstance(item, BaseModel):
+        return item.model_dump(mode="json", exclude_unset=True)
+    return item
+
+
+def _load_item(data: Any) -> Any:
+    if isinstance(data, dict) and "type" in data:
+        try:
+            return _OUTPUT_ITEM.validate_python(data)
+        except ValueError:
+            return data  # an item type this openai version does not know: keep its JSON
+    return data
+
+
+def _encode_response(r: ModelResponse) -> dict[str, Any]:
+    return {"output": [dump_item(i) for i in r.output], "usage": serialize_usage(r.usage),
+            "response_id": r.response_id, "request_id": r.request_id, "raw_usage": r.raw_usage}
+
+
+def _decode_response(d: dict[str, Any]) -> ModelResponse:
+    return ModelResponse(output=[_load_item(i) for i in d["output"]],
+                         usage=deserialize_usage(d.get("usage") or {}),
+                         response_id=d.get("response_id"), request_id=d.get("request_id"),
+                         raw_usage=d.get("raw_usage"))
+
+
+def prepare_codec(codec: Codec) -> Codec:
+    """Allow the SDK types a DurableRunner records (idempotent)."""
+    if codec.knows(ModelResponse):
+        return codec
+    codec.register(ModelResponse, _PREPARED, _encode_response, _decode_response)
+    codec.register(Response, "openai:Response",
+                   lambda r: r.model_dump(mode="json", exclude_unset=True), Response.model_validate)
+    codec.register(ToolOutcome, "openai-agents:ToolOutcome",
+                   lambda t: {"output": t.output, "sdk_error": t.sdk_error},
+                   lambda d: ToolOutcome(d["output"], bool(d["sdk_error"])))
+    for cls in (ToolOutputText, ToolOutputImage, ToolOutputFileContent):
+        codec.register_pydantic(cls, f"openai-agents:{cls.__name__}")
+    return codec

@@ -1,0 +1,51 @@
+"""A crash child: runs one scenario as a durable run and prints its outcome as JSON.
+
+    python oa_child.py <scenario> <run_id> <redis_url> <prefix> [run|stream|sync|resume]
+
+Crashes come from AGENTLEDGER_CRASH_AT (a named step boundary) or AL_KILL_IN_TOOL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from agentledger import ApprovalPending, Ledger
+from agentledger.openai_agents import DurableRunner
+from oa_world import agent_for
+
+
+async def main(scenario: str, run_id: str, url: str, prefix: str, mode: str) -> dict[str, object]:
+    ledger = Ledger.from_url(url, prefix=prefix, lease_ms=3000)
+    agent = agent_for("seq" if scenario == "stream" else scenario)
+    try:
+        if mode == "stream":
+            streamed = DurableRunner.run_streamed(agent, "go", run_id=run_id, ledger=ledger)
+            kinds = [e.name for e in [ev async for ev in streamed.stream_events()]
+                     if e.type == "run_item_stream_event"]
+            return {"final": streamed.final_output, "events": kinds,
+                    "interruptions": len(streamed.interruptions)}
+        if mode == "resume":
+            result = await DurableRunner.resume(run_id, agent, ledger=ledger)
+        else:
+            result = await DurableRunner.run(agent, "go", run_id=run_id, ledger=ledger)
+        return {"final": result.final_output, "interruptions": len(result.interruptions)}
+    except ApprovalPending as e:
+        return {"pending": str(e)}
+    finally:
+        await ledger.aclose()
+        ledger.close()
+
+
+if __name__ == "__main__":
+    scenario, run_id, url, prefix = sys.argv[1:5]
+    mode = sys.argv[5] if len(sys.argv) > 5 else "run"
+    if mode == "sync":
+        ledger = Ledger.from_url(url, prefix=prefix, lease_ms=3000)
+        res = DurableRunner.run_sync(agent_for(scenario), "go", run_id=run_id, ledger=ledger)
+        out: dict[str, object] = {"final": res.final_output,
+                                  "interruptions": len(res.interruptions)}
+    else:
+        out = asyncio.run(main(scenario, run_id, url, prefix, mode))
+    print("RESULT " + json.dumps(out))
