@@ -1,0 +1,640 @@
+"""``DurableCheckpointer``: a LangGraph checkpoint saver on plain Redis (no modules), sync and
+async in one class, sharing the agentledger run of the thread (``thread_id`` is the run id).
+
+One Lua script per ``put`` and per ``put_writes``, one per ``get_tuple``; all keys of a thread
+carry the thread's hash tag and are registered with the ledger, so ``delete_thread`` (the
+ledger's ``delete_run``) removes checkpoints and recorded steps together.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import random
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from agentledger import CorruptRecordError, Ledger, LedgerError, LedgerUnavailableError
+from langchain_core.runnables import RunnableConfig
+from redis.commands.core import AsyncScript, Script
+
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_serializable_checkpoint_metadata,
+    writes_sort_key,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+from . import _ckpt_codec as codec
+from . import _ckpt_lua as lua
+
+__all__ = ["DurableCheckpointer"]
+
+_SCRIPTS = {"put": lua.PUT, "put_writes": lua.PUT_WRITES, "load": lua.LOAD,
+            "load_many": lua.LOAD_MANY, "drop": lua.DROP}
+_US = codec.US
+_LOAD_CHUNK = 64
+_CACHE_SIZE = 512
+_NAMES = ("cp", "refs", "ix", "blobs", "chain", "writes", "wix", "runs")
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """The Redis keys of one thread, in the order every script takes them."""
+
+    thread_id: str
+    all: list[str]
+
+    @property
+    def cp(self) -> str:
+        return self.all[0]
+
+    @property
+    def ix(self) -> str:
+        return self.all[2]
+
+    @property
+    def blobs(self) -> str:
+        return self.all[3]
+
+    @property
+    def writes(self) -> str:
+        return self.all[5]
+
+    @property
+    def runs(self) -> str:
+        return self.all[7]
+
+    @property
+    def own(self) -> list[str]:
+        return self.all[:8]
+
+    @property
+    def keyset(self) -> str:
+        return self.all[8]
+
+
+def _s(b: bytes | str) -> str:
+    return b.decode() if isinstance(b, bytes) else b
+
+
+@dataclass(slots=True)
+class _PutPlan:
+    keys: ThreadKeys
+    args: list[Any]
+    lists: dict[tuple[str, str, str], tuple[str, list[bytes]]]
+    fields: list[str]
+    result: RunnableConfig
+
+
+class DurableCheckpointer(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer whose threads are agentledger runs.
+
+    ``DurableCheckpointer(ledger)`` or ``DurableCheckpointer.from_url(url)`` (no URL and no
+    ``AGENTLEDGER_URL``: the embedded Redis). ``ttl`` (seconds) expires a thread — its
+    checkpoints and its recorded steps — that long after its last checkpoint write.
+    The serde must not pickle; by default it is LangGraph's ``JsonPlusSerializer`` without
+    the pickle fallback (set ``LANGGRAPH_STRICT_MSGPACK=true`` to allow-list the types).
+    """
+
+    def __init__(self, ledger: Ledger | None = None, *, ttl: float | None = None,
+                 serde: SerializerProtocol | None = None) -> None:
+        super().__init__(serde=codec.check_serde(serde or JsonPlusSerializer()))
+        if ttl is not None and ttl <= 0:
+            raise ValueError("ttl must be a positive number of seconds (or None: no expiry)")
+        self._owns_ledger = ledger is None
+        self.ledger: Ledger = ledger if ledger is not None else Ledger.from_url()
+        if self.ledger.redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("DurableCheckpointer stores bytes: give the Ledger a redis client "
+                             "without decode_responses=True")
+        self.ttl = ttl
+        self._ttl_ms = int(ttl * 1000) if ttl is not None else 0
+        self._scripts: dict[str, Script] = {
+            n: self.ledger.redis.register_script(s) for n, s in _SCRIPTS.items()}
+        self._ascripts: weakref.WeakKeyDictionary[aredis.Redis, dict[str, AsyncScript]] = (
+            weakref.WeakKeyDictionary())
+        # (thread, ns, channel) -> (blob field, encoded items) of the last list stored, so the
+        # next version of an append-only list stores only what was appended.
+        self._lists: OrderedDict[tuple[str, str, str], tuple[str, list[bytes]]] = OrderedDict()
+        self._lists_lock = threading.Lock()
+        _install_call_recording()
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, prefix: str = "agentledger",
+                 ttl: float | None = None, serde: SerializerProtocol | None = None,
+                 **ledger_options: Any) -> DurableCheckpointer:
+        """A checkpointer on its own :class:`Ledger` (``Ledger.from_url`` rules for ``url``)."""
+        saver = cls(Ledger.from_url(url, prefix=prefix, **ledger_options), ttl=ttl, serde=serde)
+        saver._owns_ledger = True
+        return saver
+
+    def close(self) -> None:
+        if self._owns_ledger:
+            self.ledger.close()
+
+    async def aclose(self) -> None:
+        if self._owns_ledger:
+            await self.ledger.aclose()
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _keys(self, thread_id: Any) -> ThreadKeys:
+        tid = str(thread_id)
+        rk = self.ledger.keys(tid)
+        return ThreadKeys(tid, [rk.extra(f"lg:{n}") for n in _NAMES]
+                          + [rk.keyset, rk.run, rk.steps])
+
+    def _aclient(self) -> tuple[aredis.Redis, dict[str, AsyncScript]]:
+        client = self.ledger._async()[0]
+        scripts = self._ascripts.get(client)
+        if scripts is None:
+            scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
+            self._ascripts[client] = scripts
+        return client, scripts
+
+    @contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable during {what}: {e}") from e
+        except redis.ResponseError as e:
+            raise LedgerError(f"Redis refused {what}: {e}") from e
+
+    def _forget(self, thread_id: str) -> None:
+        with self._lists_lock:
+            for k in [k for k in self._lists if k[0] == thread_id]:
+                del self._lists[k]
+
+    # ---- put ----------------------------------------------------------------------------------
+    def _plan_put(self, config: RunnableConfig, checkpoint: Checkpoint,
+                  metadata: CheckpointMetadata, new_versions: ChannelVersions,
+                  deltas: bool = True) -> _PutPlan:
+        conf = config["configurable"]
+        keys = self._keys(conf["thread_id"])
+        ns = codec.check_name("checkpoint_ns", conf.get("checkpoint_ns", ""))
+        cid = codec.check_name("checkpoint id", checkpoint["id"])
+        member = f"{ns}{_US}{cid}"
+        c = checkpoint.copy()
+        values: dict[str, Any] = c.pop("channel_values")  # type: ignore[misc]
+        args: list[Any] = []
+        lists: dict[tuple[str, str, str], tuple[str, list[bytes]]] = {}
+        fields: list[str] = []
+        for ch, ver in new_versions.items():
+            field = f"{ns}{_US}{codec.check_name('channel', ch)}{_US}{ver}"
+            base = ""
+            if ch not in values:
+                blob = codec.encode_blob(codec.EMPTY, b"")
+            elif type(values[ch]) is list:
+                items = [codec.encode_blob(*codec.dumps(self.serde, v)) for v in values[ch]]
+                prev = self._lists.get((keys.thread_id, ns, ch)) if deltas else None
+                n = len(prev[1]) if prev else 0
+                if prev and prev[0] != field and n <= len(items) and items[:n] == prev[1]:
+                    blob, base = codec.encode_list(items[n:]), prev[0]
+                else:
+                    blob = codec.encode_list(items)
+                lists[(keys.thread_id, ns, ch)] = (field, items)
+            else:
+                blob = codec.encode_blob(*codec.dumps(self.serde, values[ch]))
+            args += [field, blob, base]
+            fields.append(field)
+        md = get_serializable_checkpoint_metadata(config, metadata)
+        run_id = md.get("run_id")
+        run_member = (f"{run_id}{_US}{member}"
+                      if isinstance(run_id, str) and run_id and _US not in run_id else "")
+        refs = codec.RS.join(f"{ns}{_US}{ch}{_US}{ver}"
+                             for ch, ver in c["channel_versions"].items())
+        record = codec.encode_record(codec.dumps(self.serde, c), codec.dumps(self.serde, md),
+                                     conf.get("checkpoint_id"))
+        result: RunnableConfig = {"configurable": {
+            "thread_id": conf["thread_id"], "checkpoint_ns": ns, "checkpoint_id": cid}}
+        return _PutPlan(keys, [self._ttl_ms, member, record, refs, run_member, *args],
+                        lists, fields, result)
+
+    def _after_put(self, plan: _PutPlan, reply: list[Any]) -> bool:
+        """Remember the lists just stored; False when a delta's base was gone (retry whole)."""
+        if _s(reply[0]) == "NOBASE":
+            self._forget(plan.keys.thread_id)
+            return False
+        fresh = dict(zip(plan.fields, reply[1], strict=True))
+        with self._lists_lock:
+            for k, entry in plan.lists.items():
+                if fresh.get(entry[0]) == 1:
+                    self._lists[k] = entry
+                    self._lists.move_to_end(k)
+                else:  # that version was stored before, maybe with other content
+                    self._lists.pop(k, None)
+            while len(self._lists) > _CACHE_SIZE:
+                self._lists.popitem(last=False)
+        return True
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        with self._io("put"):
+            if not self._after_put(plan, self._scripts["put"](plan.keys.all, plan.args)):
+                plan = self._plan_put(config, checkpoint, metadata, new_versions, deltas=False)
+                self._after_put(plan, self._scripts["put"](plan.keys.all, plan.args))
+        return plan.result
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+        plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        scripts = self._aclient()[1]
+        with self._io("put"):
+            if not self._after_put(plan, await scripts["put"](plan.keys.all, plan.args)):
+                plan = self._plan_put(config, checkpoint, metadata, new_versions, deltas=False)
+                self._after_put(plan, await scripts["put"](plan.keys.all, plan.args))
+        return plan.result
+
+    # ---- put_writes ---------------------------------------------------------------------------
+    def _plan_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                     task_id: str, task_path: str) -> tuple[ThreadKeys, list[Any]]:
+        conf = config["configurable"]
+        keys = self._keys(conf["thread_id"])
+        ns = codec.check_name("checkpoint_ns", conf.get("checkpoint_ns", ""))
+        member = f"{ns}{_US}{codec.check_name('checkpoint id', conf['checkpoint_id'])}"
+        codec.check_name("task id", task_id)
+        args: list[Any] = [self._ttl_ms]
+        for idx, (channel, value) in enumerate(writes):
+            # Special channels (errors, interrupts) have fixed negative slots and the latest
+            # wins; regular writes keep the first one stored, so a retried task is a no-op.
+            slot = WRITES_IDX_MAP.get(channel, idx)
+            args += [f"{member}{_US}{task_id}{_US}{slot}",
+                     codec.encode_write(channel, codec.dumps(self.serde, value), task_path),
+                     "1" if slot < 0 else "0"]
+        return keys, args
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                   task_id: str, task_path: str = "") -> None:
+        keys, args = self._plan_writes(config, writes, task_id, task_path)
+        if len(args) > 1:
+            with self._io("put_writes"):
+                self._scripts["put_writes"](keys.all, args)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str = "") -> None:
+        keys, args = self._plan_writes(config, writes, task_id, task_path)
+        if len(args) > 1:
+            with self._io("put_writes"):
+                await self._aclient()[1]["put_writes"](keys.all, args)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def _tuple(self, keys: ThreadKeys, thread_id: Any, reply: list[Any],
+               remember: bool) -> CheckpointTuple:
+        member, rec, flat, wfields, wvalues = reply
+        member = _s(member)
+        ns, _, cid = member.rpartition(_US)
+        ck_typed, md_typed, parent = codec.decode_record(rec, keys.cp, member)
+        checkpoint = codec.loads(self.serde, *ck_typed, keys.cp, member)
+        metadata = codec.loads(self.serde, *md_typed, keys.cp, member)
+        blobs = {_s(flat[i]): (flat[i + 1], _s(flat[i + 2])) for i in range(0, len(flat), 3)}
+        values: dict[str, Any] = {}
+        for ch, ver in checkpoint["channel_versions"].items():
+            field = f"{ns}{_US}{ch}{_US}{ver}"
+            raw = blobs.get(field, (None, ""))[0]
+            if raw is None:  # a version never stored (as InMemorySaver: no value)
+                continue
+            type_, data = codec.decode_blob(raw, keys.blobs, field)
+            if type_ == codec.EMPTY:
+                continue
+            if type_ != codec.LIST:
+                values[ch] = codec.loads(self.serde, type_, data, keys.blobs, field)
+                continue
+            items = self._list_items(keys, field, blobs)
+            values[ch] = [codec.loads(self.serde, *codec.decode_blob(i, keys.blobs, field),
+                                      keys.blobs, field) for i in items]
+            if remember:
+                with self._lists_lock:
+                    self._lists[(keys.thread_id, ns, ch)] = (field, items)
+                    self._lists.move_to_end((keys.thread_id, ns, ch))
+        pending = []
+        for wf, wv in zip(wfields, wvalues, strict=True):
+            if wv is None:
+                continue
+            wf = _s(wf)
+            task_id, _, slot = wf[len(member) + 1:].rpartition(_US)
+            channel, typed, task_path = codec.decode_write(wv, keys.writes, wf)
+            pending.append((writes_sort_key(task_path, task_id, int(slot)), task_id, channel,
+                            typed, wf))
+        pending.sort(key=lambda p: p[0])
+        base = {"thread_id": thread_id, "checkpoint_ns": ns}
+        return CheckpointTuple(
+            config={"configurable": {**base, "checkpoint_id": cid}},
+            checkpoint={**checkpoint, "channel_values": values},  # type: ignore[typeddict-item]
+            metadata=metadata,
+            parent_config={"configurable": {**base, "checkpoint_id": parent}} if parent else None,
+            pending_writes=[(t, c, codec.loads(self.serde, *v, keys.writes, f))
+                            for _, t, c, v, f in pending],
+        )
+
+    @staticmethod
+    def _list_items(keys: ThreadKeys, field: str,
+                    blobs: dict[str, tuple[bytes | None, str]]) -> list[bytes]:
+        parts: list[list[bytes]] = []
+        cur = field
+        while cur:
+            raw, base = blobs.get(cur, (None, ""))
+            if raw is None:
+                raise CorruptRecordError(keys.blobs, f"field {cur!r}, the base of {field!r}, "
+                                         "is missing")
+            type_, data = codec.decode_blob(raw, keys.blobs, cur)
+            if type_ != codec.LIST:
+                raise CorruptRecordError(keys.blobs, f"field {cur!r} is {type_!r}, not a list")
+            parts.append(codec.decode_list(data, keys.blobs, cur))
+            cur = base
+        return [item for part in reversed(parts) for item in part]
+
+    @staticmethod
+    def _load_args(config: RunnableConfig) -> list[str]:
+        conf = config["configurable"]
+        ns = conf.get("checkpoint_ns", "")
+        return [f"{ns}{_US}", conf.get("checkpoint_id") or ""]
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        keys = self._keys(config["configurable"]["thread_id"])
+        with self._io("get_tuple"):
+            reply = self._scripts["load"](keys.all, self._load_args(config))
+        if not reply:
+            return None
+        return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        keys = self._keys(config["configurable"]["thread_id"])
+        with self._io("get_tuple"):
+            reply = await self._aclient()[1]["load"](keys.all, self._load_args(config))
+        if not reply:
+            return None
+        return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
+
+    # ---- list ---------------------------------------------------------------------------------
+    def _thread_pattern(self, name: str) -> str:
+        escaped = "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in self.ledger.prefix)
+        return f"{escaped}:{{*}}:lg:{name}"
+
+    def _thread_of(self, key: bytes | str) -> str:
+        k = _s(key)
+        start = len(self.ledger.prefix) + 2
+        return k[start:k.rindex("}:lg:")]
+
+    @staticmethod
+    def _range(ns: str | None, before: str | None,
+               limit: int | None) -> tuple[bytes, bytes, int | None]:
+        if ns is None:
+            return b"+", b"-", None
+        prefix = f"{ns}{_US}".encode()
+        top = b"(" + prefix + before.encode() if before else b"[" + prefix + b"\xff"
+        return top, b"[" + prefix, limit
+
+    @staticmethod
+    def _order(members: list[bytes], ns: str | None, before: str | None) -> list[str]:
+        out = [_s(m) for m in members]
+        if ns is None:  # every namespace: newest checkpoint id first
+            out = [m for m in out if not before or m.rpartition(_US)[2] < before]
+            out.sort(key=lambda m: m.rpartition(_US)[2], reverse=True)
+        return out
+
+    @staticmethod
+    def _list_params(config: RunnableConfig | None, before: RunnableConfig | None
+                     ) -> tuple[str | None, str | None]:
+        ns = config["configurable"].get("checkpoint_ns") if config else None
+        b = before["configurable"].get("checkpoint_id") if before else None
+        return ns, b
+
+    def _threads(self, config: RunnableConfig | None) -> builtins.list[Any]:
+        if config is not None and config["configurable"].get("thread_id") is not None:
+            return [config["configurable"]["thread_id"]]
+        with self._io("list"):
+            return sorted({self._thread_of(k) for k in
+                           self.ledger.redis.scan_iter(match=self._thread_pattern("ix"),
+                                                       count=1000)})
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None, limit: int | None = None
+             ) -> Iterator[CheckpointTuple]:
+        ns, b = self._list_params(config, before)
+        left = limit
+        for thread_id in self._threads(config):
+            keys = self._keys(thread_id)
+            top, bottom, cap = self._range(ns, b, None if filter else left)
+            with self._io("list"):
+                raw = (self.ledger.redis.zrevrangebylex(keys.ix, top, bottom, 0, cap)
+                       if cap is not None else self.ledger.redis.zrevrangebylex(keys.ix, top,
+                                                                                 bottom))
+            members = self._order(raw, ns, b)
+            for i in range(0, len(members), _LOAD_CHUNK):
+                with self._io("list"):
+                    replies = self._scripts["load_many"](keys.all, members[i:i + _LOAD_CHUNK])
+                for reply in replies:
+                    if not reply:
+                        continue
+                    tup = self._tuple(keys, thread_id, reply, remember=False)
+                    if filter and any(tup.metadata.get(k) != v for k, v in filter.items()):
+                        continue
+                    yield tup
+                    if left is not None:
+                        left -= 1
+                        if left <= 0:
+                            return
+
+    async def _athreads(self, config: RunnableConfig | None) -> builtins.list[Any]:
+        if config is not None and config["configurable"].get("thread_id") is not None:
+            return [config["configurable"]["thread_id"]]
+        client = self._aclient()[0]
+        with self._io("list"):
+            return sorted({self._thread_of(k) async for k in
+                           client.scan_iter(match=self._thread_pattern("ix"), count=1000)})
+
+    async def alist(self, config: RunnableConfig | None, *,
+                    filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
+                    limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        ns, b = self._list_params(config, before)
+        left = limit
+        client, scripts = self._aclient()
+        for thread_id in await self._athreads(config):
+            keys = self._keys(thread_id)
+            top, bottom, cap = self._range(ns, b, None if filter else left)
+            with self._io("list"):
+                raw = (await client.zrevrangebylex(keys.ix, top, bottom, 0, cap)
+                       if cap is not None else await client.zrevrangebylex(keys.ix, top, bottom))
+            members = self._order(raw, ns, b)
+            for i in range(0, len(members), _LOAD_CHUNK):
+                with self._io("list"):
+                    replies = await scripts["load_many"](keys.all, members[i:i + _LOAD_CHUNK])
+                for reply in replies:
+                    if not reply:
+                        continue
+                    tup = self._tuple(keys, thread_id, reply, remember=False)
+                    if filter and any(tup.metadata.get(k) != v for k, v in filter.items()):
+                        continue
+                    yield tup
+                    if left is not None:
+                        left -= 1
+                        if left <= 0:
+                            return
+
+    # ---- deleting, copying, pruning -----------------------------------------------------------
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints and writes, and every step recorded in its run."""
+        keys = self._keys(thread_id)
+        self._forget(keys.thread_id)
+        self.ledger.delete_run(keys.thread_id)
+        with self._io("delete_thread"):
+            self.ledger.redis.delete(*keys.own)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        keys = self._keys(thread_id)
+        self._forget(keys.thread_id)
+        await self.ledger.adelete_run(keys.thread_id)
+        with self._io("delete_thread"):
+            await self._aclient()[0].delete(*keys.own)
+
+    @staticmethod
+    def _run_ranges(run_ids: Sequence[str]) -> builtins.list[tuple[str, bytes, bytes]]:
+        return [(r, b"[" + f"{r}{_US}".encode(), b"[" + f"{r}{_US}".encode() + b"\xff")
+                for r in run_ids if r and _US not in r]
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes) that the given LangGraph runs made."""
+        ranges = self._run_ranges(run_ids)
+        if not ranges:
+            return
+        client = self.ledger.redis
+        with self._io("delete_for_runs"):
+            for key in list(client.scan_iter(match=self._thread_pattern("runs"), count=1000)):
+                keys = self._keys(self._thread_of(key))
+                pipe = client.pipeline(transaction=False)
+                for _, lo, hi in ranges:
+                    pipe.zrangebylex(keys.runs, lo, hi)
+                found = [_s(m).partition(_US)[2] for got in pipe.execute() for m in got]
+                if found:
+                    self._forget(keys.thread_id)
+                    self._scripts["drop"](keys.all, ["members", *found])
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        ranges = self._run_ranges(run_ids)
+        if not ranges:
+            return
+        client, scripts = self._aclient()
+        with self._io("delete_for_runs"):
+            found_keys = [k async for k in client.scan_iter(match=self._thread_pattern("runs"),
+                                                            count=1000)]
+            for key in found_keys:
+                keys = self._keys(self._thread_of(key))
+                pipe = client.pipeline(transaction=False)
+                for _, lo, hi in ranges:
+                    pipe.zrangebylex(keys.runs, lo, hi)
+                found = [_s(m).partition(_US)[2] for got in await pipe.execute() for m in got]
+                if found:
+                    self._forget(keys.thread_id)
+                    await scripts["drop"](keys.all, ["members", *found])
+
+    def _copy_reads(self, pipe: Any, src: ThreadKeys) -> None:
+        for i, _ in enumerate(_NAMES):
+            if _NAMES[i] in ("ix", "wix", "runs"):
+                pipe.zrange(src.all[i], 0, -1)
+            else:
+                pipe.hgetall(src.all[i])
+
+    def _copy_writes(self, pipe: Any, dst: ThreadKeys, got: builtins.list[Any]) -> bool:
+        if not got[_NAMES.index("ix")]:
+            return False
+        data: Any
+        for i, data in enumerate(got):
+            if not data:
+                continue
+            if isinstance(data, dict):
+                pipe.hset(dst.all[i], mapping=data)
+            else:
+                pipe.zadd(dst.all[i], dict.fromkeys(data, 0))
+        pipe.sadd(dst.keyset, *dst.own)
+        if self._ttl_ms:
+            for k in dst.all:
+                pipe.pexpire(k, self._ttl_ms)
+        return True
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint and write of a thread to another thread (not its steps)."""
+        src, dst = self._keys(source_thread_id), self._keys(target_thread_id)
+        with self._io("copy_thread"):
+            pipe = self.ledger.redis.pipeline(transaction=False)
+            self._copy_reads(pipe, src)
+            got = pipe.execute()
+            pipe = self.ledger.redis.pipeline(transaction=False)
+            if self._copy_writes(pipe, dst, got):
+                pipe.execute()
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        src, dst = self._keys(source_thread_id), self._keys(target_thread_id)
+        client = self._aclient()[0]
+        with self._io("copy_thread"):
+            pipe = client.pipeline(transaction=False)
+            self._copy_reads(pipe, src)
+            got = await pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            if self._copy_writes(pipe, dst, got):
+                await pipe.execute()
+
+    @staticmethod
+    def _check_strategy(strategy: str) -> None:
+        if strategy not in ("keep_latest", "delete"):
+            raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``keep_latest``: keep each namespace's newest checkpoint (and the blobs it needs);
+        ``delete``: delete the threads, recorded steps included."""
+        self._check_strategy(strategy)
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                self.delete_thread(thread_id)
+                continue
+            keys = self._keys(thread_id)
+            self._forget(keys.thread_id)
+            with self._io("prune"):
+                self._scripts["drop"](keys.all, ["latest"])
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._check_strategy(strategy)
+        for thread_id in thread_ids:
+            if strategy == "delete":
+                await self.adelete_thread(thread_id)
+                continue
+            keys = self._keys(thread_id)
+            self._forget(keys.thread_id)
+            with self._io("prune"):
+                await self._aclient()[1]["drop"](keys.all, ["latest"])
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        # Zero-padded so versions sort as strings; the random tail keeps two processes that
+        # fork one thread from writing different values under one version.
+        if current is None:
+            n = 0
+        elif isinstance(current, int):
+            n = current
+        else:
+            n = int(str(current).split(".")[0])
+        return f"{n + 1:032}.{random.random():016}"
+
+
+def _install_call_recording() -> None:
+    # lg-calls' module patches the chat model and tool entry points (idempotent, inert
+    # outside a durable graph); until it exists the checkpointer works on its own.
+    try:
+        module = importlib.import_module("agentledger.langgraph._recording")
+    except ModuleNotFoundError as e:
+        if e.name != "agentledger.langgraph._recording":
+            raise
+        return
+    module.install()
