@@ -40,6 +40,8 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from . import _ckpt_codec as codec
 from . import _ckpt_lua as lua
+from ._ckpt_admin import ThreadAdmin
+from ._ckpt_keys import ThreadKeys, text, thread_keys, thread_of, thread_pattern
 
 __all__ = ["DurableCheckpointer"]
 
@@ -48,47 +50,7 @@ _SCRIPTS = {"put": lua.PUT, "put_writes": lua.PUT_WRITES, "load": lua.LOAD,
 _US = codec.US
 _LOAD_CHUNK = 64
 _CACHE_SIZE = 512
-_NAMES = ("cp", "refs", "ix", "blobs", "chain", "writes", "wix", "runs")
 
-
-@dataclass(frozen=True, slots=True)
-class ThreadKeys:
-    """The Redis keys of one thread, in the order every script takes them."""
-
-    thread_id: str
-    all: list[str]
-
-    @property
-    def cp(self) -> str:
-        return self.all[0]
-
-    @property
-    def ix(self) -> str:
-        return self.all[2]
-
-    @property
-    def blobs(self) -> str:
-        return self.all[3]
-
-    @property
-    def writes(self) -> str:
-        return self.all[5]
-
-    @property
-    def runs(self) -> str:
-        return self.all[7]
-
-    @property
-    def own(self) -> list[str]:
-        return self.all[:8]
-
-    @property
-    def keyset(self) -> str:
-        return self.all[8]
-
-
-def _s(b: bytes | str) -> str:
-    return b.decode() if isinstance(b, bytes) else b
 
 
 @dataclass(slots=True)
@@ -100,7 +62,7 @@ class _PutPlan:
     result: RunnableConfig
 
 
-class DurableCheckpointer(BaseCheckpointSaver[str]):
+class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     """A LangGraph checkpointer whose threads are agentledger runs.
 
     ``DurableCheckpointer(ledger)`` or ``DurableCheckpointer.from_url(url)`` (no URL and no
@@ -151,10 +113,7 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _keys(self, thread_id: Any) -> ThreadKeys:
-        tid = str(thread_id)
-        rk = self.ledger.keys(tid)
-        return ThreadKeys(tid, [rk.extra(f"lg:{n}") for n in _NAMES]
-                          + [rk.keyset, rk.run, rk.steps])
+        return thread_keys(self.ledger, thread_id)
 
     def _aclient(self) -> tuple[aredis.Redis, dict[str, AsyncScript]]:
         client = self.ledger._async()[0]
@@ -225,7 +184,7 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
 
     def _after_put(self, plan: _PutPlan, reply: list[Any]) -> bool:
         """Remember the lists just stored; False when a delta's base was gone (retry whole)."""
-        if _s(reply[0]) == "NOBASE":
+        if text(reply[0]) == "NOBASE":
             self._forget(plan.keys.thread_id)
             return False
         fresh = dict(zip(plan.fields, reply[1], strict=True))
@@ -295,12 +254,12 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
     def _tuple(self, keys: ThreadKeys, thread_id: Any, reply: list[Any],
                remember: bool) -> CheckpointTuple:
         member, rec, flat, wfields, wvalues = reply
-        member = _s(member)
+        member = text(member)
         ns, _, cid = member.rpartition(_US)
         ck_typed, md_typed, parent = codec.decode_record(rec, keys.cp, member)
         checkpoint = codec.loads(self.serde, *ck_typed, keys.cp, member)
         metadata = codec.loads(self.serde, *md_typed, keys.cp, member)
-        blobs = {_s(flat[i]): (flat[i + 1], _s(flat[i + 2])) for i in range(0, len(flat), 3)}
+        blobs = {text(flat[i]): (flat[i + 1], text(flat[i + 2])) for i in range(0, len(flat), 3)}
         values: dict[str, Any] = {}
         for ch, ver in checkpoint["channel_versions"].items():
             field = f"{ns}{_US}{ch}{_US}{ver}"
@@ -324,7 +283,7 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
         for wf, wv in zip(wfields, wvalues, strict=True):
             if wv is None:
                 continue
-            wf = _s(wf)
+            wf = text(wf)
             task_id, _, slot = wf[len(member) + 1:].rpartition(_US)
             channel, typed, task_path = codec.decode_write(wv, keys.writes, wf)
             pending.append((writes_sort_key(task_path, task_id, int(slot)), task_id, channel,
@@ -380,15 +339,6 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
         return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
 
     # ---- list ---------------------------------------------------------------------------------
-    def _thread_pattern(self, name: str) -> str:
-        escaped = "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in self.ledger.prefix)
-        return f"{escaped}:{{*}}:lg:{name}"
-
-    def _thread_of(self, key: bytes | str) -> str:
-        k = _s(key)
-        start = len(self.ledger.prefix) + 2
-        return k[start:k.rindex("}:lg:")]
-
     @staticmethod
     def _range(ns: str | None, before: str | None,
                limit: int | None) -> tuple[bytes, bytes, int | None]:
@@ -400,7 +350,7 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
 
     @staticmethod
     def _order(members: list[bytes], ns: str | None, before: str | None) -> list[str]:
-        out = [_s(m) for m in members]
+        out = [text(m) for m in members]
         if ns is None:  # every namespace: newest checkpoint id first
             out = [m for m in out if not before or m.rpartition(_US)[2] < before]
             out.sort(key=lambda m: m.rpartition(_US)[2], reverse=True)
@@ -417,8 +367,8 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
         if config is not None and config["configurable"].get("thread_id") is not None:
             return [config["configurable"]["thread_id"]]
         with self._io("list"):
-            return sorted({self._thread_of(k) for k in
-                           self.ledger.redis.scan_iter(match=self._thread_pattern("ix"),
+            return sorted({thread_of(self.ledger.prefix, k) for k in
+                           self.ledger.redis.scan_iter(match=thread_pattern(self.ledger.prefix, "ix"),
                                                        count=1000)})
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
@@ -454,8 +404,8 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
             return [config["configurable"]["thread_id"]]
         client = self._aclient()[0]
         with self._io("list"):
-            return sorted({self._thread_of(k) async for k in
-                           client.scan_iter(match=self._thread_pattern("ix"), count=1000)})
+            return sorted({thread_of(self.ledger.prefix, k) async for k in
+                           client.scan_iter(match=thread_pattern(self.ledger.prefix, "ix"), count=1000)})
 
     async def alist(self, config: RunnableConfig | None, *,
                     filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
@@ -484,137 +434,6 @@ class DurableCheckpointer(BaseCheckpointSaver[str]):
                         left -= 1
                         if left <= 0:
                             return
-
-    # ---- deleting, copying, pruning -----------------------------------------------------------
-    def delete_thread(self, thread_id: str) -> None:
-        """Delete the thread's checkpoints and writes, and every step recorded in its run."""
-        keys = self._keys(thread_id)
-        self._forget(keys.thread_id)
-        self.ledger.delete_run(keys.thread_id)
-        with self._io("delete_thread"):
-            self.ledger.redis.delete(*keys.own)
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        keys = self._keys(thread_id)
-        self._forget(keys.thread_id)
-        await self.ledger.adelete_run(keys.thread_id)
-        with self._io("delete_thread"):
-            await self._aclient()[0].delete(*keys.own)
-
-    @staticmethod
-    def _run_ranges(run_ids: Sequence[str]) -> builtins.list[tuple[str, bytes, bytes]]:
-        return [(r, b"[" + f"{r}{_US}".encode(), b"[" + f"{r}{_US}".encode() + b"\xff")
-                for r in run_ids if r and _US not in r]
-
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (and their writes) that the given LangGraph runs made."""
-        ranges = self._run_ranges(run_ids)
-        if not ranges:
-            return
-        client = self.ledger.redis
-        with self._io("delete_for_runs"):
-            for key in list(client.scan_iter(match=self._thread_pattern("runs"), count=1000)):
-                keys = self._keys(self._thread_of(key))
-                pipe = client.pipeline(transaction=False)
-                for _, lo, hi in ranges:
-                    pipe.zrangebylex(keys.runs, lo, hi)
-                found = [_s(m).partition(_US)[2] for got in pipe.execute() for m in got]
-                if found:
-                    self._forget(keys.thread_id)
-                    self._scripts["drop"](keys.all, ["members", *found])
-
-    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        ranges = self._run_ranges(run_ids)
-        if not ranges:
-            return
-        client, scripts = self._aclient()
-        with self._io("delete_for_runs"):
-            found_keys = [k async for k in client.scan_iter(match=self._thread_pattern("runs"),
-                                                            count=1000)]
-            for key in found_keys:
-                keys = self._keys(self._thread_of(key))
-                pipe = client.pipeline(transaction=False)
-                for _, lo, hi in ranges:
-                    pipe.zrangebylex(keys.runs, lo, hi)
-                found = [_s(m).partition(_US)[2] for got in await pipe.execute() for m in got]
-                if found:
-                    self._forget(keys.thread_id)
-                    await scripts["drop"](keys.all, ["members", *found])
-
-    def _copy_reads(self, pipe: Any, src: ThreadKeys) -> None:
-        for i, _ in enumerate(_NAMES):
-            if _NAMES[i] in ("ix", "wix", "runs"):
-                pipe.zrange(src.all[i], 0, -1)
-            else:
-                pipe.hgetall(src.all[i])
-
-    def _copy_writes(self, pipe: Any, dst: ThreadKeys, got: builtins.list[Any]) -> bool:
-        if not got[_NAMES.index("ix")]:
-            return False
-        data: Any
-        for i, data in enumerate(got):
-            if not data:
-                continue
-            if isinstance(data, dict):
-                pipe.hset(dst.all[i], mapping=data)
-            else:
-                pipe.zadd(dst.all[i], dict.fromkeys(data, 0))
-        pipe.sadd(dst.keyset, *dst.own)
-        if self._ttl_ms:
-            for k in dst.all:
-                pipe.pexpire(k, self._ttl_ms)
-        return True
-
-    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Copy every checkpoint and write of a thread to another thread (not its steps)."""
-        src, dst = self._keys(source_thread_id), self._keys(target_thread_id)
-        with self._io("copy_thread"):
-            pipe = self.ledger.redis.pipeline(transaction=False)
-            self._copy_reads(pipe, src)
-            got = pipe.execute()
-            pipe = self.ledger.redis.pipeline(transaction=False)
-            if self._copy_writes(pipe, dst, got):
-                pipe.execute()
-
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        src, dst = self._keys(source_thread_id), self._keys(target_thread_id)
-        client = self._aclient()[0]
-        with self._io("copy_thread"):
-            pipe = client.pipeline(transaction=False)
-            self._copy_reads(pipe, src)
-            got = await pipe.execute()
-            pipe = client.pipeline(transaction=False)
-            if self._copy_writes(pipe, dst, got):
-                await pipe.execute()
-
-    @staticmethod
-    def _check_strategy(strategy: str) -> None:
-        if strategy not in ("keep_latest", "delete"):
-            raise ValueError(f"unknown prune strategy {strategy!r}: use 'keep_latest' or 'delete'")
-
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        """``keep_latest``: keep each namespace's newest checkpoint (and the blobs it needs);
-        ``delete``: delete the threads, recorded steps included."""
-        self._check_strategy(strategy)
-        for thread_id in thread_ids:
-            if strategy == "delete":
-                self.delete_thread(thread_id)
-                continue
-            keys = self._keys(thread_id)
-            self._forget(keys.thread_id)
-            with self._io("prune"):
-                self._scripts["drop"](keys.all, ["latest"])
-
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        self._check_strategy(strategy)
-        for thread_id in thread_ids:
-            if strategy == "delete":
-                await self.adelete_thread(thread_id)
-                continue
-            keys = self._keys(thread_id)
-            self._forget(keys.thread_id)
-            with self._io("prune"):
-                await self._aclient()[1]["drop"](keys.all, ["latest"])
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         # Zero-padded so versions sort as strings; the random tail keeps two processes that
