@@ -1,0 +1,350 @@
+"""Chat-model and tool calls as durable steps: what is recorded, how it is keyed and replayed.
+
+A model call is an LLM step recorded in one round trip (``intent=False``); its value is the
+``AIMessage`` (content, tool calls and their ids, usage), and a replayed stream yields it again
+as one chunk. A model call that raises is not recorded: it has no side effect, and the next
+attempt asks again. A tool call is an intent + outcome step keyed by the model's
+``tool_call_id`` when it has one; its value is what ``BaseTool.run`` returned (a
+``ToolMessage``, a ``Command`` or the raw result), and an error it raised is recorded too, so
+that a replay shows the model the same error.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+from agentledger import Codec, RunSession, StepCall, StepKind, StepStart, _context
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+    ToolMessage,
+    message_chunk_to_message,
+)
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel
+
+from ._lg_scope import TaskScope, active, node_attempt
+
+__all__ = ["BATCH_KEY", "arun_live", "model_call", "normalise_messages", "prepare_codec", "run_live", "tool_call"]
+
+BATCH_KEY = "agentledger_batch"
+
+_MESSAGE_TYPES: tuple[type[BaseMessage], ...] = (
+    AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage, ChatMessage,
+    FunctionMessage, RemoveMessage,
+)
+_prepared: weakref.WeakSet[Codec] = weakref.WeakSet()
+
+
+def prepare_codec(codec: Codec) -> None:
+    """Allow LangChain messages and LangGraph's Command/Send as recorded values."""
+    if codec in _prepared:
+        return
+    for cls in _MESSAGE_TYPES:
+        if not codec.knows(cls):
+            codec.register_pydantic(cls, f"langchain.{cls.__name__}")
+    from langgraph.types import Command, Send
+
+    if not codec.knows(Send):
+        codec.register(Send, "langgraph.Send", lambda s: {"node": s.node, "arg": s.arg},
+                       lambda d: Send(d["node"], d["arg"]))
+    if not codec.knows(Command):
+        codec.register(Command, "langgraph.Command",
+                       lambda c: {"graph": c.graph, "update": c.update, "resume": c.resume,
+                                  "goto": list(c.goto) if isinstance(c.goto, tuple) else c.goto},
+                       lambda d: Command(**d))
+    _prepared.add(codec)
+
+
+# ---- inputs -------------------------------------------------------------------------------
+def normalise_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """Messages as the fingerprint sees them: no ids, no response metadata, no timestamps."""
+    out = []
+    for m in messages:
+        item: dict[str, Any] = {"type": m.type, "content": m.content}
+        if m.name:
+            item["name"] = m.name
+        if isinstance(m, AIMessage) and m.tool_calls:
+            item["tool_calls"] = [{"name": c["name"], "args": c["args"], "id": c.get("id")}
+                                  for c in m.tool_calls]
+        if isinstance(m, ToolMessage):
+            item["tool_call_id"] = m.tool_call_id
+            item["status"] = m.status
+        out.append(item)
+    return out
+
+
+def _model_name(model: BaseChatModel) -> str:
+    return type(model).__name__
+
+
+def _model_step(model: BaseChatModel, task: TaskScope, session: RunSession, input: Any,
+                stop: list[str] | None, config: Any) -> StepCall:
+    messages = model._convert_input(input).to_messages()
+    tag = ((config or {}).get("metadata") or {}).get(BATCH_KEY) if isinstance(config, dict) else None
+    if tag is not None:
+        # One input of a batch: its place in the batch is its scope (the batch runs them
+        # in parallel, in no fixed order).
+        task = TaskScope(scope=f"{task.scope}/batch{tag}", attempt=node_attempt())
+    name = _model_name(model)
+    inputs: dict[str, Any] = {"messages": normalise_messages(messages)}
+    if stop:
+        inputs["stop"] = list(stop)
+    call_id = task.next_id(session, str(StepKind.LLM), name, node_attempt())
+    return StepCall(kind=StepKind.LLM, name=name, inputs=inputs, scope=task.scope,
+                    call_id=call_id, intent=False)
+
+
+def _tool_args(tool: BaseTool, tool_input: Any) -> Any:
+    """The arguments the model chose, without those LangGraph injects (state, runtime)."""
+    if not isinstance(tool_input, dict):
+        return tool_input
+    schema = tool.tool_call_schema
+    if isinstance(schema, dict):
+        names = set(schema.get("properties", {}))
+    elif isinstance(schema, type) and issubclass(schema, BaseModel):
+        names = set(schema.model_fields)
+    else:
+        return tool_input
+    return {k: v for k, v in tool_input.items() if k in names}
+
+
+def _tool_step(tool: BaseTool, task: TaskScope, session: RunSession, tool_input: Any,
+               tool_call_id: str | None) -> StepCall:
+    call_id = task.next_id(session, str(StepKind.TOOL), tool.name, node_attempt(),
+                           call_id=tool_call_id)
+    return StepCall(kind=StepKind.TOOL, name=tool.name,
+                    inputs={"args": _tool_args(tool, tool_input)}, scope=task.scope,
+                    call_id=call_id)
+
+
+# ---- the protocol around one call ---------------------------------------------------------
+def run_live(session: RunSession, start: StepStart, fn: Callable[[], Any],
+              record_errors: bool) -> Any:
+    token = _context._step.set(start)
+    try:
+        value = fn()
+    except Exception as e:
+        if record_errors:
+            session.record(start, error=e)
+        raise
+    finally:
+        _context._step.reset(token)
+    session.record(start, value)
+    return value
+
+
+async def arun_live(session: RunSession, start: StepStart, fn: Callable[[], Awaitable[Any]],
+                     record_errors: bool) -> Any:
+    token = _context._step.set(start)
+    try:
+        value = await fn()
+    except Exception as e:
+        if record_errors:
+            await session.arecord(start, error=e)
+        raise
+    finally:
+        _context._step.reset(token)
+    await session.arecord(start, value)
+    return value
+
+
+def _as_chunk(message: Any) -> Any:
+    """A recorded model answer as the single chunk a replayed stream yields."""
+    if not isinstance(message, AIMessage) or isinstance(message, AIMessageChunk):
+        return message
+    chunks = [{"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"),
+               "index": i, "type": "tool_call_chunk"} for i, c in enumerate(message.tool_calls)]
+    return AIMessageChunk(content=message.content, id=message.id,
+                          additional_kwargs=message.additional_kwargs,
+                          response_metadata=message.response_metadata,
+                          usage_metadata=message.usage_metadata, name=message.name,
+                          tool_call_chunks=chunks, chunk_position="last")
+
+
+def _joined(chunks: list[Any]) -> Any:
+    if not chunks:
+        return AIMessage(content="")
+    total = chunks[0]
+    for c in chunks[1:]:
+        total = total + c
+    return message_chunk_to_message(total) if isinstance(total, BaseMessage) else total
+
+
+class model_call:
+    """Wrappers of ``BaseChatModel.invoke/ainvoke/stream/astream`` (installed by _recording)."""
+
+    @staticmethod
+    def invoke(original: Callable[..., Any]) -> Callable[..., Any]:
+        def invoke(self: BaseChatModel, input: Any, config: Any = None, *,
+                   stop: list[str] | None = None, **kwargs: Any) -> Any:
+            found = active()
+            if found is None:
+                return original(self, input, config, stop=stop, **kwargs)
+            session, task = found
+            start = session.begin(_model_step(self, task, session, input, stop, config))
+            if start.replayed:
+                return session.result(start)
+            return run_live(session, start,
+                             lambda: original(self, input, config, stop=stop, **kwargs), False)
+
+        return invoke
+
+    @staticmethod
+    def ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def ainvoke(self: BaseChatModel, input: Any, config: Any = None, *,
+                          stop: list[str] | None = None, **kwargs: Any) -> Any:
+            found = active()
+            if found is None:
+                return await original(self, input, config, stop=stop, **kwargs)
+            session, task = found
+            start = await session.abegin(_model_step(self, task, session, input, stop, config))
+            if start.replayed:
+                return session.result(start)
+            return await arun_live(
+                session, start, lambda: original(self, input, config, stop=stop, **kwargs), False)
+
+        return ainvoke
+
+    @staticmethod
+    def stream(original: Callable[..., Any]) -> Callable[..., Any]:
+        def stream(self: BaseChatModel, input: Any, config: Any = None, *,
+                   stop: list[str] | None = None, **kwargs: Any) -> Iterator[Any]:
+            found = active()
+            if found is None:
+                yield from original(self, input, config, stop=stop, **kwargs)
+                return
+            session, task = found
+            start = session.begin(_model_step(self, task, session, input, stop, config))
+            if start.replayed:
+                yield _as_chunk(session.result(start))
+                return
+            chunks: list[Any] = []
+            it = original(self, input, config, stop=stop, **kwargs)
+            while True:
+                # The step is current only while the model produces a chunk: between chunks
+                # the consumer runs, and its own calls are not part of this one.
+                token = _context._step.set(start)
+                try:
+                    chunk = next(it)
+                except StopIteration:
+                    break
+                finally:
+                    _context._step.reset(token)
+                chunks.append(chunk)
+                yield chunk
+            session.record(start, _joined(chunks))
+
+        return stream
+
+    @staticmethod
+    def astream(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def astream(self: BaseChatModel, input: Any, config: Any = None, *,
+                          stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+            found = active()
+            if found is None:
+                async for chunk in original(self, input, config, stop=stop, **kwargs):
+                    yield chunk
+                return
+            session, task = found
+            start = await session.abegin(_model_step(self, task, session, input, stop, config))
+            if start.replayed:
+                yield _as_chunk(session.result(start))
+                return
+            chunks: list[Any] = []
+            it = original(self, input, config, stop=stop, **kwargs).__aiter__()
+            while True:
+                token = _context._step.set(start)
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    _context._step.reset(token)
+                chunks.append(chunk)
+                yield chunk
+            await session.arecord(start, _joined(chunks))
+
+        return astream
+
+    @staticmethod
+    def batch(original: Callable[..., Any]) -> Callable[..., Any]:
+        def batch(self: BaseChatModel, inputs: list[Any], config: Any = None, **kwargs: Any
+                  ) -> Any:
+            found = active()
+            if found is None or not inputs:
+                return original(self, inputs, config, **kwargs)
+            return original(self, inputs, _batch_configs(self, found, config, len(inputs)),
+                            **kwargs)
+
+        return batch
+
+    @staticmethod
+    def abatch(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def abatch(self: BaseChatModel, inputs: list[Any], config: Any = None,
+                         **kwargs: Any) -> Any:
+            found = active()
+            if found is None or not inputs:
+                return await original(self, inputs, config, **kwargs)
+            return await original(self, inputs, _batch_configs(self, found, config, len(inputs)),
+                                  **kwargs)
+
+        return abatch
+
+
+def _batch_configs(model: BaseChatModel, found: tuple[RunSession, TaskScope], config: Any,
+                   n: int) -> list[Any]:
+    from langchain_core.runnables.config import get_config_list
+
+    session, task = found
+    batch_id = task.next_id(session, "batch", _model_name(model), node_attempt())
+    return [{**c, "metadata": {**(c.get("metadata") or {}), BATCH_KEY: f"{batch_id}.{i}"}}
+            for i, c in enumerate(get_config_list(config, n))]
+
+
+class tool_call:
+    """Wrappers of ``BaseTool.run/arun`` (installed by _recording)."""
+
+    @staticmethod
+    def run(original: Callable[..., Any]) -> Callable[..., Any]:
+        def run(self: BaseTool, tool_input: Any, *args: Any, tool_call_id: str | None = None,
+                **kwargs: Any) -> Any:
+            found = active()
+            if found is None:
+                return original(self, tool_input, *args, tool_call_id=tool_call_id, **kwargs)
+            session, task = found
+            start = session.begin(_tool_step(self, task, session, tool_input, tool_call_id))
+            if start.replayed:
+                return session.result(start)
+            return run_live(session, start, lambda: original(
+                self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
+
+        return run
+
+    @staticmethod
+    def arun(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def arun(self: BaseTool, tool_input: Any, *args: Any,
+                       tool_call_id: str | None = None, **kwargs: Any) -> Any:
+            found = active()
+            if found is None:
+                return await original(self, tool_input, *args, tool_call_id=tool_call_id,
+                                      **kwargs)
+            session, task = found
+            start = await session.abegin(_tool_step(self, task, session, tool_input,
+                                                    tool_call_id))
+            if start.replayed:
+                return session.result(start)
+            return await arun_live(session, start, lambda: original(
+                self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
+
+        return arun

@@ -1,0 +1,256 @@
+"""Recording of every call made inside the nodes of a graph compiled with a durable checkpointer.
+
+``install()`` wraps, explicitly and reversibly (``uninstall()``), the entry points that LangGraph
+and LangChain offer no supported hook for:
+
+- ``Pregel.stream/astream`` (``invoke``/``ainvoke`` go through them): a graph invocation whose
+  checkpointer carries a ``Ledger`` (``DurableCheckpointer``) opens the run named by its
+  ``thread_id``, activates it for the nodes, and finishes it (completed, failed, or waiting for
+  an approval) when the invocation ends. Any other graph is left alone.
+- the task runner (``run_with_retry``/``arun_with_retry``): each task gets a scope that a replay
+  computes again (see ``_lg_scope``), and ``interrupt()`` inside it becomes an approval.
+- ``BaseChatModel.invoke/ainvoke/stream/astream/batch/abatch`` and ``BaseTool.run/arun``: durable
+  steps (see ``_lg_calls``).
+
+Every wrapper is inert unless a run opened by the graph lifecycle is active in its context, so
+the original behaviour is untouched everywhere else. ``DurableCheckpointer()`` calls
+``install()``; calling it again does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from agentledger import Ledger, RunSession, RunStatus, _context
+
+from . import _interrupts
+from ._lg_calls import model_call, prepare_codec, tool_call
+from ._lg_scope import TaskScope, current_task, graph_scope, mark, task_segment, unmark
+
+__all__ = ["install", "installed", "uninstall"]
+
+_lock = threading.Lock()
+_originals: dict[tuple[Any, str], Any] = {}
+
+
+def installed() -> bool:
+    return bool(_originals)
+
+
+# ---- the run of one graph invocation ------------------------------------------------------
+def _ledger_of(graph: Any) -> Ledger | None:
+    ledger = getattr(getattr(graph, "checkpointer", None), "ledger", None)
+    return ledger if isinstance(ledger, Ledger) else None
+
+
+def _thread_id(config: Any) -> str | None:
+    if not isinstance(config, dict):
+        return None
+    thread = (config.get("configurable") or {}).get("thread_id")
+    return None if thread is None else str(thread)
+
+
+def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str] | None:
+    """The ledger and run id when this invocation starts a durable run, else None (another
+    checkpointer, no thread id, or a subgraph running inside a run already)."""
+    if _context._session.get() is not None:
+        return None
+    ledger = _ledger_of(graph)
+    thread = _thread_id(config)
+    if ledger is None or thread is None:
+        return None
+    prepare_codec(ledger.codec)
+    return ledger, thread
+
+
+def _end_status(session: RunSession, error: BaseException | None) -> RunStatus:
+    if error is not None:
+        return RunStatus.FAILED
+    return RunStatus.WAITING if id(session) in _interrupts.waiting_sessions else RunStatus.COMPLETED
+
+
+def _release(session: RunSession) -> None:
+    unmark(session)
+    _interrupts.waiting_sessions.discard(id(session))
+
+
+def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    def stream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
+        plan = _open_plan(self, config)
+        if plan is None:
+            outer = current_task.get()
+            token = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
+            try:
+                yield from original(self, input, config, **kwargs)
+            finally:
+                _reset(graph_scope, token)
+            return
+        ledger, thread = plan
+        session = ledger.open_run(thread, kind="langgraph")
+        mark(session)
+        token = session.activate()
+        scope_token = graph_scope.set("")
+        error: BaseException | None = None
+        try:
+            yield from original(self, input, config, **kwargs)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            try:
+                session.finish(_end_status(session, error), error)
+            finally:
+                _release(session)
+                _reset(graph_scope, scope_token)
+                _reset(_context._session, token)
+
+    return stream
+
+
+def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def astream(self: Any, input: Any, config: Any = None, **kwargs: Any
+                      ) -> AsyncIterator[Any]:
+        plan = _open_plan(self, config)
+        if plan is None:
+            outer = current_task.get()
+            token = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
+            try:
+                async for chunk in original(self, input, config, **kwargs):
+                    yield chunk
+            finally:
+                _reset(graph_scope, token)
+            return
+        ledger, thread = plan
+        session = await ledger.aopen_run(thread, kind="langgraph")
+        mark(session)
+        token = session.activate()
+        scope_token = graph_scope.set("")
+        error: BaseException | None = None
+        try:
+            async for chunk in original(self, input, config, **kwargs):
+                yield chunk
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            try:
+                await session.afinish(_end_status(session, error), error)
+            finally:
+                _release(session)
+                _reset(graph_scope, scope_token)
+                _reset(_context._session, token)
+
+    return astream
+
+
+def _reset(var: Any, token: Any) -> None:
+    # A generator closed by the garbage collector may finish in another context.
+    with contextlib.suppress(ValueError):
+        var.reset(token)
+
+
+# ---- one task -----------------------------------------------------------------------------
+def _enter(task: Any) -> tuple[RunSession, TaskScope] | None:
+    from ._lg_scope import recording_sessions
+
+    session = _context._session.get()
+    if session is None or id(session) not in recording_sessions:
+        return None
+    meta = (task.config or {}).get("metadata") or {}
+    segment = task_segment(task.name, meta.get("langgraph_step", "?"), tuple(task.path))
+    outer = graph_scope.get()
+    scope = TaskScope(scope=f"{outer}/{segment}" if outer else segment)
+    _interrupts.hook_scratchpad(task.config, session, scope)
+    return session, scope
+
+
+def _run_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
+    def run_with_retry(task: Any, *args: Any, **kwargs: Any) -> Any:
+        entered = _enter(task)
+        if entered is None:
+            return original(task, *args, **kwargs)
+        session, scope = entered
+        token, scope_token = current_task.set(scope), _context._scope.set(scope.scope)
+        try:
+            return original(task, *args, **kwargs)
+        except Exception as e:
+            if type(e).__name__ == "GraphInterrupt":
+                _interrupts.record_interrupts(session, scope, e)
+            raise
+        finally:
+            _context._scope.reset(scope_token)
+            current_task.reset(token)
+
+    return run_with_retry
+
+
+def _arun_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def arun_with_retry(task: Any, *args: Any, **kwargs: Any) -> Any:
+        entered = _enter(task)
+        if entered is None:
+            return await original(task, *args, **kwargs)
+        session, scope = entered
+        token, scope_token = current_task.set(scope), _context._scope.set(scope.scope)
+        try:
+            return await original(task, *args, **kwargs)
+        except Exception as e:
+            if type(e).__name__ == "GraphInterrupt":
+                _interrupts.record_interrupts(session, scope, e)
+            raise
+        finally:
+            _context._scope.reset(scope_token)
+            current_task.reset(token)
+
+    return arun_with_retry
+
+
+# ---- install / uninstall ------------------------------------------------------------------
+def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.tools import BaseTool
+
+    from langgraph.pregel import Pregel, _runner
+
+    return [
+        (Pregel, "stream", _stream),
+        (Pregel, "astream", _astream),
+        (_runner, "run_with_retry", _run_with_retry),
+        (_runner, "arun_with_retry", _arun_with_retry),
+        (BaseChatModel, "invoke", model_call.invoke),
+        (BaseChatModel, "ainvoke", model_call.ainvoke),
+        (BaseChatModel, "stream", model_call.stream),
+        (BaseChatModel, "astream", model_call.astream),
+        (BaseChatModel, "batch", model_call.batch),
+        (BaseChatModel, "abatch", model_call.abatch),
+        (BaseTool, "run", tool_call.run),
+        (BaseTool, "arun", tool_call.arun),
+    ]
+
+
+def install() -> None:
+    """Wrap the entry points (idempotent). Inert for graphs without a durable checkpointer."""
+    with _lock:
+        if _originals:
+            return
+        for owner, name, wrap in _targets():
+            original = getattr(owner, name)
+            # None: the attribute was inherited, and uninstall() deletes it again.
+            _originals[(owner, name)] = owner.__dict__.get(name)
+            wrapped = wrap(original)
+            wrapped.__wrapped__ = original  # type: ignore[attr-defined]
+            wrapped.__doc__ = original.__doc__
+            setattr(owner, name, wrapped)
+
+
+def uninstall() -> None:
+    """Put the original entry points back (idempotent)."""
+    with _lock:
+        for (owner, name), original in _originals.items():
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        _originals.clear()
