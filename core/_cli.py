@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if args.command == "server":
         return _cmd_server(args, out)
     try:
-        ledger = Ledger.from_url(args.url, prefix=args.prefix)
+        ledger = Ledger.from_url(args.url, prefix=args.prefix, redis_retries=2)
         try:
             return _COMMANDS[args.command](ledger, args, out)
         finally:

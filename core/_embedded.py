@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ._errors import LedgerUnavailableError
 
@@ -57,7 +59,9 @@ def _socket_path(home: Path) -> Path:
 def _answers(sock: Path) -> bool:
     if not sock.exists():
         return False
-    client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=1, socket_timeout=2)
+    # No retries: redis-py's default backoff would spend seconds on a stale socket file.
+    client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=1, socket_timeout=2,
+                         retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -117,7 +121,7 @@ def stop_embedded(home: Path | None = None) -> bool:
     sock = _socket_path(home)
     if not _answers(sock):
         return False
-    client = redis.Redis(unix_socket_path=str(sock))
+    client = redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0))
     with contextlib.suppress(redis.ConnectionError):
         client.shutdown(nosave=True)
     return True

@@ -56,22 +56,36 @@ _SCRIPTS = {
 }
 
 
-def _retry() -> Retry:
-    # Ride out a Redis restart (a few seconds) before failing closed. Every script is
-    # idempotent under one fencing token, so a retried call after a lost reply is safe.
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
+def _retry(retries: int) -> Retry:
+    # Ride out a Redis restart (about ten seconds by default) before failing closed. Every
+    # script is idempotent under one fencing token, so a retried call after a lost reply is safe.
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
 
 
-def _retry_async() -> Any:
+def _retry_async(retries: int) -> Any:
     from redis.asyncio.retry import Retry as AsyncRetry
 
-    return AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
+    return AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
 
 
 def _s(b: bytes | str | None) -> str:
     if b is None:
         return ""
     return b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class PendingApproval(StepRecord):
@@ -101,6 +115,7 @@ class Ledger:
         max_payload_bytes: int = 8 * 1024 * 1024,
         in_doubt: InDoubtPolicy | str = InDoubtPolicy.RERUN,
         on_mismatch: str = "raise",
+        redis_retries: int = 10,
     ) -> None:
         if client is None and url is None:
             raise TypeError("Ledger needs a redis client or a url (or use Ledger.from_url())")
@@ -118,11 +133,12 @@ class Ledger:
         self.max_payload_bytes = int(max_payload_bytes)
         self.in_doubt = InDoubtPolicy(in_doubt)
         self.on_mismatch = on_mismatch
+        self.redis_retries = redis_retries
         self._owns_client = client is None
         if client is None:
             assert url is not None
             client = redis.Redis.from_url(
-                url, retry=_retry(), retry_on_error=[redis.ConnectionError, redis.TimeoutError]
+                url, retry=_retry(redis_retries), retry_on_error=[redis.ConnectionError, redis.TimeoutError]
             )
         self.redis: redis.Redis = client
         self._scripts: dict[str, Script] = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
@@ -163,7 +179,7 @@ class Ledger:
                 pool = aredis.ConnectionPool(**kwargs)
             client = aredis.Redis(
                 connection_pool=pool,
-                retry=_retry_async(),
+                retry=_retry_async(self.redis_retries),
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             )
             entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
@@ -224,13 +240,7 @@ class Ledger:
         pid = int(pid_text)
         if pid == os.getpid():
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not _process_alive(pid)
 
     def open_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
                  wait_timeout_s: float | None = None) -> RunSession:

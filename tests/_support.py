@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -51,7 +53,8 @@ def free_port() -> int:
 
 
 def answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1,
+                                  retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):

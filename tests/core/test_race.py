@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 from _support import OFFLINE_ENV, REPO
-
 from agentledger import Ledger
 
 CHILD = REPO / "tests" / "core" / "children" / "pipeline_child.py"

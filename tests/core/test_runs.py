@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
+import agentledger
 import pytest
 import redis
-
-import agentledger
 from agentledger import FencedOutError, Ledger, RunBusyError, RunStatus, StepCall
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-import pytest
-from pydantic import BaseModel
-
 import agentledger
+import pytest
 from agentledger import (
     Ledger,
     NonDeterminismError,
@@ -17,6 +15,7 @@ from agentledger import (
     StepCall,
     UnsupportedTypeError,
 )
+from pydantic import BaseModel
 
 
 class Quote(BaseModel):
