@@ -109,16 +109,18 @@ def _as_decision(value: Any) -> Decision:
     return value if isinstance(value, Decision) else Decision.model_validate(value)
 
 
-async def _ask(session: RunSession, items: list[ToolApprovalItem]) -> list[Decision | None]:
+async def _ask(session: RunSession, items: list[ToolApprovalItem]
+               ) -> list[Decision | ApprovalPending]:
     """Each interruption's decision, recording a request for those without one."""
-    out: list[Decision | None] = []
+    out: list[Decision | ApprovalPending] = []
     for item in items:
         try:
             start = await session.abegin(_approval_call(item))
-        except ApprovalPending:
-            out.append(None)
+        except ApprovalPending as e:
+            out.append(e)
             continue
-        out.append(_as_decision(session.result(start)) if start.replayed else None)
+        out.append(_as_decision(session.result(start)) if start.replayed else
+                   ApprovalPending(session.run_id, start.key, start.preview))
     return out
 
 
@@ -129,10 +131,12 @@ def _ask_sync(session: RunSession, items: list[ToolApprovalItem]) -> None:
 
 
 def _apply(state: RunState[Any], items: list[ToolApprovalItem],
-           decisions: list[Decision | None], run_id: str) -> None:
+           decisions: list[Decision | ApprovalPending]) -> None:
+    for decision in decisions:
+        if isinstance(decision, ApprovalPending):
+            raise decision
     for item, decision in zip(items, decisions, strict=True):
-        if decision is None:
-            raise ApprovalPending(run_id, _approval_call(item).name, "tool call waits for approval")
+        assert isinstance(decision, Decision)
         if decision.approved:
             state.approve(item)
         else:
@@ -162,7 +166,7 @@ class DurableRunner:
                 round_no = int(saved.get("round", 1))
                 state = await RunState.from_json(starting_agent, saved["state"])
                 items = state.get_interruptions()
-                _apply(state, items, await _ask(session, items), run_id)
+                _apply(state, items, await _ask(session, items))
                 scope_token = model_scope.set(f"r{round_no}")
                 try:
                     result = await Runner.run(starting_agent, state, **kwargs)

@@ -1,0 +1,166 @@
+"""The crash matrix: a real child process SIGKILLed at every step boundary of a flow, then
+started again with the same run id, until the run completes.
+
+For each flow and each crash point, a chain of children runs: each dies at the next boundary of
+that kind (``after_record``: the first live one; the other points: the second,
+because the step killed before its record runs again first). The finished run must give the
+clean run's final output, every tool call must have been made with exactly one idempotency
+key, and a tool may run twice only when the kill hit between its effect and its record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _support import killed, run_child
+
+CHILD = Path(__file__).parent / "children" / "oa_child.py"
+POINTS = ["before_claim", "after_claim", "before_record", "after_record", "in_tool"]
+FLOWS = ["seq", "parallel", "agent_tool", "handoff", "stream"]
+MAX_CHILDREN = 40
+
+pytestmark = pytest.mark.slow
+
+EXPECTED_FINAL = {
+    "seq": "done: reserved book; charged 30 for order 42",
+    "stream": "done: reserved book; charged 30 for order 42",
+    "parallel": "done: charged 12 for order 7; mailed ann@example.com; reserved lamp",
+    "agent_tool": "done: billing says charged 5 for order 9; mailed bob@example.com",
+    "handoff": "billing done: charged 99 for order 42",
+    "approval": "done: reserved chair; refunded 70 for order 5",
+}
+EXPECTED_EFFECTS = {
+    "seq": {"reserve": 1, "charge_card": 1},
+    "stream": {"reserve": 1, "charge_card": 1},
+    "parallel": {"reserve": 1, "charge_card": 1, "send_mail": 1},
+    "agent_tool": {"charge_card": 1, "send_mail": 1},
+    "handoff": {"on_handoff": 1, "charge_card": 1},
+    "approval": {"reserve": 1, "refund": 1},
+}
+KILL_TOOL = {"seq": "charge_card", "stream": "charge_card", "parallel": "charge_card",
+             "agent_tool": "charge_card", "handoff": "charge_card", "approval": "refund"}
+
+
+class Chain:
+    """Children of one run, each started with the same run id after the last one died."""
+
+    def __init__(self, flow: str, point: str, redis_url: str, prefix: str, tmp: Path) -> None:
+        self.flow = flow
+        self.point = point
+        self.run_id = f"oa-{flow}-{point}-{uuid.uuid4().hex[:6]}"
+        self.url = redis_url
+        self.prefix = prefix
+        self.effects = tmp / "effects.txt"
+        self.kills = 0
+        self.children = 0
+
+    def env(self, first: bool) -> dict[str, str]:
+        env = {"AL_EFFECTS": str(self.effects)}
+        if self.point == "in_tool":
+            env["AL_KILL_IN_TOOL"] = KILL_TOOL[self.flow]
+        else:
+            n = 1 if first or self.point == "after_record" else 2
+            env["AGENTLEDGER_CRASH_AT"] = f"{self.point}:{n}"
+        return env
+
+    def child(self, mode: str, first: bool) -> subprocess.CompletedProcess[str]:
+        self.children += 1
+        scenario = "seq" if self.flow == "stream" else self.flow
+        return run_child(CHILD, scenario, self.run_id, self.url, self.prefix, mode,
+                         env=self.env(first))
+
+    def until_done(self, mode: str) -> dict[str, Any]:
+        first = True
+        while self.children < MAX_CHILDREN:
+            proc = self.child(mode, first)
+            if killed(proc):
+                self.kills += 1
+                first = False
+                continue
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+            return dict(json.loads(line[len("RESULT "):]))
+        raise AssertionError(f"{self.flow}/{self.point}: still dying after {MAX_CHILDREN} children")
+
+    def check_effects(self) -> None:
+        lines = [line.split(" ", 2) for line in self.effects.read_text().splitlines()]
+        runs = Counter(tool for tool, _, _ in lines)
+        keys: dict[str, set[str]] = {}
+        for tool, ik, _ in lines:
+            keys.setdefault(tool, set()).add(ik)
+        expected = EXPECTED_EFFECTS[self.flow]
+        assert set(runs) == set(expected), (runs, expected)
+        for tool, n in expected.items():
+            if tool != "on_handoff":
+                # One idempotency key per call: no call was made a second time by asking
+                # the model again; repeats are re-runs of an in-doubt step with its own key.
+                assert len(keys[tool]) == n, (tool, keys[tool])
+            in_doubt_possible = self.point in ("before_record", "in_tool") or (
+                self.flow == "parallel" and self.kills > 0)
+            if in_doubt_possible:
+                assert n <= runs[tool] <= n + 1, (tool, runs)
+            else:
+                assert runs[tool] == n, (tool, runs, self.point)
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("flow", FLOWS)
+def test_crash_everywhere_then_resume(flow: str, point: str, redis_url: str, prefix: str,
+                                      tmp_path: Path) -> None:
+    chain = Chain(flow, point, redis_url, prefix, tmp_path)
+    out = chain.until_done("stream" if flow == "stream" else "run")
+    assert out["final"] == EXPECTED_FINAL[flow]
+    assert chain.kills >= 1, "the crash point was never reached: the test proves nothing"
+    chain.check_effects()
+    if flow == "stream":
+        assert out["events"] == ["tool_called", "tool_output", "tool_called", "tool_output",
+                                 "message_output_created"]
+    # Started once more, the completed run executes nothing and answers the same.
+    before = chain.effects.read_text()
+    proc = run_child(CHILD, "seq" if flow == "stream" else flow, chain.run_id, redis_url,
+                     prefix, "stream" if flow == "stream" else "run",
+                     env={"AL_EFFECTS": str(chain.effects)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.split("RESULT ", 1)[1])["final"] == EXPECTED_FINAL[flow]
+    assert chain.effects.read_text() == before
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_crash_everywhere_around_an_approval(point: str, redis_url: str, prefix: str,
+                                             tmp_path: Path) -> None:
+    from agentledger import Ledger
+
+    chain = Chain("approval", point, redis_url, prefix, tmp_path)
+    out = chain.until_done("run")
+    assert out.get("interruptions") == 1 or "pending" in out, out
+    kills_before = chain.kills
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        (waiting,) = ledger.pending_approvals(chain.run_id)
+        assert waiting.payload["tool"] == "refund"
+        assert "refund" not in chain.effects.read_text()  # nothing ran before the decision
+        ledger.decide(chain.run_id, waiting.key, approved=True, by="test")
+    finally:
+        ledger.close()
+    out = chain.until_done("resume")
+    assert out["final"] == EXPECTED_FINAL["approval"]
+    if point != "in_tool":
+        assert chain.kills >= 1
+    else:
+        assert chain.kills - kills_before == 1  # killed inside the approved tool, once
+    chain.check_effects()
+    # Resumed again: the approved tool does not run a second time.
+    before = chain.effects.read_text()
+    proc = run_child(CHILD, "approval", chain.run_id, redis_url, prefix, "resume",
+                     env={"AL_EFFECTS": str(chain.effects)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert chain.effects.read_text() == before
+    assert os.path.getsize(chain.effects) > 0
