@@ -67,7 +67,9 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     ``DurableCheckpointer(ledger)`` or ``DurableCheckpointer.from_url(url)`` (no URL and no
     ``AGENTLEDGER_URL``: the embedded Redis). ``ttl`` (seconds) expires a thread — its
-    checkpoints and its recorded steps — that long after its last checkpoint write.
+    checkpoints and its recorded steps — that long after its last checkpoint write. A run
+    that finishes is also expired by its ledger (``Ledger(completed_ttl_s=...)``, which
+    ``from_url`` sets to ``ttl``); the later of the two writes wins.
     The serde must not pickle; by default it is LangGraph's ``JsonPlusSerializer`` without
     the pickle fallback (set ``LANGGRAPH_STRICT_MSGPACK=true`` to allow-list the types).
     """
@@ -98,7 +100,12 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     def from_url(cls, url: str | None = None, *, prefix: str = "agentledger",
                  ttl: float | None = None, serde: SerializerProtocol | None = None,
                  **ledger_options: Any) -> DurableCheckpointer:
-        """A checkpointer on its own :class:`Ledger` (``Ledger.from_url`` rules for ``url``)."""
+        """A checkpointer on its own :class:`Ledger` (``Ledger.from_url`` rules for ``url``).
+
+        The thread is the run, so unless ``completed_ttl_s`` is given the ledger expires a
+        finished run after ``ttl`` too (``None``: never), instead of its 7-day default.
+        """
+        ledger_options.setdefault("completed_ttl_s", ttl)
         saver = cls(Ledger.from_url(url, prefix=prefix, **ledger_options), ttl=ttl, serde=serde)
         saver._owns_ledger = True
         return saver
