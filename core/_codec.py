@@ -27,7 +27,7 @@ from . import _errors
 from ._errors import RecordedStepError, UnsupportedTypeError
 from ._records import Decision
 
-__all__ = ["Codec", "default_codec", "fingerprint_of"]
+__all__ = ["Codec", "default_codec", "fingerprint_and_text", "fingerprint_of"]
 
 TAG = "$al"
 Encoder = Callable[[Any], Any]
@@ -200,14 +200,20 @@ def default_codec() -> Codec:
 
 
 def fingerprint_of(codec: Codec, call: Any) -> str:
-    """A digest of a call's normalised inputs. Values the codec cannot encode count by type
-    only (a client object, say): their repr often holds a memory address."""
+    """A digest of a call's normalised inputs."""
+    return fingerprint_and_text(codec, call)[0]
+
+
+def fingerprint_and_text(codec: Codec, call: Any) -> tuple[str, str]:
+    """The digest of a call's normalised inputs and their canonical JSON text. Values the
+    codec cannot encode count by type only (a client object, say): their repr often holds a
+    memory address."""
     try:
         data = codec.encode(call)
     except UnsupportedTypeError:
         data = _loose(codec, call)
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return hashlib.sha256(text.encode()).hexdigest()[:32], text
 
 
 def _loose(codec: Codec, value: Any) -> Any:

@@ -88,7 +88,7 @@ end
 # ('claim': the attempt starts now | 'approval': the step waits for a person), ARGV[5] the
 # in-doubt policy ('rerun' | 'fail' | 'ask'), ARGV[6] approval request payload (mode approval)
 # -> {'FENCED', fence} | {'CORRUPT', raw} | {'DONE', meta, outcome} | {'WAITING', meta}
-#    | {'INDOUBT', meta} | {'CLAIMED', meta}
+#    | {'INDOUBT', meta} | {'CLAIMED', meta, attempts}
 CLAIM_STEP = _NOW + _DECODE_META + """
 local fence = redis.call('HGET', KEYS[1], 'fence')
 if fence ~= ARGV[2] then return {'FENCED', fence or ''} end
@@ -103,7 +103,7 @@ if raw then
   end
   if st == 'waiting' then return {'WAITING', raw} end
   if st == 'running' and tostring(m.fence) == fence then
-    return {'CLAIMED', raw}  -- this lease's own attempt: a retried claim
+    return {'CLAIMED', raw, m.attempts}  -- this lease's own attempt: a retried claim
   end
   if st == 'running' and ARGV[5] ~= 'rerun' then
     if ARGV[5] == 'ask' then
@@ -123,7 +123,7 @@ if raw then
   m.doubt = 0
   raw = cjson.encode(m)
   redis.call('HSET', KEYS[2], mkey, raw)
-  return {'CLAIMED', raw}
+  return {'CLAIMED', raw, m.attempts}
 end
 local m = cjson.decode(ARGV[3])
 m.seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -140,7 +140,7 @@ end
 raw = cjson.encode(m)
 redis.call('HSET', KEYS[2], mkey, raw)
 redis.call('HINCRBY', KEYS[1], 'steps_total', 1)
-return {'CLAIMED', raw}
+return {'CLAIMED', raw, 1}
 """
 
 # KEYS[1] run hash, KEYS[2] steps hash

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _context
+from ._codec import fingerprint_and_text
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
@@ -219,12 +220,10 @@ class RunSession:
         intent record. Returns the start and the claim script's arguments (None: no trip)."""
         if self.fenced:
             raise FencedOutError(f"run {self.run_id!r} was taken over; this process stops")
-        from ._codec import fingerprint_of
-
         scope = call.scope if call.scope is not None else _context._scope.get()
         key = self.step_key(call, scope)
-        fp = fingerprint_of(self.codec, call.inputs)
-        preview = call.preview if call.preview is not None else _preview(call.inputs)
+        fp, text = fingerprint_and_text(self.codec, call.inputs)
+        preview = call.preview if call.preview is not None else _preview(call.inputs, text)
         start = StepStart(key=key, idempotency_key=self.idempotency_key(key), replayed=False,
                           fingerprint=fp, preview=preview, call=call, scope=scope)
         raw = self._meta.get(key)
@@ -276,7 +275,7 @@ class RunSession:
         where = f"{self.keys.steps} m:{key}"
         if tag == "CLAIMED":
             self._meta[key] = reply[1]
-            start.attempt = parse_step_meta(where, reply[1]).attempts
+            start.attempt = int(reply[2])
             return start
         if tag == "FENCED":
             self.fenced = True
@@ -448,12 +447,9 @@ class RunSession:
         return self._decision(await self.abegin(self._approval_call(name, payload, scope)))
 
 
-def _preview(inputs: Any) -> str:
+def _preview(inputs: Any, text: str) -> str:
     if inputs is None:
         return ""
-    try:
-        text = inputs if isinstance(inputs, str) else json.dumps(inputs, default=repr,
-                                                                  ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(inputs)
+    if isinstance(inputs, str):
+        text = inputs
     return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
