@@ -1,0 +1,289 @@
+"""DurableRunner in one process: replay, byte-identical model input, the SDK left untouched,
+errors, terminal outcomes, model sources, streaming and bad records. Crashes are in
+test_oa_crash_matrix.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).parent / "children"))
+
+import agents.run_internal.run_loop as run_loop  # noqa: E402
+import agents.run_internal.tool_execution as tool_execution  # noqa: E402
+from agents import (  # noqa: E402
+    Agent,
+    GuardrailFunctionOutput,
+    InputGuardrailTripwireTriggered,
+    MaxTurnsExceeded,
+    ModelProvider,
+    UserError,
+    RunConfig,
+    Runner,
+    function_tool,
+    input_guardrail,
+)
+from oa_world import (  # noqa: E402
+    ScriptedModel,
+    _seq,
+    agent_for,
+    call,
+    outputs,
+    say,
+)
+
+from agentledger import Ledger, LedgerError, RunStatus, UnsupportedTypeError  # noqa: E402
+from agentledger.openai_agents import DurableRunner  # noqa: E402
+from agentledger.openai_agents._patch import install, installed, uninstall  # noqa: E402
+
+
+@pytest.fixture
+def effects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "effects.txt"
+    monkeypatch.setenv("AL_EFFECTS", str(path))
+    return path
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def model_of(agent: Agent[Any]) -> ScriptedModel:
+    assert isinstance(agent.model, ScriptedModel)
+    return agent.model
+
+
+async def test_completed_run_replays_without_calling_anything(ledger: Ledger, effects: Path
+                                                              ) -> None:
+    first = await DurableRunner.run(agent_for("seq"), "go", run_id="r1", ledger=ledger)
+    assert first.final_output == "done: reserved book; charged 30 for order 42"
+    assert len(lines(effects)) == 2
+    again = agent_for("seq")
+    second = await DurableRunner.run(again, "go", run_id="r1", ledger=ledger)
+    assert second.final_output == first.final_output
+    assert model_of(again).inputs == []  # no live model call
+    assert len(lines(effects)) == 2  # no tool ran again
+    assert [type(i).__name__ for i in second.new_items] == [type(i).__name__ for i in first.new_items]
+    run = ledger.get_run("r1")
+    assert run is not None and run.status == RunStatus.COMPLETED
+
+
+async def test_replayed_output_is_byte_identical_input_to_the_next_turn(
+        ledger: Ledger, redis_url: str, effects: Path) -> None:
+    agent = agent_for("seq")
+    await DurableRunner.run(agent, "go", run_id="bytes", ledger=ledger)
+    live_inputs = model_of(agent).inputs
+    assert len(live_inputs) == 3
+    # Forget the last model call: the next run replays the first two from their records and
+    # asks the model live for the third, which must see exactly what it saw the first time.
+    client = redis.Redis.from_url(redis_url)
+    steps = ledger.keys("bytes").steps
+    last = [f.decode() for f in client.hkeys(steps) if f.decode().endswith("llm:shop#3")]
+    assert len(last) == 2
+    client.hdel(steps, *last)
+    client.close()
+    again = agent_for("seq")
+    await DurableRunner.run(again, "go", run_id="bytes", ledger=ledger)
+    assert len(model_of(again).inputs) == 1
+    assert json.dumps(model_of(again).inputs[0]) == json.dumps(live_inputs[2])
+
+
+async def test_plain_runner_and_the_users_objects_are_untouched(ledger: Ledger, effects: Path
+                                                               ) -> None:
+    uninstall()
+    originals = (run_loop.get_model, tool_execution._invoke_function_tool_with_metadata,
+                 run_loop.get_handoffs)
+    agent = agent_for("handoff")
+    h0 = agent.handoffs[0]
+    invoke = h0.on_invoke_handoff
+    billing = h0._agent_ref() if h0._agent_ref is not None else None
+    assert billing is not None
+    billing_tools, billing_model = list(billing.tools), billing.model
+    tool_invoke = billing.tools[0].on_invoke_tool  # type: ignore[union-attr]
+    install()
+    install()  # idempotent
+    assert installed()
+    await DurableRunner.run(agent, "go", run_id="h1", ledger=ledger)
+    assert agent.handoffs == [h0] and h0.on_invoke_handoff is invoke
+    assert billing.tools == billing_tools and billing.model is billing_model
+    assert billing.tools[0].on_invoke_tool is tool_invoke  # type: ignore[union-attr]
+    # Outside a durable run the patched SDK runs every call, records nothing.
+    n = len(lines(effects))
+    for _ in range(2):
+        result = await Runner.run(agent, "go")
+        assert result.final_output == "billing done: charged 99 for order 42"
+    assert len(lines(effects)) == n + 4  # on_handoff and charge_card, twice
+    assert ledger.get_run("h1") is not None and ledger.list_runs()[0].run_id == "h1"
+    uninstall()
+    uninstall()
+    assert not installed()
+    assert (run_loop.get_model, tool_execution._invoke_function_tool_with_metadata,
+            run_loop.get_handoffs) == originals
+    result = await Runner.run(agent_for("seq"), "go")
+    assert result.final_output == "done: reserved book; charged 30 for order 42"
+    install()
+
+
+async def test_a_failing_tool_replays_the_text_the_model_saw(ledger: Ledger, effects: Path) -> None:
+    agent = agent_for("flaky")
+    first = await DurableRunner.run(agent, "go", run_id="flaky", ledger=ledger)
+    seen = outputs(model_of(agent).inputs[-1])
+    assert seen[0].startswith("An error occurred while running the tool")
+    assert first.final_output == "tool said: " + seen[0]
+    again = agent_for("flaky")
+    second = await DurableRunner.run(again, "go", run_id="flaky", ledger=ledger)
+    assert second.final_output == first.final_output
+    assert lines(effects).count(lines(effects)[0]) == 1 and len(lines(effects)) == 1
+
+
+async def test_max_turns_is_a_terminal_outcome_of_the_run(ledger: Ledger, effects: Path) -> None:
+    with pytest.raises(MaxTurnsExceeded):
+        await DurableRunner.run(agent_for("loop"), "go", run_id="loop", ledger=ledger,
+                                max_turns=2)
+    run = ledger.get_run("loop")
+    assert run is not None and run.status == RunStatus.FAILED
+    assert "MaxTurnsExceeded" in run.last_error
+    n = len(lines(effects))
+    with pytest.raises(MaxTurnsExceeded):  # started again: the same end, nothing re-run
+        await DurableRunner.run(agent_for("loop"), "go", run_id="loop", ledger=ledger,
+                                max_turns=2)
+    assert len(lines(effects)) == n == 2
+
+
+async def test_a_guardrail_tripwire_is_a_terminal_outcome(ledger: Ledger, effects: Path) -> None:
+    @input_guardrail
+    async def no_refunds(ctx: Any, agent: Any, input: Any) -> GuardrailFunctionOutput:
+        return GuardrailFunctionOutput(output_info="refund", tripwire_triggered="refund" in str(input))
+
+    agent = agent_for("seq").clone(input_guardrails=[no_refunds])
+    with pytest.raises(InputGuardrailTripwireTriggered):
+        await DurableRunner.run(agent, "refund please", run_id="guard", ledger=ledger)
+    run = ledger.get_run("guard")
+    assert run is not None and run.status == RunStatus.FAILED
+    assert "InputGuardrailTripwireTriggered" in run.last_error
+
+
+def test_run_sync(ledger: Ledger, effects: Path) -> None:
+    result = DurableRunner.run_sync(agent_for("parallel"), "go", run_id="sync", ledger=ledger)
+    assert result.final_output.startswith("done: charged 12")
+    again = DurableRunner.run_sync(agent_for("parallel"), "go", run_id="sync", ledger=ledger)
+    assert again.final_output == result.final_output
+    assert len(lines(effects)) == 3
+
+
+class FakeProvider(ModelProvider):
+    def __init__(self) -> None:
+        self.model = ScriptedModel("provided", _seq)
+
+    def get_model(self, model_name: str | None) -> ScriptedModel:
+        assert model_name == "fake-model"
+        return self.model
+
+
+@pytest.mark.parametrize("source", ["run_config", "provider"])
+async def test_models_from_run_config_and_provider_are_recorded(
+        source: str, ledger: Ledger, effects: Path) -> None:
+    tools = agent_for("seq").tools
+
+    def start() -> tuple[Agent[Any], RunConfig, ScriptedModel]:
+        if source == "run_config":
+            model = ScriptedModel("cfg", _seq)
+            return Agent(name="shop", tools=tools), RunConfig(model=model), model
+        provider = FakeProvider()
+        return (Agent(name="shop", tools=tools, model="fake-model"),
+                RunConfig(model_provider=provider), provider.model)
+
+    agent, cfg, model = start()
+    first = await DurableRunner.run(agent, "go", run_id=source, ledger=ledger, run_config=cfg)
+    assert len(model.inputs) == 3
+    agent, cfg, model = start()
+    second = await DurableRunner.run(agent, "go", run_id=source, ledger=ledger, run_config=cfg)
+    assert model.inputs == [] and second.final_output == first.final_output
+    assert len(lines(effects)) == 2
+
+
+async def test_streamed_run_gives_the_runners_events_then_replays(ledger: Ledger, effects: Path
+                                                                 ) -> None:
+    async def events(streamed: Any) -> list[tuple[str, str]]:
+        return [(e.type, getattr(e, "name", "") or getattr(getattr(e, "data", None), "type", ""))
+                for e in [ev async for ev in streamed.stream_events()]]
+
+    plain = Runner.run_streamed(agent_for("seq"), "go")
+    expected = await events(plain)
+    live = DurableRunner.run_streamed(agent_for("seq"), "go", run_id="st", ledger=ledger)
+    got = await events(live)
+    assert got == expected
+    assert live.final_output == plain.final_output
+    again = agent_for("seq")
+    replayed = DurableRunner.run_streamed(again, "go", run_id="st", ledger=ledger)
+    got_again = await events(replayed)
+    assert model_of(again).inputs == []
+    assert replayed.final_output == plain.final_output
+    items = [e for e in got_again if e[0] == "run_item_stream_event"]
+    assert items == [e for e in expected if e[0] == "run_item_stream_event"]
+    assert len(lines(effects)) == 4  # the plain run's two, the durable run's two
+    run = ledger.get_run("st")
+    assert run is not None and run.status == RunStatus.COMPLETED
+
+
+async def test_an_approval_stops_the_run_and_resume_continues(ledger: Ledger, effects: Path
+                                                              ) -> None:
+    agent = agent_for("approval")
+    result = await DurableRunner.run(agent, "go", run_id="ap", ledger=ledger)
+    assert len(result.interruptions) == 1
+    run = ledger.get_run("ap")
+    assert run is not None and run.status == RunStatus.WAITING
+    from agentledger import ApprovalPending
+
+    with pytest.raises(ApprovalPending):
+        await DurableRunner.resume("ap", ledger=ledger)
+    (pending,) = ledger.pending_approvals("ap")
+    ledger.decide("ap", pending.key, approved=False, by="ann", note="not this one")
+    done = await DurableRunner.resume("ap", ledger=ledger)
+    assert "not this one" in done.final_output
+    assert [x.split()[0] for x in lines(effects)] == ["reserve"]  # rejected: never ran
+    with pytest.raises(LedgerError, match="no saved state"):
+        await DurableRunner.resume("never-waited", agent, ledger=ledger)
+
+
+async def test_a_corrupt_saved_state_is_a_clear_error(ledger: Ledger, redis_url: str,
+                                                      effects: Path) -> None:
+    await DurableRunner.run(agent_for("approval"), "go", run_id="bad", ledger=ledger)
+    client = redis.Redis.from_url(redis_url)
+    key = ledger.keys("bad").extra("oa-state")
+    assert client.sismember(ledger.keys("bad").keyset, key)  # expires and is deleted with the run
+    client.set(key, b"{not json")
+    client.close()
+    with pytest.raises(LedgerError, match="not JSON"):
+        await DurableRunner.resume("bad", agent_for("approval"), ledger=ledger)
+    assert ledger.delete_run("bad") >= 3
+
+
+class Receipt:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+async def test_an_unrecordable_tool_result_fails_clearly(ledger: Ledger) -> None:
+    @function_tool(failure_error_function=None)
+    def make_receipt() -> Receipt:
+        """Make a receipt."""
+        return Receipt(1)
+
+    def script(items: list[dict[str, Any]]) -> list[Any]:
+        return [call("make_receipt")] if not outputs(items) else [say("ok")]
+
+    agent = Agent(name="r", tools=[make_receipt], model=ScriptedModel("r", script))
+    with pytest.raises(UserError, match="allow-list") as caught:
+        await DurableRunner.run(agent, "go", run_id="receipt", ledger=ledger)
+    assert isinstance(caught.value.__cause__, UnsupportedTypeError)
+    run = ledger.get_run("receipt")
+    assert run is not None and run.status == RunStatus.FAILED
+    ledger.codec.register(Receipt, "test:Receipt", lambda r: r.n, Receipt)
+    result = await DurableRunner.run(agent, "go", run_id="receipt2", ledger=ledger)
+    assert result.final_output == "ok"
