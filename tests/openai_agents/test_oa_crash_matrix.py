@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _support import killed, run_child
 
 CHILD = Path(__file__).parent / "children" / "oa_child.py"

@@ -14,21 +14,24 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent / "children"))
 
-import agents.run_internal.run_loop as run_loop  # noqa: E402
-import agents.run_internal.tool_execution as tool_execution  # noqa: E402
-from agents import (  # noqa: E402
+import agents.run_internal.run_loop as run_loop
+import agents.run_internal.tool_execution as tool_execution
+from agentledger import Ledger, LedgerError, RunStatus, UnsupportedTypeError
+from agentledger.openai_agents import DurableRunner
+from agentledger.openai_agents._patch import install, installed, uninstall
+from agents import (
     Agent,
     GuardrailFunctionOutput,
     InputGuardrailTripwireTriggered,
     MaxTurnsExceeded,
     ModelProvider,
-    UserError,
     RunConfig,
     Runner,
+    UserError,
     function_tool,
     input_guardrail,
 )
-from oa_world import (  # noqa: E402
+from oa_world import (
     ScriptedModel,
     _seq,
     agent_for,
@@ -36,10 +39,6 @@ from oa_world import (  # noqa: E402
     outputs,
     say,
 )
-
-from agentledger import Ledger, LedgerError, RunStatus, UnsupportedTypeError  # noqa: E402
-from agentledger.openai_agents import DurableRunner  # noqa: E402
-from agentledger.openai_agents._patch import install, installed, uninstall  # noqa: E402
 
 
 @pytest.fixture
