@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any, TypedDict
 
+import agentledger
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
@@ -24,8 +25,6 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
-
-import agentledger
 
 
 def effect(name: str, arg: str) -> None:
@@ -169,9 +168,13 @@ def plain_state(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_to_end(graph: Any, config: dict[str, Any], *, durability: str) -> dict[str, Any]:
-    """Start the thread, or resume it where it stopped (the restart after a crash)."""
+    """Start the thread, or resume it where it stopped (the restart after a crash).
+
+    ``state.tasks``, not ``state.next``: with ``durability="async"`` the last saved checkpoint
+    may be one whose tasks all saved their writes, so nothing is "next" though the graph has
+    not ended; ``invoke(None)`` applies those writes and goes on."""
     state = graph.get_state(config)
-    if state.next:
+    if state.tasks:
         return graph.invoke(None, config, durability=durability)
     if state.values:
         return state.values
@@ -180,7 +183,7 @@ def run_to_end(graph: Any, config: dict[str, Any], *, durability: str) -> dict[s
 
 async def arun_to_end(graph: Any, config: dict[str, Any], *, durability: str) -> dict[str, Any]:
     state = await graph.aget_state(config)
-    if state.next:
+    if state.tasks:
         return await graph.ainvoke(None, config, durability=durability)
     if state.values:
         return state.values
