@@ -186,6 +186,11 @@ class Ledger:
             self._aclients[loop] = entry
         return entry
 
+    def async_client(self) -> aredis.Redis:
+        """The redis.asyncio client of the running event loop (one per loop, made on first use
+        from the sync client's connection settings)."""
+        return self._async()[0]
+
     def keys(self, run_id: str) -> RunKeys:
         return RunKeys(self.prefix, check_run_id(run_id))
 

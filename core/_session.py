@@ -103,6 +103,7 @@ class RunSession:
         self.codec = ledger.codec
         self.fenced = False
         self.finished = False
+        self.ttl_s = ledger.completed_ttl_s  # TTL set on the run's keys when it ends
         self.executed = 0  # steps executed live by this session
         self.replayed = 0  # steps answered from records
         self._replayed_keys: list[str] = []
@@ -152,7 +153,7 @@ class RunSession:
                      ) -> tuple[list[str], list[Any]]:
         self._stop.set()
         self.finished = True
-        ttl = self.ledger.completed_ttl_s
+        ttl = self.ttl_s
         err = "" if error is None else f"{type(error).__name__}: {error}"[:1000]
         return ([self.keys.run, self.keys.steps, self.keys.keyset],
                 [self._fence_arg, str(RunStatus(status)), err, int(ttl * 1000) if ttl else 0])
