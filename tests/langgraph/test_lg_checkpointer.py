@@ -5,6 +5,7 @@ thread that survives a SIGKILL of the process writing it."""
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 import pickle
 import threading
@@ -19,9 +20,11 @@ from agentledger import CorruptRecordError, Ledger, StepCall
 from agentledger.langgraph import DurableCheckpointer
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
+from langgraph.types import Command, Send, interrupt
 
 
 class Chat(TypedDict):
@@ -425,3 +428,57 @@ def test_lg_checkpointer_unique_thread_ids_do_not_collide(saver: DurableCheckpoi
     assert texts(graph.get_state(cfg(a))) == expected_texts(1)
     assert texts(graph.get_state(cfg(b)))[0] == "question 1"
     assert os.environ.get("AGENTLEDGER_CRASH_AT") is None
+
+
+# ---- subgraphs, fan-out, interrupts ------------------------------------------------------
+class Fan(TypedDict):
+    items: Annotated[list[str], operator.add]
+
+
+def test_lg_checkpointer_subgraph_and_send_fanout(saver: DurableCheckpointer,
+                                                 ledger: Ledger) -> None:
+    inner = StateGraph(Fan)
+    inner.add_node("inner", lambda s: {"items": ["inner"]})
+    inner.add_edge(START, "inner")
+    inner.add_edge("inner", END)
+
+    outer = StateGraph(Fan)
+    outer.add_node("sub", inner.compile())
+    outer.add_node("worker", lambda s: {"items": [f"w{s['items'][-1]}"]})
+    outer.add_edge(START, "sub")
+    outer.add_conditional_edges("sub", lambda s: [Send("worker", {"items": [str(i)]})
+                                                  for i in range(3)])
+    outer.add_edge("worker", END)
+    graph = outer.compile(checkpointer=saver)
+    out = graph.invoke({"items": ["start"]}, cfg("t-sub"))
+    # The same graph on LangGraph's own InMemorySaver gives the same state.
+    expected = outer.compile(checkpointer=InMemorySaver()).invoke({"items": ["start"]},
+                                                                  cfg("t-sub"))
+    assert out == expected and "inner" in out["items"]
+    assert sorted(i for i in out["items"] if i.startswith("w")) == ["w0", "w1", "w2"]
+    fresh = outer.compile(checkpointer=DurableCheckpointer(ledger))
+    assert fresh.get_state(cfg("t-sub")).values == out
+    namespaces = {t.config["configurable"]["checkpoint_ns"]
+                  for t in saver.list({"configurable": {"thread_id": "t-sub"}})}
+    assert "" in namespaces
+
+
+def test_lg_checkpointer_interrupt_then_resume(saver: DurableCheckpointer,
+                                              ledger: Ledger) -> None:
+    class Ask(TypedDict):
+        answer: str
+
+    def ask(state: Ask) -> dict[str, Any]:
+        return {"answer": interrupt({"question": "ship it?"})}
+
+    b = StateGraph(Ask)
+    b.add_node("ask", ask)
+    b.add_edge(START, "ask")
+    b.add_edge("ask", END)
+    graph = b.compile(checkpointer=saver)
+    first = graph.invoke({"answer": ""}, cfg("t-int"))
+    assert first["__interrupt__"][0].value == {"question": "ship it?"}
+    # Another process (a fresh checkpointer) resumes the thread.
+    again = b.compile(checkpointer=DurableCheckpointer(ledger))
+    assert again.get_state(cfg("t-int")).next == ("ask",)
+    assert again.invoke(Command(resume="yes"), cfg("t-int")) == {"answer": "yes"}
