@@ -16,6 +16,7 @@ import sys
 
 import redis
 import redis.asyncio as aredis
+
 from _common import bench_prefix, bench_redis, drop_prefix, interleaved, machine
 from agentledger import Ledger, RunStatus, StepCall
 

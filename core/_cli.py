@@ -178,12 +178,30 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", help="delete everything a run wrote")
     d.add_argument("run_id")
     sub.add_parser("gc", help="drop expired runs from the index")
+    w = sub.add_parser("serve", help="a read-only web page of runs, steps and approvals")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=8765)
     sv = sub.add_parser("server", help="the embedded Redis: start (print its URL) or stop")
     sv.add_argument("action", choices=["start", "stop"])
     return p
 
 
-_COMMANDS = {"runs": _cmd_runs, "show": _cmd_show, "approvals": _cmd_approvals,
+def _cmd_serve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
+    from ._web import make_server
+
+    server = make_server(ledger, a.host, a.port)
+    print(f"agentledger: serving http://{a.host}:{server.server_address[1]}/ (Ctrl-C stops)",
+          file=out, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+_COMMANDS = {"serve": _cmd_serve, "runs": _cmd_runs, "show": _cmd_show, "approvals": _cmd_approvals,
              "approve": _cmd_approve, "delete": _cmd_delete, "gc": _cmd_gc}
 
 

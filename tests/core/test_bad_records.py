@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 import uuid
 
-import agentledger
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import agentledger
 from agentledger import (
     CorruptRecordError,
     Ledger,
     UnknownSchemaVersionError,
     UnsupportedTypeError,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 CALLS: list[str] = []
 

@@ -7,8 +7,9 @@ import json
 import subprocess
 import sys
 
-import agentledger
 import pytest
+
+import agentledger
 from agentledger import ApprovalPending, Ledger
 from agentledger._cli import main
 

@@ -7,11 +7,12 @@ import decimal
 import math
 import uuid
 
-import agentledger
 import pytest
-from agentledger import Codec, UnsupportedTypeError
 from hypothesis import given
 from hypothesis import strategies as st
+
+import agentledger
+from agentledger import Codec, UnsupportedTypeError
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                     st.text(), st.binary(), st.datetimes(), st.dates(), st.uuids(),

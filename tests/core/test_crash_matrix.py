@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from _support import REPO, killed, run_child
 from agentledger import Ledger, RunStatus
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-import agentledger
 import pytest
 import redis
+
+import agentledger
 from agentledger import FencedOutError, Ledger, RunBusyError, RunStatus, StepCall
 
 

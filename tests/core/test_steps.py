@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-import agentledger
 import pytest
+from pydantic import BaseModel
+
+import agentledger
 from agentledger import (
     Ledger,
     NonDeterminismError,
@@ -15,7 +17,6 @@ from agentledger import (
     StepCall,
     UnsupportedTypeError,
 )
-from pydantic import BaseModel
 
 
 class Quote(BaseModel):

@@ -1,0 +1,166 @@
+"""``agentledger serve``: a read-only web page of runs, step timelines and pending approvals.
+
+Read-only on purpose: deciding approvals changes what a run does, so it stays with the CLI and
+the Python API, which carry who decided. Binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ._errors import LedgerError
+from ._ledger import Ledger
+from ._records import RunRecord, StepRecord
+
+__all__ = ["make_server"]
+
+_STYLE = """
+body{font:14px system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-top:1em}
+th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#f4f4f4} code{font-size:12px} a{color:#0645ad;text-decoration:none}
+.completed{color:#1a7f37}.failed{color:#cf222e}.waiting{color:#9a6700}.running{color:#0969da}
+.stalled{color:#cf222e;font-weight:bold} nav a{margin-right:1em}
+"""
+
+
+def _when(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+def _esc(value: object, width: int = 120) -> str:
+    text = str(value if value is not None else "")
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return html.escape(text)
+
+
+def _status(run: RunRecord) -> str:
+    if run.status == "running" and run.lease_until < int(time.time() * 1000):
+        return "stalled"
+    return str(run.status)
+
+
+def _page(title: str, body: str) -> bytes:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><nav><a href='/'>runs</a>"
+            f"<a href='/approvals'>approvals</a></nav><h1>{html.escape(title)}</h1>{body}"
+            "</body></html>").encode()
+
+
+def _outcome(step: StepRecord) -> str:
+    if not step.outcome:
+        return ""
+    try:
+        data = json.loads(step.outcome)
+    except ValueError:
+        return "<unreadable>"
+    if isinstance(data, dict) and data.get("ok"):
+        return json.dumps(data.get("value"), ensure_ascii=False)
+    err = data.get("error", {}) if isinstance(data, dict) else {}
+    return f"ERROR {err.get('type', '?')}: {err.get('message', '')}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    ledger: Ledger
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, code: int, body: bytes, kind: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
+        query = parse_qs(url.query)
+        try:
+            if parts[:1] == ["api"]:
+                self._send(200, json.dumps(self._api(parts[1:], query), default=str).encode(),
+                           "application/json")
+            elif not parts:
+                self._send(200, self._runs(query.get("status", [None])[0]), "text/html; charset=utf-8")
+            elif parts[0] == "runs" and len(parts) == 2:
+                self._send(200, self._run(parts[1]), "text/html; charset=utf-8")
+            elif parts == ["approvals"]:
+                self._send(200, self._approvals(), "text/html; charset=utf-8")
+            else:
+                self._send(404, _page("not found", ""), "text/html; charset=utf-8")
+        except KeyError as e:
+            self._send(404, _page(f"no run {e.args[0]}", ""), "text/html; charset=utf-8")
+        except (LedgerError, ValueError) as e:
+            self._send(500, _page("error", f"<p>{html.escape(str(e))}</p>"), "text/html; charset=utf-8")
+
+    def _api(self, parts: list[str], query: dict[str, list[str]]) -> Any:
+        if parts == ["runs"]:
+            return [r.model_dump(mode="json") for r in
+                    self.ledger.list_runs(status=query.get("status", [None])[0])]
+        if len(parts) == 2 and parts[0] == "runs":
+            run = self.ledger.get_run(parts[1])
+            if run is None:
+                raise KeyError(parts[1])
+            return {"run": run.model_dump(mode="json"),
+                    "steps": [s.model_dump(mode="json") for s in self.ledger.steps(parts[1])]}
+        if parts == ["approvals"]:
+            return [p.model_dump(mode="json") for p in self.ledger.pending_approvals()]
+        raise KeyError("/".join(parts))
+
+    def _runs(self, status: str | None) -> bytes:
+        rows = "".join(
+            f"<tr><td><a href='/runs/{html.escape(r.run_id, quote=True)}'>{_esc(r.run_id)}</a></td>"
+            f"<td class='{_status(r)}'>{_status(r)}</td><td>{_esc(r.kind or '-')}</td>"
+            f"<td>{r.steps_done}/{r.steps_total}</td><td>{_when(r.created)}</td>"
+            f"<td>{_when(r.updated)}</td><td>{_esc(r.last_error, 80)}</td></tr>"
+            for r in self.ledger.list_runs(status=status, limit=500))
+        filters = " ".join(f"<a href='/?status={s}'>{s}</a>" for s in
+                           ("running", "waiting", "completed", "failed", "stalled"))
+        return _page("agentledger runs", f"<p>{filters}</p><table><tr><th>run</th><th>status</th>"
+                     "<th>kind</th><th>steps</th><th>created</th><th>updated</th>"
+                     f"<th>last error</th></tr>{rows}</table>")
+
+    def _run(self, run_id: str) -> bytes:
+        run = self.ledger.get_run(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        rows = []
+        for s in self.ledger.steps(run_id):
+            how = "executed" if s.attempts <= 1 else f"executed ×{s.attempts}"
+            if s.replays:
+                how += f", replayed ×{s.replays}"
+            dur = f"{s.duration_ms} ms" if s.duration_ms is not None else "-"
+            rows.append(f"<tr><td>{s.seq}</td><td>{_esc(s.kind)}</td><td><code>{_esc(s.key, 80)}</code></td>"
+                        f"<td class='{s.status}'>{s.status}</td><td>{s.attempts}</td><td>{dur}</td>"
+                        f"<td>{how}</td><td><code>{_esc(s.preview)}</code></td>"
+                        f"<td><code>{_esc(_outcome(s))}</code></td></tr>")
+        head = (f"<p>status <b class='{_status(run)}'>{_status(run)}</b> · kind {_esc(run.kind or '-')}"
+                f" · steps {run.steps_done}/{run.steps_total} · created {_when(run.created)} · "
+                f"updated {_when(run.updated)}</p>")
+        if run.last_error:
+            head += f"<p class='failed'>last error: {_esc(run.last_error, 400)}</p>"
+        return _page(f"run {run_id}", head + "<table><tr><th>#</th><th>kind</th><th>step</th>"
+                     "<th>status</th><th>attempts</th><th>duration</th><th>how</th><th>inputs</th>"
+                     f"<th>result</th></tr>{''.join(rows)}</table>")
+
+    def _approvals(self) -> bytes:
+        rows = "".join(
+            f"<tr><td><a href='/runs/{html.escape(p.run_id, quote=True)}'>{_esc(p.run_id)}</a></td>"
+            f"<td><code>{_esc(p.key, 80)}</code></td><td>{'in doubt' if p.doubt or p.status == 'running' else p.kind}</td>"
+            f"<td>{_when(p.started)}</td><td><code>{_esc(json.dumps(p.payload, default=str) if p.payload is not None else p.preview, 200)}</code></td>"
+            f"<td><code>agentledger approve {_esc(p.run_id)} '{_esc(p.key)}'</code></td></tr>"
+            for p in self.ledger.pending_approvals())
+        return _page("pending approvals", "<table><tr><th>run</th><th>step</th><th>what</th>"
+                     f"<th>since</th><th>payload</th><th>decide with</th></tr>{rows}</table>")
+
+
+def make_server(ledger: Ledger, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"ledger": ledger})
+    return ThreadingHTTPServer((host, port), handler)
