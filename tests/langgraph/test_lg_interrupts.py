@@ -1,0 +1,126 @@
+"""``interrupt()`` in a durable run is an approval step: listed with its payload, decided
+through the ledger (the CLI's ``approve``), and the next invocation resumes with the decision
+without re-running the calls the node made before its interrupt."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from langgraph.types import Command
+
+from _support import killed, run_child, tmpdir
+from agentledger import Ledger
+from agentledger.langgraph import DurableCheckpointer
+
+CHILDREN = Path(__file__).parent / "children"
+sys.path.insert(0, str(CHILDREN))
+import lg_review as review  # noqa: E402
+
+
+def _effects(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def effects(monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmpdir("lg-interrupt-") / "effects"
+    monkeypatch.setenv("LG_EFFECTS", str(path))
+    return path
+
+
+def test_lg_interrupt_is_a_durable_approval(ledger: Ledger, effects: Path) -> None:
+    graph = review.build(DurableCheckpointer(ledger))
+    config = {"configurable": {"thread_id": "review-1"}}
+    out = graph.invoke({"log": []}, config)
+    assert "__interrupt__" in out
+    assert ledger.get_run("review-1").status == "waiting"
+    pending = ledger.pending_approvals()
+    assert len(pending) == 1 and pending[0].run_id == "review-1"
+    assert pending[0].payload == {"question": "send this?", "draft": "draft about launch"}
+    assert pending[0].key == "review.1/approval:interrupt@0"
+
+    # Invoked again before anyone decided: still waiting, nothing re-run.
+    assert "__interrupt__" in graph.invoke(None, config)
+    assert ledger.get_run("review-1").status == "waiting"
+
+    ledger.decide("review-1", approved=True, by="ann", payload={"to": "team"})
+    out = graph.invoke(None, config)
+    assert out["log"] == ["draft about launch", {"to": "team"}, "sent to team"]
+    assert ledger.get_run("review-1").status == "completed"
+    assert ledger.pending_approvals("review-1") == []
+    assert [e.split("|")[:2] for e in _effects(effects)] == [["draft", "launch"],
+                                                             ["send", "team"]]
+
+
+def test_lg_rejection_without_payload_resumes_with_the_decision(ledger: Ledger,
+                                                                effects: Path) -> None:
+    graph = review.build(DurableCheckpointer(ledger))
+    config = {"configurable": {"thread_id": "review-2"}}
+    graph.invoke({"log": []}, config)
+    ledger.decide("review-2", approved=False, by="bob", note="not yet")
+    out = graph.invoke(None, config)
+    assert out["log"][1] == {"approved": False, "note": "not yet", "by": "bob"}
+    assert out["log"][2] == "not sent"
+    assert len(_effects(effects)) == 1
+
+
+def test_lg_command_resume_settles_the_approval(ledger: Ledger, effects: Path) -> None:
+    graph = review.build(DurableCheckpointer(ledger))
+    config = {"configurable": {"thread_id": "review-3"}}
+    graph.invoke({"log": []}, config)
+    assert len(ledger.pending_approvals("review-3")) == 1
+    out = graph.invoke(Command(resume={"to": "direct"}), config)
+    assert out["log"][2] == "sent to direct"
+    assert ledger.pending_approvals("review-3") == []
+    step = next(s for s in ledger.steps("review-3") if s.kind == "approval")
+    assert step.status == "completed"
+    assert [e.split("|")[0] for e in _effects(effects)] == ["draft", "send"]
+
+
+async def test_lg_async_interrupt_approval(ledger: Ledger, effects: Path) -> None:
+    graph = review.build(DurableCheckpointer(ledger), use_async=True)
+    config = {"configurable": {"thread_id": "review-4"}}
+    out = await graph.ainvoke({"log": []}, config)
+    assert "__interrupt__" in out
+    pending = await ledger.apending_approvals("review-4")
+    assert pending[0].payload["draft"] == "draft about launch"
+    await ledger.adecide("review-4", approved=True, payload="async-team")
+    out = await graph.ainvoke(None, config)
+    assert out["log"][2] == "sent to async-team"
+    assert [e.split("|")[0] for e in _effects(effects)] == ["draft", "send"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_lg_interrupt_then_crash_then_approve(redis_url: str, prefix: str, mode: str) -> None:
+    path = tmpdir("lg-review-") / "effects"
+    thread = f"review-crash-{mode}"
+    env = {"LG_EFFECTS": str(path)}
+    child = CHILDREN / "lg_review.py"
+
+    first = run_child(child, redis_url, prefix, thread, mode, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout.splitlines()[-1])["interrupted"]
+
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        assert [p.run_id for p in ledger.pending_approvals()] == [thread]
+        ledger.decide(thread, approved=True, by="ops", payload={"to": "all"})
+
+        crashed = run_child(child, redis_url, prefix, thread, mode,
+                            env={**env, "LG_KILL_AFTER_SEND": "1"})
+        assert killed(crashed), crashed.stderr[-2000:]
+        done = run_child(child, redis_url, prefix, thread, mode, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["log"] == ["draft about launch", {"to": "all"}, "sent to all"]
+        assert ledger.get_run(thread).status == "completed"
+    finally:
+        ledger.close()
+    lines = [e.split("|") for e in _effects(path)]
+    assert [x[:2] for x in lines] == [["draft", "launch"], ["send", "all"], ["send", "all"]]
+    # The send was killed inside its body: it ran again, with the same idempotency key.
+    assert lines[1][2] == lines[2][2] and lines[1][2].startswith("al-")
