@@ -53,7 +53,7 @@ def _thread_id(config: Any) -> str | None:
     return None if thread is None else str(thread)
 
 
-def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str] | None:
+def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str, Any] | None:
     """The ledger and run id when this invocation starts a durable run, else None (another
     checkpointer, no thread id, or a subgraph running inside a run already)."""
     if _context._session.get() is not None:
@@ -63,7 +63,15 @@ def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str] | None:
     if ledger is None or thread is None:
         return None
     prepare_codec(ledger.codec)
-    return ledger, thread
+    return ledger, thread, graph.checkpointer
+
+
+def _opened(session: RunSession, checkpointer: Any) -> RunSession:
+    # The run's step records expire with the thread's checkpoints.
+    if hasattr(checkpointer, "ttl") and hasattr(session, "ttl_s"):
+        session.ttl_s = checkpointer.ttl
+    mark(session)
+    return session
 
 
 def _end_status(session: RunSession, error: BaseException | None) -> RunStatus:
@@ -88,9 +96,8 @@ def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[An
             finally:
                 _reset(graph_scope, token)
             return
-        ledger, thread = plan
-        session = ledger.open_run(thread, kind="langgraph")
-        mark(session)
+        ledger, thread, saver = plan
+        session = _opened(ledger.open_run(thread, kind="langgraph"), saver)
         token = session.activate()
         scope_token = graph_scope.set("")
         error: BaseException | None = None
@@ -123,9 +130,8 @@ def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
             finally:
                 _reset(graph_scope, token)
             return
-        ledger, thread = plan
-        session = await ledger.aopen_run(thread, kind="langgraph")
-        mark(session)
+        ledger, thread, saver = plan
+        session = _opened(await ledger.aopen_run(thread, kind="langgraph"), saver)
         token = session.activate()
         scope_token = graph_scope.set("")
         error: BaseException | None = None
