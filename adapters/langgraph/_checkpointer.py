@@ -21,10 +21,10 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from agentledger import CorruptRecordError, Ledger, LedgerError, LedgerUnavailableError
 from langchain_core.runnables import RunnableConfig
 from redis.commands.core import AsyncScript, Script
 
+from agentledger import CorruptRecordError, Ledger, LedgerError, LedgerUnavailableError
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseCheckpointSaver,
@@ -363,8 +363,11 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         return top, b"[" + prefix, limit
 
     @staticmethod
-    def _order(members: list[bytes], ns: str | None, before: str | None) -> list[str]:
+    def _order(members: list[bytes], ns: str | None, before: str | None,
+               only: str | None) -> list[str]:
         out = [text(m) for m in members]
+        if only:  # the config names one checkpoint: list just that one (as other savers do)
+            out = [m for m in out if m.rpartition(_US)[2] == only]
         if ns is None:  # every namespace: newest checkpoint id first
             out = [m for m in out if not before or m.rpartition(_US)[2] < before]
             out.sort(key=lambda m: m.rpartition(_US)[2], reverse=True)
@@ -372,10 +375,11 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     @staticmethod
     def _list_params(config: RunnableConfig | None, before: RunnableConfig | None
-                     ) -> tuple[str | None, str | None]:
+                     ) -> tuple[str | None, str | None, str | None]:
         ns = config["configurable"].get("checkpoint_ns") if config else None
         b = before["configurable"].get("checkpoint_id") if before else None
-        return ns, b
+        only = config["configurable"].get("checkpoint_id") if config else None
+        return ns, b, only
 
     def _threads(self, config: RunnableConfig | None) -> builtins.list[Any]:
         if config is not None and config["configurable"].get("thread_id") is not None:
@@ -388,16 +392,16 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None, limit: int | None = None
              ) -> Iterator[CheckpointTuple]:
-        ns, b = self._list_params(config, before)
+        ns, b, only = self._list_params(config, before)
         left = limit
         for thread_id in self._threads(config):
             keys = self._keys(thread_id)
-            top, bottom, cap = self._range(ns, b, None if filter else left)
+            top, bottom, cap = self._range(ns, b, None if filter or only else left)
             with self._io("list"):
                 raw = (self.ledger.redis.zrevrangebylex(keys.ix, top, bottom, 0, cap)
                        if cap is not None else self.ledger.redis.zrevrangebylex(keys.ix, top,
                                                                                  bottom))
-            members = self._order(raw, ns, b)
+            members = self._order(raw, ns, b, only)
             for i in range(0, len(members), _LOAD_CHUNK):
                 with self._io("list"):
                     replies = self._scripts["load_many"](keys.all, members[i:i + _LOAD_CHUNK])
@@ -424,16 +428,16 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     async def alist(self, config: RunnableConfig | None, *,
                     filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
                     limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
-        ns, b = self._list_params(config, before)
+        ns, b, only = self._list_params(config, before)
         left = limit
         client, scripts = self._aclient()
         for thread_id in await self._athreads(config):
             keys = self._keys(thread_id)
-            top, bottom, cap = self._range(ns, b, None if filter else left)
+            top, bottom, cap = self._range(ns, b, None if filter or only else left)
             with self._io("list"):
                 raw = (await client.zrevrangebylex(keys.ix, top, bottom, 0, cap)
                        if cap is not None else await client.zrevrangebylex(keys.ix, top, bottom))
-            members = self._order(raw, ns, b)
+            members = self._order(raw, ns, b, only)
             for i in range(0, len(members), _LOAD_CHUNK):
                 with self._io("list"):
                     replies = await scripts["load_many"](keys.all, members[i:i + _LOAD_CHUNK])
