@@ -15,7 +15,9 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
@@ -105,7 +107,7 @@ class Ledger:
 
     def __init__(
         self,
-        client: redis.Redis | None = None,
+        client: redis.Redis | RedisCluster | None = None,
         *,
         url: str | None = None,
         prefix: str = "agentledger",
@@ -137,11 +139,20 @@ class Ledger:
         self._owns_client = client is None
         if client is None:
             assert url is not None
-            client = redis.Redis.from_url(
-                url, retry=_retry(redis_retries), retry_on_error=[redis.ConnectionError, redis.TimeoutError]
-            )
-        self.redis: redis.Redis = client
-        self._scripts: dict[str, Script] = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
+            if url.startswith("redis+cluster://"):
+                client = RedisCluster.from_url(
+                    "redis://" + url.removeprefix("redis+cluster://"),
+                    retry=_retry(redis_retries))
+            else:
+                client = redis.Redis.from_url(
+                    url, retry=_retry(redis_retries),
+                    retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        # A Redis Cluster client: every per-run script touches one slot (the run's hash tag);
+        # the cluster refuses scripts inside pipelines, so those become sequential calls.
+        self.cluster = isinstance(client, RedisCluster)
+        self.redis: redis.Redis = cast(redis.Redis, client)
+        self._scripts: dict[str, Script] = {n: self.redis.register_script(s)
+                                            for n, s in _SCRIPTS.items()}
         self._aclients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, AsyncScript]]
         ] = weakref.WeakKeyDictionary()
@@ -155,8 +166,9 @@ class Ledger:
             from ._embedded import embedded_url
 
             url = embedded_url()
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss:// or unix://")
+        if not url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+            raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// "
+                             "or redis+cluster://")
         return cls(url=url, prefix=prefix, **options)
 
     # ---- clients --------------------------------------------------------------------------
@@ -164,6 +176,13 @@ class Ledger:
         # redis.asyncio connections belong to one event loop: keep one client per loop.
         loop = asyncio.get_running_loop()
         entry = self._aclients.get(loop)
+        if entry is None and self.cluster:
+            cluster = AsyncRedisCluster.from_url(
+                "redis://" + (self.url or "").removeprefix("redis+cluster://"),
+                retry=_retry_async(self.redis_retries))
+            entry = (cast(aredis.Redis, cluster),
+                     {n: cluster.register_script(s) for n, s in _SCRIPTS.items()})  # type: ignore[misc]
+            self._aclients[loop] = entry
         if entry is None:
             kwargs = dict(self.redis.connection_pool.connection_kwargs)
             conn_class = self.redis.connection_pool.connection_class
@@ -209,6 +228,49 @@ class Ledger:
             raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
         except redis.ResponseError as e:
             raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    def script_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
+                         before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
+        """Run ``before`` (commands on the run's keys), a script, and bump the run in the
+        runs index: one pipelined round trip, or sequential calls on a Redis Cluster."""
+        stamp = {run_id: int(time.time() * 1000)}
+        with self._calls():
+            if self.cluster:
+                for cmd in before:
+                    self.redis.execute_command(*cmd)  # type: ignore[no-untyped-call]
+                reply = self.script(name, keys, args)
+                self.redis.zadd(runs_index(self.prefix), stamp)
+                return reply
+            pipe = self.redis.pipeline(transaction=False)
+            for cmd in before:
+                pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
+            self._scripts[name](keys=keys, args=args, client=pipe)
+            pipe.zadd(runs_index(self.prefix), stamp)
+            try:
+                return pipe.execute()[-2]
+            except redis.ResponseError as e:
+                raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    async def ascript_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
+                                before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
+        stamp = {run_id: int(time.time() * 1000)}
+        client, scripts = self._async()
+        with self._calls():
+            if self.cluster:
+                for cmd in before:
+                    await client.execute_command(*cmd)  # type: ignore[no-untyped-call]
+                reply = await self.ascript(name, keys, args)
+                await client.zadd(runs_index(self.prefix), stamp)
+                return reply
+            pipe = client.pipeline(transaction=False)
+            for cmd in before:
+                pipe.execute_command(*cmd)
+            await scripts[name](keys=keys, args=args, client=pipe)
+            pipe.zadd(runs_index(self.prefix), stamp)
+            try:
+                return (await pipe.execute())[-2]
+            except redis.ResponseError as e:
+                raise LedgerError(f"Redis refused the {name} script: {e}") from e
 
     @contextmanager
     def _calls(self) -> Iterator[None]:
@@ -257,11 +319,7 @@ class Ledger:
         force = on_busy == "takeover"
         while True:
             keys, args = self._acquire_args(run_id, kind, force)
-            with self._calls():
-                pipe = self.redis.pipeline(transaction=False)
-                self._scripts["acquire"](keys=keys, args=args, client=pipe)
-                pipe.zadd(runs_index(self.prefix), {run_id: int(time.time() * 1000)})
-                reply = pipe.execute()[0]
+            reply = self.script_and_index("acquire", keys, args, run_id)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
                 session.start_renewing()
@@ -275,14 +333,9 @@ class Ledger:
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
-        client, scripts = self._async()
         while True:
             keys, args = self._acquire_args(run_id, kind, force)
-            with self._calls():
-                pipe = client.pipeline(transaction=False)
-                await scripts["acquire"](keys=keys, args=args, client=pipe)
-                pipe.zadd(runs_index(self.prefix), {run_id: int(time.time() * 1000)})
-                reply = (await pipe.execute())[0]
+            reply = await self.ascript_and_index("acquire", keys, args, run_id)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
                 session.start_renewing()

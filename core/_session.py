@@ -32,7 +32,7 @@ from ._errors import (
     UnsupportedTypeError,
 )
 from ._faults import crash_point
-from ._keys import RunKeys, runs_index
+from ._keys import RunKeys
 from ._records import (
     SCHEMA_VERSION,
     Decision,
@@ -163,30 +163,22 @@ class RunSession:
         process had been fenced out."""
         keys, args = self._finish_args(status, error)
         try:
-            pipe = self.ledger.redis.pipeline(transaction=False)
-            for key in self._replayed_keys:
-                pipe.hincrby(self.keys.steps, "p:" + key, 1)
-            self.ledger._scripts["finish"](keys=keys, args=args, client=pipe)
-            pipe.zadd(runs_index(self.ledger.prefix), {self.run_id: int(time.time() * 1000)})
-            with self.ledger._calls():
-                return bool(pipe.execute()[-2])
+            return bool(self.ledger.script_and_index("finish", keys, args, self.run_id,
+                                                     self._replay_counts()))
         except LedgerError:
             if error is None:
                 raise
             log.exception("agentledger: could not record that run %r failed", self.run_id)
             return False
 
+    def _replay_counts(self) -> list[tuple[str, ...]]:
+        return [("HINCRBY", self.keys.steps, "p:" + key, "1") for key in self._replayed_keys]
+
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
         try:
-            client, scripts = self.ledger._async()
-            pipe = client.pipeline(transaction=False)
-            for key in self._replayed_keys:
-                pipe.hincrby(self.keys.steps, "p:" + key, 1)
-            await scripts["finish"](keys=keys, args=args, client=pipe)
-            pipe.zadd(runs_index(self.ledger.prefix), {self.run_id: int(time.time() * 1000)})
-            with self.ledger._calls():
-                return bool((await pipe.execute())[-2])
+            return bool(await self.ledger.ascript_and_index("finish", keys, args, self.run_id,
+                                                            self._replay_counts()))
         except LedgerError:
             if error is None:
                 raise
