@@ -1,11 +1,13 @@
-"""The crash matrix: a real child process SIGKILLed at every step boundary of a flow, then
-started again with the same run id, until the run completes.
+"""The crash matrix: a real child process SIGKILLed at a step boundary, then started again
+with the same run id.
 
-For each flow and each crash point, a chain of children runs: each dies at the next boundary of
-that kind (``after_record``: the first live one; the other points: the second,
-because the step killed before its record runs again first). The finished run must give the
-clean run's final output, every tool call must have been made with exactly one idempotency
-key, and a tool may run twice only when the kill hit between its effect and its record.
+For each flow and each crash point, the n-th boundary of that kind is hit in a fresh run, for
+every n the flow reaches. A chain (one run dying again and again, each restart at its next
+boundary: for ``after_record`` the first live one, for the other points the second, because
+the step killed before its record runs again first) covers repeated crashes; it is used for
+sequential flows, where that order is fixed. The finished run must give the clean run's final
+output, every tool call must have been made with exactly one idempotency key, and a tool may
+run twice only when the kill hit between its effect and its record.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _support import killed, run_child
 
 CHILD = Path(__file__).parent / "children" / "oa_child.py"
@@ -70,11 +73,12 @@ class Chain:
             env["AGENTLEDGER_CRASH_AT"] = f"{self.point}:{n}"
         return env
 
-    def child(self, mode: str, first: bool) -> subprocess.CompletedProcess[str]:
+    def child(self, mode: str, first: bool, crash: bool = True
+              ) -> subprocess.CompletedProcess[str]:
         self.children += 1
         scenario = "seq" if self.flow == "stream" else self.flow
-        return run_child(CHILD, scenario, self.run_id, self.url, self.prefix, mode,
-                         env=self.env(first))
+        env = self.env(first) if crash else {"AL_EFFECTS": str(self.effects)}
+        return run_child(CHILD, scenario, self.run_id, self.url, self.prefix, mode, env=env)
 
     def until_done(self, mode: str) -> dict[str, Any]:
         first = True
@@ -84,9 +88,7 @@ class Chain:
                 self.kills += 1
                 first = False
                 continue
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-            return dict(json.loads(line[len("RESULT "):]))
+            return child_out(proc)
         raise AssertionError(f"{self.flow}/{self.point}: still dying after {MAX_CHILDREN} children")
 
     def check_effects(self) -> None:
@@ -110,26 +112,61 @@ class Chain:
                 assert runs[tool] == n, (tool, runs, self.point)
 
 
-@pytest.mark.parametrize("point", POINTS)
-@pytest.mark.parametrize("flow", FLOWS)
-def test_crash_everywhere_then_resume(flow: str, point: str, redis_url: str, prefix: str,
-                                      tmp_path: Path) -> None:
-    chain = Chain(flow, point, redis_url, prefix, tmp_path)
-    out = chain.until_done("stream" if flow == "stream" else "run")
+def child_out(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return dict(json.loads(line[len("RESULT "):]))
+
+
+def check_finished(flow: str, chain: Chain, out: dict[str, Any]) -> None:
     assert out["final"] == EXPECTED_FINAL[flow]
-    assert chain.kills >= 1, "the crash point was never reached: the test proves nothing"
     chain.check_effects()
     if flow == "stream":
         assert out["events"] == ["tool_called", "tool_output", "tool_called", "tool_output",
                                  "message_output_created"]
-    # Started once more, the completed run executes nothing and answers the same.
-    before = chain.effects.read_text()
-    proc = run_child(CHILD, "seq" if flow == "stream" else flow, chain.run_id, redis_url,
-                     prefix, "stream" if flow == "stream" else "run",
-                     env={"AL_EFFECTS": str(chain.effects)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.split("RESULT ", 1)[1])["final"] == EXPECTED_FINAL[flow]
-    assert chain.effects.read_text() == before
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("flow", FLOWS)
+def test_killed_at_each_boundary_then_restarted(flow: str, point: str, redis_url: str,
+                                                prefix: str, tmp_path: Path) -> None:
+    """For n = 1, 2, ...: a fresh run killed the n-th time it reaches ``point``, then
+    restarted once with the same run id; until a run no longer reaches its n-th boundary."""
+    mode = "stream" if flow == "stream" else "run"
+    n = 1
+    while n <= MAX_CHILDREN:
+        d = tmp_path / f"n{n}"
+        d.mkdir()
+        chain = Chain(flow, point, redis_url, prefix, d)
+        env = chain.env(True)
+        if point != "in_tool":
+            env["AGENTLEDGER_CRASH_AT"] = f"{point}:{n}"
+        first = run_child(CHILD, "seq" if flow == "stream" else flow, chain.run_id, redis_url,
+                          prefix, mode, env=env)
+        if not killed(first):
+            assert n > 1 and point != "in_tool", "the crash point was never reached"
+            check_finished(flow, chain, child_out(first))
+            return
+        chain.kills = 1
+        check_finished(flow, chain, child_out(chain.child(mode, first=False, crash=False)))
+        # Started once more, the completed run executes nothing and answers the same.
+        before = chain.effects.read_text()
+        assert child_out(chain.child(mode, first=False, crash=False))["final"] == EXPECTED_FINAL[flow]
+        assert chain.effects.read_text() == before
+        if point == "in_tool":
+            return
+        n += 1
+    raise AssertionError(f"{flow}/{point}: more than {MAX_CHILDREN} boundaries")
+
+
+@pytest.mark.parametrize("point", ["after_claim", "before_record", "after_record"])
+def test_killed_again_and_again_in_one_run(point: str, redis_url: str, prefix: str,
+                                           tmp_path: Path) -> None:
+    """One run, each restart dying at its next boundary of ``point``, until it completes."""
+    chain = Chain("seq", point, redis_url, prefix, tmp_path)
+    out = chain.until_done("run")
+    assert chain.kills >= 2
+    check_finished("seq", chain, out)
 
 
 @pytest.mark.parametrize("point", POINTS)
