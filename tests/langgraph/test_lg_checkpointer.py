@@ -15,6 +15,8 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
@@ -22,6 +24,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, Send, interrupt
+from redis.crc import key_slot
 
 from _support import killed, run_child
 from agentledger import CorruptRecordError, Ledger, StepCall
@@ -163,6 +166,7 @@ def test_lg_checkpointer_keys_carry_hash_tag_and_are_tracked(
     graph.invoke(human(0), cfg("order-42"))
     keys = thread_keys(client, prefix, "order-42")
     assert keys and all(k.startswith(f"{prefix}:{{order-42}}:") for k in keys)
+    assert len({key_slot(k.encode()) for k in keys}) == 1  # one Redis Cluster slot
     tracked = {m.decode() for m in client.smembers(f"{prefix}:{{order-42}}:keys")}
     lg_keys = {k for k in keys if ":lg:" in k}
     assert lg_keys and lg_keys <= tracked
@@ -488,3 +492,51 @@ def test_lg_checkpointer_interrupt_then_resume(saver: DurableCheckpointer,
     again = b.compile(checkpointer=DurableCheckpointer(ledger))
     assert again.get_state(cfg("t-int")).next == ("ask",)
     assert again.invoke(Command(resume="yes"), cfg("t-int")) == {"answer": "yes"}
+
+
+# ---- the delta encoding, property-based --------------------------------------------------
+_edits = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.lists(st.text(max_size=5), min_size=0, max_size=3)),
+        st.tuples(st.just("replace"), st.integers(0, 10), st.text(max_size=5)),
+        st.tuples(st.just("drop"), st.integers(0, 10)),
+        st.tuples(st.just("fork"), st.integers(0, 10)),
+    ),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=_edits)
+def test_lg_checkpointer_list_versions_read_back_exactly(ledger: Ledger, edits: list[Any]) -> None:
+    # Appends are stored as deltas, anything else whole; forks continue from an older
+    # checkpoint. Every checkpoint must read back exactly what was put, from a cold cache too.
+    saver = DurableCheckpointer(ledger)
+    thread = f"prop-{uuid.uuid4().hex}"
+    history: list[tuple[Any, list[str]]] = []
+    value: list[str] = []
+    parent = cfg(thread, checkpoint_ns="")
+    version = None
+    for edit in edits:
+        if edit[0] == "append":
+            value = value + edit[1]
+        elif edit[0] == "replace" and value:
+            value = [*value]
+            value[edit[1] % len(value)] = edit[2]
+        elif edit[0] == "drop" and value:
+            value = [v for i, v in enumerate(value) if i != edit[1] % len(value)]
+        elif edit[0] == "fork" and history:
+            parent, value = history[edit[1] % len(history)]
+            saver.get_tuple(parent)  # LangGraph reads the checkpoint it continues from
+        version = saver.get_next_version(version, None)
+        ck = {**empty_checkpoint(), "channel_values": {"messages": list(value)},
+              "channel_versions": {"messages": version}}
+        parent = saver.put(parent, ck, {"step": len(history)}, {"messages": version})
+        history.append((parent, list(value)))
+    cold = DurableCheckpointer(ledger)
+    for config, expected in history:
+        for reader in (saver, cold):
+            got = reader.get_tuple(config)
+            assert got is not None
+            assert got.checkpoint["channel_values"]["messages"] == expected
+    saver.delete_thread(thread)
