@@ -32,6 +32,7 @@ from ._errors import (
     UnsupportedTypeError,
 )
 from ._faults import crash_point
+from ._hotpath import StepConnection
 from ._keys import RunKeys
 from ._records import (
     SCHEMA_VERSION,
@@ -120,6 +121,7 @@ class RunSession:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._fence_arg = str(fence)
+        self._hot = StepConnection(ledger)
         self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -162,6 +164,7 @@ class RunSession:
         """Record how the run ended (or that it waits) and release the lease. False if this
         process had been fenced out."""
         keys, args = self._finish_args(status, error)
+        self._hot.close()
         try:
             return bool(self.ledger.script_and_index("finish", keys, args, self.run_id,
                                                      self._replay_counts()))
@@ -176,6 +179,7 @@ class RunSession:
 
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
+        await self._hot.aclose()
         try:
             return bool(await self.ledger.ascript_and_index("finish", keys, args, self.run_id,
                                                             self._replay_counts()))
@@ -295,7 +299,7 @@ class RunSession:
         start, args = self._plan(call)
         if args is not None:
             crash_point("before_claim")
-            start = self._after_claim(start, self.ledger.script("claim", *args))
+            start = self._after_claim(start, self._hot.call("claim", *args))
             crash_point("after_claim")
         start.t0 = time.perf_counter()
         return start
@@ -304,7 +308,7 @@ class RunSession:
         start, args = self._plan(call)
         if args is not None:
             crash_point("before_claim")
-            start = self._after_claim(start, await self.ledger.ascript("claim", *args))
+            start = self._after_claim(start, await self._hot.acall("claim", *args))
             crash_point("after_claim")
         start.t0 = time.perf_counter()
         return start
@@ -354,7 +358,7 @@ class RunSession:
         """Record the outcome of a live step: its value, or the error it raised."""
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
-        self._after_complete(start, args, self.ledger.script("complete", *args))
+        self._after_complete(start, args, self._hot.call("complete", *args))
         crash_point("after_record")
         if raised is not None:
             raise raised
@@ -363,7 +367,7 @@ class RunSession:
                       error: BaseException | None = None) -> None:
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
-        self._after_complete(start, args, await self.ledger.ascript("complete", *args))
+        self._after_complete(start, args, await self._hot.acall("complete", *args))
         crash_point("after_record")
         if raised is not None:
             raise raised

@@ -235,3 +235,50 @@ def test_session_step_protocol_for_adapters(ledger: Ledger) -> None:
     recs = ledger.steps("r")
     assert [r.key for r in recs] == ["llm:gpt#1", "tool:lookup@call_1"]
     assert [r.attempts for r in recs] == [1, 1]
+
+
+def test_parallel_threads_share_a_session(ledger: Ledger) -> None:
+    """Threads running steps at once: the session's own connection serves one, the client the
+    others; every step is recorded once and replays."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+
+    @agentledger.step
+    def work(i: int) -> int:
+        calls.append(i)
+        return i * i
+
+    def in_scope(i: int) -> int:
+        with agentledger.scope(f"worker-{i}"):
+            return work(i)
+
+    for _ in range(2):
+        with ledger.run("r"), ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, in_scope, i) for i in range(32)]
+            assert [f.result() for f in futures] == [i * i for i in range(32)]
+    assert sorted(calls) == list(range(32))
+    assert len(ledger.steps("r")) == 32
+
+
+async def test_concurrent_tasks_share_a_session(ledger: Ledger) -> None:
+    import asyncio
+
+    calls: list[int] = []
+
+    @agentledger.step
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.001)
+        calls.append(i)
+        return i + 100
+
+    async def in_scope(i: int) -> int:
+        with agentledger.scope(f"task-{i}"):
+            return await work(i)
+
+    for _ in range(2):
+        async with ledger.arun("r"):
+            assert await asyncio.gather(*(in_scope(i) for i in range(32))) == [i + 100 for i in range(32)]
+    assert sorted(calls) == list(range(32))
+    await ledger.aclose()
