@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from _support import SHARED_URL, RedisServer, answers, tmpdir
 
 
