@@ -30,6 +30,10 @@ BENCHES = {
     "openai-agents": ["benchmarks/bench_openai_agents.py"],
     "crewai": ["benchmarks/bench_crewai.py"],
 }
+# What a suite needs beyond the extra: peers it compares with, the conformance suite.
+TEST_DEPS = {
+    "langgraph": ["langgraph-checkpoint-conformance>=0.0.2", "langgraph-checkpoint-sqlite>=3.0"],
+}
 OFFLINE = {
     "CREWAI_DISABLE_TELEMETRY": "true",
     "OTEL_SDK_DISABLED": "true",
@@ -41,7 +45,7 @@ OFFLINE = {
 
 def _install(session: nox.Session, extra: str) -> None:
     extras = "dev" if extra == "core" else f"{extra},dev"
-    session.install("-e", f".[{extras}]")
+    session.install("-e", f".[{extras}]", *TEST_DEPS.get(extra, []))
 
 
 @nox.session(python=PYTHON)
