@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
-import agentledger
-from agentledger import RunSession, StepCall, StepKind
 from agents.agent_output import AgentOutputSchemaBase
 from agents.handoffs import Handoff
 from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
@@ -27,6 +25,9 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
 )
 from openai.types.responses.response_prompt_param import ResponsePromptParam
+
+import agentledger
+from agentledger import RunSession, StepCall, StepKind
 
 from ._types import dump_item
 

@@ -22,15 +22,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import agentledger
 import agents.run_internal.run_loop as _run_loop
 import agents.run_internal.tool_execution as _tool_execution
 import agents.run_internal.turn_resolution as _turn_resolution
 import agents.tool as _tool
-from agentledger import InDoubtPolicy, StepCall, StepKind
 from agents.handoffs import Handoff
 from agents.tool import FunctionTool
 from agents.tool_context import ToolContext
+
+import agentledger
+from agentledger import InDoubtPolicy, StepCall, StepKind
 
 from ._model import DurableModel
 from ._types import ToolOutcome

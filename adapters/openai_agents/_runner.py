@@ -20,6 +20,9 @@ import json
 import logging
 from typing import Any
 
+from agents import Agent, Runner, RunResult, RunResultStreaming, RunState
+from agents.items import ToolApprovalItem
+
 from agentledger import (
     ApprovalPending,
     Decision,
@@ -30,8 +33,6 @@ from agentledger import (
     StepCall,
     StepKind,
 )
-from agents import Agent, Runner, RunResult, RunResultStreaming, RunState
-from agents.items import ToolApprovalItem
 
 from ._model import model_scope
 from ._patch import install
@@ -92,6 +93,22 @@ def _load_state(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
     with ledger._calls():
         raw = ledger.redis.get(key)
     return _parse_state(key, raw)  # type: ignore[arg-type]
+
+
+async def _asave_state(ledger: Ledger, run_id: str, blob: str) -> None:
+    key = ledger.keys(run_id).extra(STATE_KEY)
+    pipe = ledger.async_client().pipeline(transaction=False)
+    pipe.set(key, blob)
+    pipe.sadd(ledger.keys(run_id).keyset, key)
+    with ledger._calls():
+        await pipe.execute()
+
+
+async def _aload_state(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
+    key = ledger.keys(run_id).extra(STATE_KEY)
+    with ledger._calls():
+        raw = await ledger.async_client().get(key)
+    return _parse_state(key, raw)
 
 
 # ---- approvals ---------------------------------------------------------------------------
@@ -158,7 +175,7 @@ class DurableRunner:
         session = await led.aopen_run(run_id, kind=KIND)
         token = session.activate()
         try:
-            saved = await asyncio.to_thread(_load_state, led, run_id)
+            saved = await _aload_state(led, run_id)
             round_no = 0
             if saved is None:
                 result = await Runner.run(starting_agent, input, **kwargs)
@@ -174,7 +191,7 @@ class DurableRunner:
                     model_scope.reset(scope_token)
             if result.interruptions:
                 blob = _state_blob(result, round_no + 1)
-                await asyncio.to_thread(_save_state, led, run_id, blob)
+                await _asave_state(led, run_id, blob)
                 await _ask(session, list(result.interruptions))
         except ApprovalPending:
             await session.afinish(RunStatus.WAITING)
@@ -197,7 +214,7 @@ class DurableRunner:
         if agent is None:
             raise LedgerError(f"resume({run_id!r}) needs the run's starting agent in a new "
                               "process: DurableRunner.resume(run_id, agent)")
-        if await asyncio.to_thread(_load_state, led, run_id) is None:
+        if await _aload_state(led, run_id) is None:
             raise LedgerError(f"run {run_id!r} has no saved state to resume: it never waited "
                               "for an approval (start it with DurableRunner.run)")
         return await cls.run(agent, None, run_id=run_id, ledger=led, **kwargs)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agentledger import Codec
 from agents.items import ModelResponse
 from agents.tool import ToolOutputFileContent, ToolOutputImage, ToolOutputText
 from agents.usage import deserialize_usage, serialize_usage
 from openai.types.responses import Response
 from openai.types.responses.response_output_item import ResponseOutputItem
 from pydantic import BaseModel, TypeAdapter
+
+from agentledger import Codec
 
 __all__ = ["ToolOutcome", "dump_item", "prepare_codec"]
 

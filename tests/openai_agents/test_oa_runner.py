@@ -16,9 +16,6 @@ sys.path.insert(0, str(Path(__file__).parent / "children"))
 
 import agents.run_internal.run_loop as run_loop
 import agents.run_internal.tool_execution as tool_execution
-from agentledger import Ledger, LedgerError, RunStatus, UnsupportedTypeError
-from agentledger.openai_agents import DurableRunner
-from agentledger.openai_agents._patch import install, installed, uninstall
 from agents import (
     Agent,
     GuardrailFunctionOutput,
@@ -39,6 +36,10 @@ from oa_world import (
     outputs,
     say,
 )
+
+from agentledger import Ledger, LedgerError, RunStatus, UnsupportedTypeError
+from agentledger.openai_agents import DurableRunner
+from agentledger.openai_agents._patch import install, installed, uninstall
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import asyncio
 import json
 import sys
 
+from oa_world import agent_for
+
 from agentledger import ApprovalPending, Ledger
 from agentledger.openai_agents import DurableRunner
-from oa_world import agent_for
 
 
 async def main(scenario: str, run_id: str, url: str, prefix: str, mode: str) -> dict[str, object]:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import agentledger
 from agents import (
     Agent,
     ModelResponse,
@@ -41,6 +40,8 @@ from openai.types.responses import (
     ResponseOutputText,
     ResponseTextDeltaEvent,
 )
+
+import agentledger
 
 set_tracing_disabled(True)
 
