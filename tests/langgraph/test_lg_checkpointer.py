@@ -540,3 +540,40 @@ def test_lg_checkpointer_list_versions_read_back_exactly(ledger: Ledger, edits: 
             assert got is not None
             assert got.checkpoint["channel_values"]["messages"] == expected
     saver.delete_thread(thread)
+
+
+STRICT_CHILD = """
+import sys
+from typing import Annotated, TypedDict
+from agentledger import Ledger
+from agentledger.langgraph import DurableCheckpointer
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+
+class Chat(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+b = StateGraph(Chat)
+b.add_node("reply", lambda s: {"messages": [AIMessage(content="hi", id="a1")]})
+b.add_edge(START, "reply")
+b.add_edge("reply", END)
+saver = DurableCheckpointer(Ledger.from_url(sys.argv[1], prefix=sys.argv[2]))
+graph = b.compile(checkpointer=saver)
+config = {"configurable": {"thread_id": "strict"}}
+if sys.argv[3] == "write":
+    graph.invoke({"messages": [HumanMessage(content="q", id="h1")]}, config)
+else:
+    msgs = graph.get_state(config).values["messages"]
+    print("TYPES", [type(m).__name__ for m in msgs])
+"""
+
+
+def test_lg_checkpointer_strict_msgpack_allowlist(redis_url: str, prefix: str) -> None:
+    # With LangGraph's allow-list on, messages still come back as message objects.
+    env = {"LANGGRAPH_STRICT_MSGPACK": "true"}
+    wrote = run_child(STRICT_CHILD, redis_url, prefix, "write", env=env)
+    assert wrote.returncode == 0, wrote.stderr[-2000:]
+    read = run_child(STRICT_CHILD, redis_url, prefix, "read", env=env)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert "TYPES ['HumanMessage', 'AIMessage']" in read.stdout
