@@ -62,6 +62,21 @@ def interleaved(cases: dict[str, Callable[[int], float]], rounds: int, n: int) -
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def interleaved_ratios(cases: dict[str, Callable[[int], float]], baseline: str, rounds: int,
+                       n: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-op medians, and the median over rounds of each case's ratio to the baseline measured
+    in the same round: a burst of load from a neighbour hits both sides of a ratio."""
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    ratios: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        now = {name: case(n) for name, case in cases.items()}
+        for name, t in now.items():
+            samples[name].append(t)
+            ratios[name].append(t / now[baseline])
+    return ({k: statistics.median(v) for k, v in samples.items()},
+            {k: statistics.median(v) for k, v in ratios.items()})
+
+
 def machine() -> str:
     cpu = "?"
     try:
