@@ -18,6 +18,7 @@ import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
 from ._errors import LedgerError, LedgerUnavailableError
+from ._store import _retry, _retry_async
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -66,8 +67,6 @@ class StepConnection:
             self._lock.release()
 
     def _retry(self) -> Any:
-        from ._ledger import _retry
-
         return _retry(self._ledger.redis_retries)
 
     def close(self) -> None:
@@ -105,8 +104,6 @@ class StepConnection:
 
                 async def fail(_e: Exception) -> None:
                     await conn.disconnect()
-
-                from ._ledger import _retry_async
 
                 return await _retry_async(self._ledger.redis_retries).call_with_retry(send, fail)
             except (redis.ConnectionError, redis.TimeoutError) as e:

@@ -1,0 +1,203 @@
+"""``RedisStore``: the ledger's Redis clients and Lua scripts (sync, and asyncio per loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.commands.core import AsyncScript, Script
+from redis.retry import Retry
+
+from . import _scripts as lua
+from ._errors import LedgerError, LedgerUnavailableError
+from ._keys import RunKeys, check_run_id, runs_index
+
+__all__ = ["RedisStore"]
+
+_SCRIPTS = {
+    "acquire": lua.ACQUIRE_RUN,
+    "renew": lua.RENEW_LEASE,
+    "finish": lua.FINISH_RUN,
+    "claim": lua.CLAIM_STEP,
+    "complete": lua.COMPLETE_STEP,
+    "decide": lua.DECIDE_STEP,
+    "delete": lua.DELETE_RUN,
+}
+
+
+def _retry(retries: int) -> Retry:
+    # Ride out a Redis restart (about ten seconds by default) before failing closed. Every
+    # script is idempotent under one fencing token, so a retried call after a lost reply is safe.
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+
+
+def _retry_async(retries: int) -> Any:
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    return AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+
+
+def _s(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+
+
+class RedisStore:
+    """Clients and scripts under one key prefix. A client passed in stays its owner's to close."""
+
+    def __init__(self, client: redis.Redis | RedisCluster | None, url: str | None, prefix: str,
+                 redis_retries: int) -> None:
+        if client is None and url is None:
+            raise TypeError("Ledger needs a redis client or a url (or use Ledger.from_url())")
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must be a non-empty string without braces")
+        self.url = url
+        self.prefix = prefix
+        self.redis_retries = redis_retries
+        self._owns_client = client is None
+        if client is None:
+            assert url is not None
+            if url.startswith("redis+cluster://"):
+                client = RedisCluster.from_url(
+                    "redis://" + url.removeprefix("redis+cluster://"),
+                    retry=_retry(redis_retries))
+            else:
+                client = redis.Redis.from_url(
+                    url, retry=_retry(redis_retries),
+                    retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        # A Redis Cluster client: every per-run script touches one slot (the run's hash tag);
+        # the cluster refuses scripts inside pipelines, so those become sequential calls.
+        self.cluster = isinstance(client, RedisCluster)
+        self.redis: redis.Redis = cast(redis.Redis, client)
+        self._scripts: dict[str, Script] = {n: self.redis.register_script(s)
+                                            for n, s in _SCRIPTS.items()}
+        self._aclients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, AsyncScript]]
+        ] = weakref.WeakKeyDictionary()
+
+    # ---- clients --------------------------------------------------------------------------
+    def _async(self) -> tuple[aredis.Redis, dict[str, AsyncScript]]:
+        # redis.asyncio connections belong to one event loop: keep one client per loop.
+        loop = asyncio.get_running_loop()
+        entry = self._aclients.get(loop)
+        if entry is None and self.cluster:
+            cluster = AsyncRedisCluster.from_url(
+                "redis://" + (self.url or "").removeprefix("redis+cluster://"),
+                retry=_retry_async(self.redis_retries))
+            entry = (cast(aredis.Redis, cluster),
+                     {n: cluster.register_script(s) for n, s in _SCRIPTS.items()})  # type: ignore[misc]
+            self._aclients[loop] = entry
+        if entry is None:
+            kwargs = dict(self.redis.connection_pool.connection_kwargs)
+            conn_class = self.redis.connection_pool.connection_class
+            kwargs.pop("retry", None)
+            kwargs.pop("retry_on_error", None)
+            if issubclass(conn_class, redis.UnixDomainSocketConnection):
+                pool = aredis.ConnectionPool(
+                    connection_class=aredis.UnixDomainSocketConnection, **kwargs
+                )
+            elif issubclass(conn_class, redis.SSLConnection):
+                pool = aredis.ConnectionPool(connection_class=aredis.SSLConnection, **kwargs)
+            else:
+                pool = aredis.ConnectionPool(**kwargs)
+            client = aredis.Redis(
+                connection_pool=pool,
+                retry=_retry_async(self.redis_retries),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            )
+            entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
+            self._aclients[loop] = entry
+        return entry
+
+    def async_client(self) -> aredis.Redis:
+        """The redis.asyncio client of the running event loop (one per loop, made on first use
+        from the sync client's connection settings)."""
+        return self._async()[0]
+
+    def keys(self, run_id: str) -> RunKeys:
+        return RunKeys(self.prefix, check_run_id(run_id))
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._scripts[name](keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
+        except redis.ResponseError as e:
+            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    async def ascript(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._async()[1][name](keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
+        except redis.ResponseError as e:
+            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    def script_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
+                         before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
+        """Run ``before`` (commands on the run's keys), a script, and bump the run in the
+        runs index: one pipelined round trip, or sequential calls on a Redis Cluster."""
+        stamp = {run_id: int(time.time() * 1000)}
+        with self._calls():
+            if self.cluster:
+                for cmd in before:
+                    self.redis.execute_command(*cmd)  # type: ignore[no-untyped-call]
+                reply = self.script(name, keys, args)
+                self.redis.zadd(runs_index(self.prefix), stamp)
+                return reply
+            pipe = self.redis.pipeline(transaction=False)
+            for cmd in before:
+                pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
+            self._scripts[name](keys=keys, args=args, client=pipe)
+            pipe.zadd(runs_index(self.prefix), stamp)
+            try:
+                return pipe.execute()[-2]
+            except redis.ResponseError as e:
+                raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    async def ascript_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
+                                before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
+        stamp = {run_id: int(time.time() * 1000)}
+        client, scripts = self._async()
+        with self._calls():
+            if self.cluster:
+                for cmd in before:
+                    await client.execute_command(*cmd)  # type: ignore[no-untyped-call]
+                reply = await self.ascript(name, keys, args)
+                await client.zadd(runs_index(self.prefix), stamp)
+                return reply
+            pipe = client.pipeline(transaction=False)
+            for cmd in before:
+                pipe.execute_command(*cmd)
+            await scripts[name](keys=keys, args=args, client=pipe)
+            pipe.zadd(runs_index(self.prefix), stamp)
+            try:
+                return (await pipe.execute())[-2]
+            except redis.ResponseError as e:
+                raise LedgerError(f"Redis refused the {name} script: {e}") from e
+
+    @contextmanager
+    def _calls(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise LedgerUnavailableError(f"Redis unreachable: {e}") from e
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.redis.close()
+
+    async def aclose(self) -> None:
+        entry = self._aclients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].aclose()
