@@ -287,3 +287,29 @@ async def test_an_unrecordable_tool_result_fails_clearly(ledger: Ledger) -> None
     ledger.codec.register(Receipt, "test:Receipt", lambda r: r.n, Receipt)
     result = await DurableRunner.run(agent, "go", run_id="receipt2", ledger=ledger)
     assert result.final_output == "ok"
+
+
+async def test_mcp_tools_are_steps_keyed_by_call_id(ledger: Ledger, effects: Path) -> None:
+    import os
+
+    from agents.mcp import MCPServerStdio
+
+    server_script = Path(__file__).parent / "children" / "oa_mcp_server.py"
+
+    def script(items: list[dict[str, Any]]) -> list[Any]:
+        seen = outputs(items)
+        return [call("book_room", room="blue")] if not seen else [say("mcp says " + seen[0])]
+
+    finals = []
+    for _ in range(2):
+        model = ScriptedModel("rooms", script)
+        async with MCPServerStdio(params={"command": sys.executable, "args": [str(server_script)],
+                                          "env": dict(os.environ)}) as server:
+            agent = Agent(name="rooms", mcp_servers=[server], model=model)
+            result = await DurableRunner.run(agent, "book", run_id="mcp", ledger=ledger)
+        finals.append(result.final_output)
+    assert "booked blue" in finals[0] and finals[1] == finals[0]
+    assert model.inputs == []  # the second run replayed both model calls
+    assert [x.split()[0] for x in lines(effects)] == ["book_room"]  # and the MCP call
+    (tool_step,) = [s for s in ledger.steps("mcp") if s.kind == "tool"]
+    assert tool_step.key.startswith("tool:book_room@call_") and tool_step.replays == 1
