@@ -51,10 +51,8 @@ def _table(rows: list[list[str]], head: list[str], out: TextIO) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
 
 
-def _run_row(r: RunRecord, now: int) -> list[str]:
-    status = str(r.status)
-    if status == "running" and r.lease_until < now:
-        status = "stalled"  # running, but its process stopped renewing the lease
+def _run_row(ledger: Ledger, r: RunRecord, now: int) -> list[str]:
+    status = "stalled" if ledger.is_stalled(r, now) else str(r.status)
     return [r.run_id, status, r.kind or "-", f"{r.steps_done}/{r.steps_total}", _ms(r.created),
             _ms(r.updated), _short(r.last_error, 40)]
 
@@ -65,7 +63,7 @@ def _cmd_runs(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2), file=out)
         return 0
     now = int(time.time() * 1000)
-    _table([_run_row(r, now) for r in runs],
+    _table([_run_row(ledger, r, now) for r in runs],
            ["RUN", "STATUS", "KIND", "STEPS", "CREATED", "UPDATED", "LAST ERROR"], out)
     return 0
 
@@ -81,7 +79,7 @@ def _cmd_show(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
                           "steps": [s.model_dump(mode="json") for s in steps]}, indent=2), file=out)
         return 0
     now = int(time.time() * 1000)
-    row = _run_row(run, now)
+    row = _run_row(ledger, run, now)
     print(f"run {run.run_id}  status {row[1]}  kind {row[2]}  steps {row[3]}  "
           f"created {row[4]}  updated {row[5]}", file=out)
     if run.last_error:

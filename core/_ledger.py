@@ -8,7 +8,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
 
@@ -291,7 +291,7 @@ class Ledger(RedisStore):
             if rec is None:
                 continue  # expired; `gc` drops it from the index
             if status == "stalled":
-                if not (rec.status == RunStatus.RUNNING and rec.lease_until < now):
+                if not self.is_stalled(rec, now):
                     continue
             elif status is not None and rec.status != status:
                 continue
@@ -299,6 +299,35 @@ class Ledger(RedisStore):
             if len(out) >= limit:
                 break
         return out
+
+    def is_stalled(self, run: RunRecord, now_ms: int | None = None) -> bool:
+        """Running, but nobody is executing it: its lease expired, or its owner was a process
+        of this host that is gone (a crash)."""
+        if run.status != RunStatus.RUNNING:
+            return False
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        return run.lease_until < now_ms or self._busy_owner_is_dead(run.owner)
+
+    def recover(self, resume: Callable[[RunRecord], object], *, kind: str | None = None) -> list[str]:
+        """Call ``resume(run)`` for every stalled run (of ``kind``), which should start the
+        run's pipeline again with the same run id; return the run ids resumed. Safe to run
+        from several workers at once: the run's lease admits one executor, and the others
+        replay."""
+        done = []
+        for run in self.list_runs(status="stalled", limit=100_000):
+            if kind is None or run.kind == kind:
+                resume(run)
+                done.append(run.run_id)
+        return done
+
+    async def arecover(self, resume: Callable[[RunRecord], Awaitable[object]], *,
+                       kind: str | None = None) -> list[str]:
+        done = []
+        for run in await self.alist_runs(status="stalled", limit=100_000):
+            if kind is None or run.kind == kind:
+                await resume(run)
+                done.append(run.run_id)
+        return done
 
     def steps(self, run_id: str, scope: str | None = None) -> list[StepRecord]:
         """The run's step records in the order they started (one round trip). With

@@ -40,10 +40,8 @@ def _esc(value: object, width: int = 120) -> str:
     return html.escape(text)
 
 
-def _status(run: RunRecord) -> str:
-    if run.status == "running" and run.lease_until < int(time.time() * 1000):
-        return "stalled"
-    return str(run.status)
+def _status(ledger: Ledger, run: RunRecord) -> str:
+    return "stalled" if ledger.is_stalled(run) else str(run.status)
 
 
 def _page(title: str, body: str) -> bytes:
@@ -117,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _runs(self, status: str | None) -> bytes:
         rows = "".join(
             f"<tr><td><a href='/runs/{html.escape(r.run_id, quote=True)}'>{_esc(r.run_id)}</a></td>"
-            f"<td class='{_status(r)}'>{_status(r)}</td><td>{_esc(r.kind or '-')}</td>"
+            f"<td class='{_status(self.ledger, r)}'>{_status(self.ledger, r)}</td><td>{_esc(r.kind or '-')}</td>"
             f"<td>{r.steps_done}/{r.steps_total}</td><td>{_when(r.created)}</td>"
             f"<td>{_when(r.updated)}</td><td>{_esc(r.last_error, 80)}</td></tr>"
             for r in self.ledger.list_runs(status=status, limit=500))
@@ -141,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
                         f"<td class='{s.status}'>{s.status}</td><td>{s.attempts}</td><td>{dur}</td>"
                         f"<td>{how}</td><td><code>{_esc(s.preview)}</code></td>"
                         f"<td><code>{_esc(_outcome(s))}</code></td></tr>")
-        head = (f"<p>status <b class='{_status(run)}'>{_status(run)}</b> · kind {_esc(run.kind or '-')}"
+        head = (f"<p>status <b class='{_status(self.ledger, run)}'>{_status(self.ledger, run)}</b> · kind {_esc(run.kind or '-')}"
                 f" · steps {run.steps_done}/{run.steps_total} · created {_when(run.created)} · "
                 f"updated {_when(run.updated)}</p>")
         if run.last_error:

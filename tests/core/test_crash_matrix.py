@@ -137,3 +137,27 @@ def test_rejected_in_doubt_step_fails_with_the_rejection(
     assert last_json(third.stdout) == {"error": "StepRejected",
                                        "message": "rejected by ops: do not retry"}
     assert Counter(e["step"] for e in effects(fx)) == {"s1": 1, "s2": 1}
+
+
+def test_a_worker_recovers_stalled_runs(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    fx = {rid: tmp_path / f"{rid}.jsonl" for rid in ("a", "b")}
+    for rid, n in (("a", 2), ("b", 4)):
+        assert killed(start(redis_url, prefix, rid, "sync", fx[rid], KILL_IN_BODY=str(n)))
+    ledger = Ledger.from_url(redis_url, prefix=prefix)  # lease 15 s: not expired yet
+    try:
+        stalled = ledger.list_runs(status="stalled")
+        assert {r.run_id for r in stalled} == {"a", "b"}  # their owners' pids are gone
+
+        def resume(run: object) -> None:
+            rid = run.run_id  # type: ignore[attr-defined]
+            assert start(redis_url, prefix, rid, "sync", fx[rid]).returncode == 0
+
+        assert sorted(ledger.recover(resume)) == ["a", "b"]
+        assert ledger.list_runs(status="stalled") == []
+        assert {r.status for r in ledger.list_runs()} == {RunStatus.COMPLETED}
+        assert ledger.recover(resume) == []
+    finally:
+        ledger.close()
+    for rid, n in (("a", 2), ("b", 4)):
+        runs = Counter(e["step"] for e in effects(fx[rid]))
+        assert runs == {s: (2 if s == STEPS[n - 1] else 1) for s in STEPS}
