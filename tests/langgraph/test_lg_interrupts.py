@@ -124,3 +124,24 @@ def test_lg_interrupt_then_crash_then_approve(redis_url: str, prefix: str, mode:
     assert [x[:2] for x in lines] == [["draft", "launch"], ["send", "all"], ["send", "all"]]
     # The send was killed inside its body: it ran again, with the same idempotency key.
     assert lines[1][2] == lines[2][2] and lines[1][2].startswith("al-")
+
+
+def test_lg_interrupt_through_the_cli(redis_url: str, prefix: str, ledger: Ledger,
+                                      effects: Path) -> None:
+    import io
+
+    from agentledger._cli import main as cli
+
+    graph = review.build(DurableCheckpointer(ledger))
+    config = {"configurable": {"thread_id": "review-cli"}}
+    graph.invoke({"log": []}, config)
+    out = io.StringIO()
+    assert cli(["--url", redis_url, "--prefix", prefix, "--json", "approvals"], out) == 0
+    listed = json.loads(out.getvalue())
+    assert [(a["run_id"], a["payload"]["question"]) for a in listed] == [("review-cli",
+                                                                         "send this?")]
+    assert cli(["--url", redis_url, "--prefix", prefix, "approve", "review-cli", "--by", "cli",
+                "--payload", '{"to": "cli-team"}'], io.StringIO()) == 0
+    out_state = graph.invoke(None, config)
+    assert out_state["log"][2] == "sent to cli-team"
+    assert [e.split("|")[0] for e in _effects(effects)] == ["draft", "send"]
