@@ -16,7 +16,6 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from agentledger import Codec, RunSession, StepCall, StepKind, StepStart, _context
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -32,6 +31,8 @@ from langchain_core.messages import (
 )
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
+
+from agentledger import Codec, RunSession, StepCall, StepKind, StepStart, _context
 
 from ._lg_scope import TaskScope, active, node_attempt
 

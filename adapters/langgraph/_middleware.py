@@ -19,9 +19,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agentledger import Codec, RunSession, StepCall, StepKind, _context
 from langchain.agents.middleware import AgentMiddleware
 from langchain.agents.middleware.types import ExtendedModelResponse, ModelResponse
+
+from agentledger import Codec, RunSession, StepCall, StepKind, _context
 
 from ._lg_calls import arun_live, normalise_messages, prepare_codec, run_live
 from ._lg_scope import TaskScope, active, node_attempt, task_segment

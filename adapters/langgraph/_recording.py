@@ -55,8 +55,11 @@ def _thread_id(config: Any) -> str | None:
 
 def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str, Any] | None:
     """The ledger and run id when this invocation starts a durable run, else None (another
-    checkpointer, no thread id, or a subgraph running inside a run already)."""
-    if _context._session.get() is not None:
+    checkpointer, no thread id, or a subgraph running inside a durable run already)."""
+    from ._lg_scope import recording_sessions
+
+    active = _context._session.get()
+    if active is not None and id(active) in recording_sessions:
         return None
     ledger = _ledger_of(graph)
     thread = _thread_id(config)
@@ -72,6 +75,17 @@ def _opened(session: RunSession, checkpointer: Any) -> RunSession:
         session.ttl_s = checkpointer.ttl
     mark(session)
     return session
+
+
+def _adoptable(thread: str) -> RunSession | None:
+    """A run of the caller's own with the thread's id (``with ledger.run(thread_id):``): the
+    graph records into it, and the caller finishes it. A run with another id is shadowed by the
+    thread's own run for the length of the invocation."""
+    active = _context._session.get()
+    if active is None or active.run_id != thread:
+        return None
+    mark(active)
+    return active
 
 
 def _end_status(session: RunSession, error: BaseException | None) -> RunStatus:
@@ -97,7 +111,8 @@ def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[An
                 _reset(graph_scope, token)
             return
         ledger, thread, saver = plan
-        session = _opened(ledger.open_run(thread, kind="langgraph"), saver)
+        adopted = _adoptable(thread)
+        session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver)
         token = session.activate()
         scope_token = graph_scope.set("")
         error: BaseException | None = None
@@ -108,7 +123,8 @@ def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[An
             raise
         finally:
             try:
-                session.finish(_end_status(session, error), error)
+                if adopted is None:
+                    session.finish(_end_status(session, error), error)
             finally:
                 _release(session)
                 _reset(graph_scope, scope_token)
@@ -131,7 +147,8 @@ def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
                 _reset(graph_scope, token)
             return
         ledger, thread, saver = plan
-        session = _opened(await ledger.aopen_run(thread, kind="langgraph"), saver)
+        adopted = _adoptable(thread)
+        session = adopted or _opened(await ledger.aopen_run(thread, kind="langgraph"), saver)
         token = session.activate()
         scope_token = graph_scope.set("")
         error: BaseException | None = None
@@ -143,7 +160,8 @@ def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
             raise
         finally:
             try:
-                await session.afinish(_end_status(session, error), error)
+                if adopted is None:
+                    await session.afinish(_end_status(session, error), error)
             finally:
                 _release(session)
                 _reset(graph_scope, scope_token)

@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-import agentledger
 import pytest
-from agentledger import Ledger, NonDeterminismError
-from agentledger.langgraph import DurableCheckpointer
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.types import RetryPolicy, Send
 from pydantic import BaseModel
+
+import agentledger
+from agentledger import Ledger, NonDeterminismError
+from agentledger.langgraph import DurableCheckpointer
 
 sys.path.insert(0, str(Path(__file__).parent / "children"))
 import lg_pipeline as pipeline
@@ -291,11 +292,12 @@ def test_lg_pipeline_step_keys(saver: DurableCheckpointer, ledger: Ledger) -> No
 
 def test_lg_install_is_idempotent_and_uninstall_restores_the_originals(
         saver: DurableCheckpointer) -> None:
-    from agentledger.langgraph import _recording
     from langchain_core.language_models import BaseChatModel
     from langchain_core.runnables import Runnable
     from langchain_core.tools import BaseTool
     from langgraph.pregel import Pregel, _retry, _runner
+
+    from agentledger.langgraph import _recording
 
     _recording.install()  # DurableCheckpointer() installed it already: a second call is a no-op
     wrapped = BaseChatModel.invoke
@@ -315,3 +317,21 @@ def test_lg_install_is_idempotent_and_uninstall_restores_the_originals(
     finally:
         _recording.install()
     assert _recording.installed()
+
+
+def test_lg_durable_graph_inside_a_run_of_the_users_own(saver: DurableCheckpointer,
+                                                        ledger: Ledger) -> None:
+    graph = pipeline.build(saver)
+    with ledger.run("same-thread") as session:
+        pipeline.run_to_end(graph, {"configurable": {"thread_id": "same-thread"}},
+                            durability="sync")
+        assert agentledger.current_run() is session
+    assert len(ledger.steps("same-thread")) == 11
+    assert ledger.get_run("same-thread").status == "completed"
+    with ledger.run("outer-run") as session:
+        pipeline.run_to_end(graph, {"configurable": {"thread_id": "inner-thread"}},
+                            durability="sync")
+        assert agentledger.current_run() is session
+    assert ledger.steps("outer-run") == []
+    assert len(ledger.steps("inner-thread")) == 11
+    assert ledger.get_run("inner-thread").status == "completed"

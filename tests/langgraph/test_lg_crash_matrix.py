@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _support import killed, run_child, tmpdir
 
 CHILD = Path(__file__).parent / "children" / "lg_crash_matrix.py"

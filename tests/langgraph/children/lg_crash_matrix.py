@@ -21,6 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lg_pipeline as pipeline
+
 from agentledger import Ledger, StepKind, _faults
 from agentledger.langgraph import DurableCheckpointer
 

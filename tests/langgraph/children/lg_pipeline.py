@@ -16,7 +16,6 @@ import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any, TypedDict
 
-import agentledger
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
@@ -25,6 +24,8 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
+
+import agentledger
 
 
 def effect(name: str, arg: str) -> None:
