@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import signal
 import sys
@@ -22,8 +23,6 @@ from langgraph.graph import START, StateGraph
 from langgraph.types import interrupt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import operator
 
 import lg_pipeline as pipeline
 
