@@ -82,7 +82,7 @@ def hook_scratchpad(config: dict[str, Any], session: RunSession, task: TaskScope
         index = counter()
         task.interrupt_index = len(pad.resume)
         _asking.set(task)
-        return index
+        return int(index)
 
     def get_null_resume(consume: bool = False) -> Any:
         value = null_resume(consume)

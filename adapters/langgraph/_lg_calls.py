@@ -29,6 +29,7 @@ from langchain_core.messages import (
     ToolMessage,
     message_chunk_to_message,
 )
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
@@ -164,8 +165,8 @@ def _as_chunk(message: Any) -> Any:
     """A recorded model answer as the single chunk a replayed stream yields."""
     if not isinstance(message, AIMessage) or isinstance(message, AIMessageChunk):
         return message
-    chunks = [{"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"),
-               "index": i, "type": "tool_call_chunk"} for i, c in enumerate(message.tool_calls)]
+    chunks = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"),
+                              index=i) for i, c in enumerate(message.tool_calls)]
     return AIMessageChunk(content=message.content, id=message.id,
                           additional_kwargs=message.additional_kwargs,
                           response_metadata=message.response_metadata,

@@ -119,10 +119,11 @@ def active() -> tuple[RunSession, TaskScope] | None:
 
 def node_attempt() -> int:
     """The retry attempt of the running node (1 on the first run)."""
-    try:
-        from langgraph.config import get_config
+    from langgraph.config import get_config
 
-        runtime = get_config()["configurable"].get("__pregel_runtime")
-        return int(runtime.execution_info.node_attempt)
-    except Exception:
+    try:
+        conf = get_config()["configurable"]
+    except RuntimeError:  # called outside a runnable
         return 1
+    info = getattr(conf.get("__pregel_runtime"), "execution_info", None)
+    return int(getattr(info, "node_attempt", 1) or 1)

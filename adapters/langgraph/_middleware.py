@@ -77,7 +77,7 @@ def _where() -> tuple[RunSession, TaskScope] | None:
     return None if task is None else (session, task)
 
 
-class DurableMiddleware(AgentMiddleware):  # type: ignore[type-arg]
+class DurableMiddleware(AgentMiddleware):
     """Records every model and tool call of a ``create_agent`` agent as a durable step."""
 
     def _model_step(self, session: RunSession, task: TaskScope, request: Any) -> StepCall:

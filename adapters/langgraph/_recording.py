@@ -104,11 +104,11 @@ def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[An
         plan = _open_plan(self, config)
         if plan is None:
             outer = current_task.get()
-            token = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
+            inner = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
             try:
                 yield from original(self, input, config, **kwargs)
             finally:
-                _reset(graph_scope, token)
+                _reset(graph_scope, inner)
             return
         ledger, thread, saver = plan
         adopted = _adoptable(thread)
@@ -139,12 +139,12 @@ def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
         plan = _open_plan(self, config)
         if plan is None:
             outer = current_task.get()
-            token = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
+            inner = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
             try:
                 async for chunk in original(self, input, config, **kwargs):
                     yield chunk
             finally:
-                _reset(graph_scope, token)
+                _reset(graph_scope, inner)
             return
         ledger, thread, saver = plan
         adopted = _adoptable(thread)
@@ -264,7 +264,7 @@ def install() -> None:
             # None: the attribute was inherited, and uninstall() deletes it again.
             _originals[(owner, name)] = owner.__dict__.get(name)
             wrapped = wrap(original)
-            wrapped.__wrapped__ = original  # type: ignore[attr-defined]
+            wrapped.__wrapped__ = original
             wrapped.__doc__ = original.__doc__
             setattr(owner, name, wrapped)
 
