@@ -9,7 +9,6 @@ arises, and the handler's kickoff unwraps it, so the caller sees the original er
 from __future__ import annotations
 
 from agentledger import LedgerError
-
 from crewai.hooks.dispatch import HookAborted
 
 __all__ = ["LedgerAbort", "unwrap"]

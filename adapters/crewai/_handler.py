@@ -30,7 +30,6 @@ from agentledger import (
     StepCall,
     StepKind,
 )
-
 from crewai.core.providers.human_input import reset_provider, set_provider
 from crewai.crew import Crew
 from crewai.hooks.dispatch import (
@@ -83,6 +82,24 @@ class DurableCrewHandler:
         self._human = LedgerHumanInput()
         self._restore: list[tuple[Any, str, Any]] = []  # (object, attribute, original)
         self._overrides: list[tuple[Any, str]] = []  # instance attributes we added
+
+    @classmethod
+    def for_flow(cls, flow: Any, name: str, **options: Any) -> DurableCrewHandler:
+        """A handler for a crew kicked off inside a CrewAI Flow step: its run id is the
+        flow's id (the one ``@persist`` restores) and ``name``, so a restarted flow resumes
+        the crew's run."""
+        state = getattr(flow, "state", None)
+        flow_id = state.get("id") if isinstance(state, dict) else getattr(state, "id", None)
+        if not flow_id:
+            raise ValueError("the flow has no state id yet (call this inside a flow step)")
+        return cls(f"flow-{flow_id}.{name}", **options)
+
+    @staticmethod
+    def flow_persistence(ledger: Ledger | None = None) -> Any:
+        """A CrewAI ``FlowPersistence`` on ``ledger`` (see ``LedgerFlowPersistence``)."""
+        from ._flow import LedgerFlowPersistence
+
+        return LedgerFlowPersistence(ledger=ledger or Ledger.from_url())
 
     @property
     def ledger(self) -> Ledger:

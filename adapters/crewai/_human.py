@@ -15,7 +15,6 @@ from typing import Any
 
 import agentledger
 from agentledger import Decision, LedgerError
-
 from crewai.core.providers.human_input import SyncHumanInputProvider
 
 from ._abort import LedgerAbort

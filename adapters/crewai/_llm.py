@@ -13,10 +13,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import agentledger
-from agentledger import LedgerError, RunSession, StepCall, StepKind
 from pydantic import BaseModel, PrivateAttr
 
+import agentledger
+from agentledger import LedgerError, RunSession, StepCall, StepKind
 from crewai.llms.base_llm import BaseLLM, call_stop_override
 from crewai.utilities.agent_utils import extract_tool_call_info, is_tool_call_list
 
@@ -77,7 +77,9 @@ class DurableLLM(BaseLLM):
 
     # ---- what CrewAI asks the LLM about itself --------------------------------------------
     def supports_function_calling(self) -> bool:
-        return bool(self._inner.supports_function_calling())
+        # Not part of BaseLLM: CrewAI takes a missing method to mean "no".
+        check = getattr(self._inner, "supports_function_calling", None)
+        return bool(check()) if callable(check) else False
 
     def supports_stop_words(self) -> bool:
         return bool(self._inner.supports_stop_words())

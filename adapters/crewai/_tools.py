@@ -30,7 +30,6 @@ from agentledger import (
     StepStart,
 )
 from agentledger import _context as ledger_context
-
 from crewai.hooks.dispatch import HookAborted
 from crewai.hooks.tool_hooks import ToolCallHookContext
 

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from agentledger import Codec
-
 from crewai.tasks.output_format import OutputFormat
 from crewai.tasks.task_output import TaskOutput
 

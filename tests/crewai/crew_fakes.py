@@ -18,10 +18,10 @@ os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 
-from crewai import Agent, Crew, Process, Task  # noqa: E402
-from crewai.llms.base_llm import BaseLLM  # noqa: E402
-from crewai.tools import tool  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
+from crewai import Agent, Crew, Process, Task
+from crewai.llms.base_llm import BaseLLM
+from crewai.tools import tool
+from pydantic import BaseModel
 
 # The actions each role takes before its final answer: (tool, arguments).
 PLANS: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -73,6 +73,19 @@ class Summary(BaseModel):
     words: int
 
 
+def _maybe_kill(role: str, seen: int) -> None:
+    """``CREW_KILL_AT=writer:1``: SIGKILL this process the first time (per marker file) the
+    writer is asked for its next step after one tool result: a crash between steps."""
+    spec = os.environ.get("CREW_KILL_AT")
+    marker = os.environ.get("CREW_KILL_MARKER")
+    if not spec or not marker or Path(marker).exists():
+        return
+    want_role, _, want_seen = spec.partition(":")
+    if role == want_role and seen == int(want_seen or "0"):
+        Path(marker).write_text("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _role(messages: Any) -> str:
     system = str(messages[0].get("content", "")) if isinstance(messages, list) else ""
     for role in ("Crew Manager", "researcher", "writer", "editor"):
@@ -110,6 +123,7 @@ class ScriptedLLM(BaseLLM):
     def _answer(self, messages: Any, tools: Any, response_model: Any) -> Any:
         ScriptedLLM.seen_stops.append(list(self.stop_sequences))
         record_effect(f"llm:{_role(messages)}")
+        _maybe_kill(_role(messages), _results_seen(messages))
         if response_model is not None:
             return response_model(title="Launch", words=3)
         role = _role(messages)

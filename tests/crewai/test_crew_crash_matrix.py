@@ -1,0 +1,128 @@
+"""The crash matrix: a real crew killed (SIGKILL) at every step boundary, then restarted as
+a new process with the same run id, for ReAct and native function calling, ``kickoff`` and
+``akickoff``, sequential and hierarchical processes, and human input.
+
+Each variant runs ``children/crew_matrix.py`` (one process that imports CrewAI once and forks
+a fresh child per attempt); the variants run concurrently. The assertions are here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _support import OFFLINE_ENV, REPO, tmpdir
+
+DRIVER = Path(__file__).resolve().parent / "children" / "crew_matrix.py"
+
+# name: (mode, kick, process, human)
+VARIANTS = {
+    "react-kickoff-seq": ("react", "sync", "seq", "0"),
+    "native-kickoff-seq": ("native", "sync", "seq", "0"),
+    "react-akickoff-seq": ("react", "async", "seq", "0"),
+    "native-akickoff-seq": ("native", "async", "seq", "0"),
+    "react-kickoff-hier": ("react", "sync", "hier", "0"),
+    "native-akickoff-hier": ("native", "async", "hier", "0"),
+    "react-kickoff-human": ("react", "sync", "seq", "1"),
+}
+
+
+@pytest.fixture(scope="module")
+def matrix(redis_url: str) -> Iterator[dict[str, list[dict[str, Any]]]]:
+    from conftest import delete_prefix
+
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO / "tests")}
+    env.pop("AGENTLEDGER_CRASH_AT", None)
+    procs = {}
+    works = {}
+    prefixes = []
+    for name, args in VARIANTS.items():
+        work = works[name] = tmpdir("al-crew-matrix-")
+        prefix = f"altest-crewmx-{name}-{os.getpid()}"
+        prefixes.append(prefix)
+        procs[name] = subprocess.Popen(
+            [sys.executable, str(DRIVER), redis_url, prefix, str(work), *args],
+            env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
+            stderr=(work / "stderr.txt").open("w"))
+    results: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for name, proc in procs.items():
+            proc.wait(timeout=900)
+            err = (works[name] / "stderr.txt").read_text(errors="replace")
+            assert proc.returncode == 0, f"{name} driver failed:\n{err[-3000:]}"
+            results[name] = json.loads((works[name] / "matrix.json").read_text())
+        yield results
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for prefix in prefixes:
+            delete_prefix(redis_url, prefix)
+        for work in works.values():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _effect_counts(effects: list[str], kind: str) -> Counter[str]:
+    return Counter(e for e in effects if e.startswith(kind + ":"))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_crew_killed_at_every_boundary_resumes_without_repeating(
+        matrix: dict[str, list[dict[str, Any]]], variant: str) -> None:
+    cases = matrix[variant]
+    baseline = cases[0]
+    assert baseline["run_id"] == "baseline"
+    assert "error" not in baseline, baseline
+    assert baseline["status"] == "completed"
+    human = VARIANTS[variant][3] == "1"
+    if human:
+        assert baseline["raw"] == "editor done after 0 results with 1 feedback"
+        assert len(baseline["decisions"]) == 2
+    emails = {e.split(":")[1] for e in baseline["effects"] if e.startswith("email:")}
+    assert emails == {"team@example.com", "press@example.com"}
+    tool_steps = sum(1 for e in baseline["effects"] if e.startswith(("email:", "lookup:")))
+
+    crashed_per_point: Counter[str] = Counter()
+    for case in cases[1:]:
+        where = f"{variant} {case['run_id']}"
+        assert "error" not in case, where + ": " + case.get("error", "")
+        assert case["status"] == "completed", where
+        # The same answers as a run that never crashed.
+        assert case["raw"] == baseline["raw"], where
+        assert case["tasks"] == baseline["tasks"], where
+        point = case["crash"].split(":")[0]
+        if case["crashed"]:
+            crashed_per_point[f"{point}-{case['crash_phase']}"] += 1
+        # Every email went out; a repeat only for a step caught inside its body
+        # (before_record: in doubt, re-run under the same idempotency key).
+        per_email = _effect_counts(case["effects"], "email")
+        assert {e.split(":")[1] for e in per_email} == emails, where
+        for email_to in emails:
+            lines = [e for e in case["effects"] if e.startswith(f"email:{email_to}:")]
+            keys = {line.rsplit(":", 1)[1] for line in lines}
+            assert len(keys) == 1, f"{where}: one idempotency key per email, got {keys}"
+            assert 1 <= len(lines) <= (2 if point == "before_record" else 1), where
+        # A resumed run re-executes at most the one step that was in flight.
+        extra = len(case["effects"]) - len(baseline["effects"])
+        assert 0 <= extra <= 1, f"{where}: {extra} extra executions"
+
+    # Killed at every boundary: once per tool step for the claim points, once per
+    # executed step (LLM calls, tool calls, tasks) for the record points.
+    phases = (0, 1) if human else (0,)
+    for phase in phases:
+        if phase == 0 and not human:
+            assert crashed_per_point[f"before_claim-{phase}"] == tool_steps
+            assert crashed_per_point[f"after_claim-{phase}"] == tool_steps
+            assert crashed_per_point[f"before_record-{phase}"] == baseline["executed"]
+            assert crashed_per_point[f"after_record-{phase}"] == baseline["executed"]
+        for point in ("before_record", "after_record"):
+            assert crashed_per_point[f"{point}-{phase}"] >= 1, (variant, point, phase)
