@@ -145,3 +145,26 @@ def test_lg_interrupt_through_the_cli(redis_url: str, prefix: str, ledger: Ledge
     out_state = graph.invoke(None, config)
     assert out_state["log"][2] == "sent to cli-team"
     assert [e.split("|")[0] for e in _effects(effects)] == ["draft", "send"]
+
+
+def test_lg_create_agent_human_in_the_loop_is_an_approval(ledger: Ledger, effects: Path) -> None:
+    import lg_pipeline as pipeline
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+
+    agent = create_agent(pipeline.ScriptedChat(), [pipeline.send_email, pipeline.lookup],
+                         middleware=[HumanInTheLoopMiddleware(interrupt_on={"send_email": True})],
+                         checkpointer=DurableCheckpointer(ledger))
+    config = {"configurable": {"thread_id": "hitl"}}
+    assert "__interrupt__" in agent.invoke({"messages": [("user", "notify")]}, config)
+    assert not _effects(effects), "no email before the decision"
+    (pending,) = ledger.pending_approvals("hitl")
+    assert [a["args"] for a in pending.payload["action_requests"]] == [{"to": "ann"},
+                                                                       {"to": "bob"}]
+    ledger.decide("hitl", approved=True, by="ops", payload={"decisions": [
+        {"type": "approve"}, {"type": "reject", "message": "not bob"}]})
+    out = agent.invoke(None, config)
+    assert out["messages"][-1].content.startswith("done after")
+    assert [e.split("|")[:2] for e in _effects(effects)] == [["send_email", "ann"],
+                                                             ["lookup", "price"]]
+    assert ledger.get_run("hitl").status == "completed"
