@@ -15,7 +15,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentledger import RunSession, StepStatus
+from agentledger import RunSession, StepStatus, _context
+from langgraph.config import get_config
 
 __all__ = ["TaskScope", "active", "current_task", "graph_scope", "recording_sessions"]
 
@@ -104,8 +105,6 @@ def unmark(session: RunSession) -> None:
 def active() -> tuple[RunSession, TaskScope] | None:
     """The recording session and the task scope for a call made here, or None when the call
     must pass through untouched (no durable graph run, or inside another recorded call)."""
-    from agentledger import _context
-
     session = _context._session.get()
     if session is None or id(session) not in recording_sessions:
         return None
@@ -119,8 +118,6 @@ def active() -> tuple[RunSession, TaskScope] | None:
 
 def node_attempt() -> int:
     """The retry attempt of the running node (1 on the first run)."""
-    from langgraph.config import get_config
-
     try:
         conf = get_config()["configurable"]
     except RuntimeError:  # called outside a runnable
