@@ -202,16 +202,21 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             self._forget(plan.keys.thread_id)
             return False
         fresh = dict(zip(plan.fields, reply[1], strict=True))
+        for k, entry in plan.lists.items():
+            # A version stored before (maybe with other content) is no base to build on.
+            self._remember(k, entry if fresh.get(entry[0]) == 1 else None)
+        return True
+
+    def _remember(self, key: tuple[str, str, str], entry: tuple[str, list[bytes]] | None
+                  ) -> None:
         with self._lists_lock:
-            for k, entry in plan.lists.items():
-                if fresh.get(entry[0]) == 1:
-                    self._lists[k] = entry
-                    self._lists.move_to_end(k)
-                else:  # that version was stored before, maybe with other content
-                    self._lists.pop(k, None)
+            if entry is None:
+                self._lists.pop(key, None)
+                return
+            self._lists[key] = entry
+            self._lists.move_to_end(key)
             while len(self._lists) > _CACHE_SIZE:
                 self._lists.popitem(last=False)
-        return True
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
@@ -290,9 +295,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             values[ch] = [codec.loads(self.serde, *codec.decode_blob(i, keys.blobs, field),
                                       keys.blobs, field) for i in items]
             if remember:
-                with self._lists_lock:
-                    self._lists[(keys.thread_id, ns, ch)] = (field, items)
-                    self._lists.move_to_end((keys.thread_id, ns, ch))
+                self._remember((keys.thread_id, ns, ch), (field, items))
         pending = []
         for wf, wv in zip(wfields, wvalues, strict=True):
             if wv is None:
