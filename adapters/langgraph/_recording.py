@@ -94,6 +94,14 @@ def _end_status(session: RunSession, error: BaseException | None) -> RunStatus:
     return RunStatus.WAITING if id(session) in _interrupts.waiting_sessions else RunStatus.COMPLETED
 
 
+def _stopped(e: BaseException) -> BaseException:
+    # The caller stopped reading the stream (or cancelled it): the graph did not end, and the
+    # next invocation of the thread resumes it.
+    if isinstance(e, GeneratorExit):
+        return RuntimeError("the caller closed the stream before the graph ended")
+    return e
+
+
 def _release(session: RunSession) -> None:
     unmark(session)
     _interrupts.waiting_sessions.discard(id(session))
@@ -119,7 +127,7 @@ def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[An
         try:
             yield from original(self, input, config, **kwargs)
         except BaseException as e:
-            error = e
+            error = _stopped(e)
             raise
         finally:
             try:
@@ -156,7 +164,7 @@ def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
             async for chunk in original(self, input, config, **kwargs):
                 yield chunk
         except BaseException as e:
-            error = e
+            error = _stopped(e)
             raise
         finally:
             try:

@@ -335,3 +335,18 @@ def test_lg_durable_graph_inside_a_run_of_the_users_own(saver: DurableCheckpoint
     assert ledger.steps("outer-run") == []
     assert len(ledger.steps("inner-thread")) == 11
     assert ledger.get_run("inner-thread").status == "completed"
+
+
+def test_lg_stream_closed_early_leaves_a_resumable_run(saver: DurableCheckpointer,
+                                                       ledger: Ledger) -> None:
+    graph = pipeline.build(saver)
+    config = {"configurable": {"thread_id": "closed"}}
+    stream = graph.stream(pipeline.INPUTS, config, durability="sync")
+    next(stream)
+    stream.close()
+    run = ledger.get_run("closed")
+    assert run.status == "failed" and "closed the stream" in run.last_error
+    assert agentledger.current_run() is None
+    out = pipeline.run_to_end(graph, config, durability="sync")
+    assert out["notes"][0] == "sent to boss"
+    assert ledger.get_run("closed").status == "completed"
