@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import operator
-import os
 import pickle
 import threading
 import uuid
@@ -437,7 +436,6 @@ def test_lg_checkpointer_unique_thread_ids_do_not_collide(saver: DurableCheckpoi
     graph.invoke(human(1), cfg(b))
     assert texts(graph.get_state(cfg(a))) == expected_texts(1)
     assert texts(graph.get_state(cfg(b)))[0] == "question 1"
-    assert os.environ.get("AGENTLEDGER_CRASH_AT") is None
 
 
 # ---- subgraphs, fan-out, interrupts ------------------------------------------------------
