@@ -162,6 +162,11 @@ class DurableModel(Model):
     async def close(self) -> None:
         await self.inner.close()
 
+    async def _cleanup_on_run_end(self, owner: object) -> None:
+        # The SDK tells each model it resolved that its run ended (websocket models close
+        # their connection then); the wrapped model must hear it.
+        await self.inner._cleanup_on_run_end(owner)
+
     def get_retry_advice(self, request: Any) -> Any:
         return self.inner.get_retry_advice(request)
 

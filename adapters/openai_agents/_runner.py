@@ -46,7 +46,8 @@ KIND = "openai-agents"
 STATE_KEY = "oa-state"
 _STATE_VERSION = 1
 _default: Ledger | None = None
-# Starting agents of runs begun in this process, so resume(run_id) can do without one.
+# Starting agents of runs of this process that wait for a person, so that resume(run_id)
+# can do without one; dropped when the run ends.
 _agents: dict[tuple[str, str], Agent[Any]] = {}
 
 
@@ -171,7 +172,6 @@ class DurableRunner:
         needs approval the result has ``interruptions`` and the run waits. Called again while
         a decision is missing, raises :class:`agentledger.ApprovalPending`."""
         led = _ledger(ledger)
-        _agents[(led.prefix, run_id)] = starting_agent
         session = await led.aopen_run(run_id, kind=KIND)
         token = session.activate()
         try:
@@ -201,7 +201,12 @@ class DurableRunner:
             raise
         finally:
             session.deactivate(token)
-        await session.afinish(RunStatus.WAITING if result.interruptions else RunStatus.COMPLETED)
+        if result.interruptions:
+            _agents[(led.prefix, run_id)] = starting_agent
+            await session.afinish(RunStatus.WAITING)
+        else:
+            _agents.pop((led.prefix, run_id), None)
+            await session.afinish(RunStatus.COMPLETED)
         return result
 
     @classmethod
@@ -253,7 +258,6 @@ class DurableRunner:
         recorded ones from their records. A run waiting for approval is continued with
         :meth:`resume` (not streamed)."""
         led = _ledger(ledger)
-        _agents[(led.prefix, run_id)] = starting_agent
         session = led.open_run(run_id, kind=KIND)
         token = session.activate()
         try:
@@ -271,11 +275,12 @@ class DurableRunner:
         if task is None:
             session.finish(RunStatus.FAILED, error=LedgerError("the SDK started no run loop"))
             raise LedgerError("Runner.run_streamed started no run loop task")
-        task.add_done_callback(lambda t: _finish_streamed(session, led, run_id, streamed, t))
+        task.add_done_callback(
+            lambda t: _finish_streamed(session, led, run_id, starting_agent, streamed, t))
         return streamed
 
 
-def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str,
+def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str, agent: Agent[Any],
                      streamed: RunResultStreaming, task: asyncio.Task[Any]) -> None:
     """Record how a streamed run ended (a done callback: one synchronous round trip)."""
     try:
@@ -287,12 +292,9 @@ def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str,
         if error is not None:
             session.finish(RunStatus.FAILED, error=error)
         elif streamed.interruptions:
+            _agents[(ledger.prefix, run_id)] = agent  # see resume()
             _save_state(ledger, run_id, _state_blob(streamed, 1))
-            token = session.activate()
-            try:
-                _ask_sync(session, list(streamed.interruptions))
-            finally:
-                session.deactivate(token)
+            _ask_sync(session, list(streamed.interruptions))
             session.finish(RunStatus.WAITING)
         else:
             session.finish(RunStatus.COMPLETED)

@@ -313,3 +313,21 @@ async def test_mcp_tools_are_steps_keyed_by_call_id(ledger: Ledger, effects: Pat
     assert [x.split()[0] for x in lines(effects)] == ["book_room"]  # and the MCP call
     (tool_step,) = [s for s in ledger.steps("mcp") if s.kind == "tool"]
     assert tool_step.key.startswith("tool:book_room@call_") and tool_step.replays == 1
+
+
+async def test_a_streamed_run_stops_for_approval_and_resumes(ledger: Ledger, effects: Path
+                                                             ) -> None:
+    streamed = DurableRunner.run_streamed(agent_for("approval"), "go", run_id="sap",
+                                          ledger=ledger)
+    async for _ in streamed.stream_events():
+        pass
+    assert len(streamed.interruptions) == 1
+    run = ledger.get_run("sap")
+    assert run is not None and run.status == RunStatus.WAITING
+    (pending,) = ledger.pending_approvals("sap")
+    with pytest.raises(LedgerError, match="resume"):
+        DurableRunner.run_streamed(agent_for("approval"), "go", run_id="sap", ledger=ledger)
+    ledger.decide("sap", pending.key, approved=True, by="ann")
+    done = await DurableRunner.resume("sap", ledger=ledger)  # the agent is known here
+    assert done.final_output == "done: reserved chair; refunded 70 for order 5"
+    assert [x.split()[0] for x in lines(effects)] == ["reserve", "refund"]
