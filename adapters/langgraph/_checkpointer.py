@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -401,9 +401,11 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             keys = self._keys(thread_id)
             top, bottom, cap = self._range(ns, b, None if filter or only else left)
             with self._io("list"):
-                raw = (self.ledger.redis.zrevrangebylex(keys.ix, top, bottom, 0, cap)
-                       if cap is not None else self.ledger.redis.zrevrangebylex(keys.ix, top,
-                                                                                 bottom))
+                # redis-py types the sync client's replies as "Awaitable | Any".
+                raw = cast(builtins.list[bytes],
+                           self.ledger.redis.zrevrangebylex(keys.ix, top, bottom, 0, cap)
+                           if cap is not None
+                           else self.ledger.redis.zrevrangebylex(keys.ix, top, bottom))
             members = self._order(raw, ns, b, only)
             for i in range(0, len(members), _LOAD_CHUNK):
                 with self._io("list"):
