@@ -24,14 +24,13 @@ from _support import OFFLINE_ENV, REPO, tmpdir
 
 DRIVER = Path(__file__).resolve().parent / "children" / "crew_matrix.py"
 
-# name: (mode, kick, process, human)
+# name: (mode, kick, process, human). Each of ReAct / native tool calling, kickoff /
+# akickoff and sequential / hierarchical meets each of the others at least once.
 VARIANTS = {
     "react-kickoff-seq": ("react", "sync", "seq", "0"),
-    "native-kickoff-seq": ("native", "sync", "seq", "0"),
-    "react-akickoff-seq": ("react", "async", "seq", "0"),
     "native-akickoff-seq": ("native", "async", "seq", "0"),
-    "react-kickoff-hier": ("react", "sync", "hier", "0"),
-    "native-akickoff-hier": ("native", "async", "hier", "0"),
+    "native-kickoff-hier": ("native", "sync", "hier", "0"),
+    "react-akickoff-hier": ("react", "async", "hier", "0"),
     "react-kickoff-human": ("react", "sync", "seq", "1"),
 }
 
@@ -89,7 +88,8 @@ def test_crew_killed_at_every_boundary_resumes_without_repeating(
         assert len(baseline["decisions"]) == 2
     emails = {e.split(":")[1] for e in baseline["effects"] if e.startswith("email:")}
     assert emails == {"team@example.com", "press@example.com"}
-    tool_steps = sum(1 for e in baseline["effects"] if e.startswith(("email:", "lookup:")))
+    tool_steps = baseline["tool_steps"]  # delegations to a coworker are tool steps too
+    assert tool_steps >= 2
 
     crashed_per_point: Counter[str] = Counter()
     for case in cases[1:]:

@@ -68,6 +68,7 @@ def kickoff_child(url: str, prefix: str, run_id: str, crash: str | None, effects
         out["replayed"] = session.replayed
         run = ledger.get_run(run_id)
         out["status"] = None if run is None else str(run.status)
+        out["tool_steps"] = sum("/tool:" in s.key for s in ledger.steps(run_id))
         result.write_text(json.dumps(out))
         code = 0
     except BaseException as e:  # reported to the parent through the result file
