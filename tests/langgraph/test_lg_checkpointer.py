@@ -356,6 +356,18 @@ async def test_lg_checkpointer_sync_methods_on_event_loop(saver: DurableCheckpoi
     assert texts(graph.get_state(cfg("t-loop"))) == expected_texts(1)
 
 
+def test_lg_checkpointer_from_url_reads_agentledger_url(redis_url: str, prefix: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTLEDGER_URL", redis_url)
+    saver = DurableCheckpointer.from_url(prefix=prefix)
+    try:
+        assert saver.ledger.url == redis_url
+        chat_graph(saver).invoke(human(0), cfg("t-env"))
+        assert saver.get_tuple(cfg("t-env")) is not None
+    finally:
+        saver.close()
+
+
 def test_lg_checkpointer_from_url(redis_url: str, prefix: str) -> None:
     saver = DurableCheckpointer.from_url(redis_url, prefix=prefix, ttl=100)
     try:
