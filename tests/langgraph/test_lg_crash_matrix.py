@@ -1,8 +1,9 @@
 """The crash matrix: a real process killed (SIGKILL) at every call boundary of an eleven-call
-graph, restarted with the same thread id, in each durability mode, sync and async.
+graph, restarted with the same thread id, in each durability mode: the graph API sync and
+async, and the same calls through the functional API (@entrypoint/@task).
 
 The child (children/lg_crash_matrix.py) imports LangGraph once and forks one process per crash
-and one per restart, so the whole matrix costs six Python starts.
+and one per restart, so the whole matrix costs nine Python starts.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _check_case(base: dict[str, Any], case: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", ["sync", "async", "exit"])
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "func"])
 def test_lg_crash_matrix(redis_url: str, prefix: str, mode: str, durability: str) -> None:
     out = tmpdir("lg-matrix-")
     proc = run_child(CHILD, redis_url, prefix, str(out), mode, durability, timeout=300)

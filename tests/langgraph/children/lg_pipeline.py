@@ -189,3 +189,42 @@ async def arun_to_end(graph: Any, config: dict[str, Any], *, durability: str) ->
     if state.values:
         return state.values
     return await graph.ainvoke(INPUTS, config, durability=durability)
+
+
+def build_functional(checkpointer: Any) -> Any:
+    """The same eleven calls through the functional API: @task calls from an @entrypoint."""
+    from langgraph.func import entrypoint, task
+
+    model = ScriptedChat().bind_tools([send_email, lookup])
+    raw = ScriptedChat()
+
+    @task
+    def think(messages: list[BaseMessage]) -> BaseMessage:
+        return model.invoke(messages)
+
+    @task
+    def act(call: dict[str, Any]) -> ToolMessage:
+        return send_email.invoke(call) if call["name"] == "send_email" else lookup.invoke(call)
+
+    @task
+    def finish() -> list[str]:
+        mail = send_email.invoke({"to": "boss"})
+        note = record_note("finished")
+        streamed = "".join(str(c.content) for c in raw.stream("summarise:report"))
+        batch = raw.batch(["summarise:a", "summarise:b"])
+        return [mail, note, streamed, *[str(m.content) for m in batch]]
+
+    @entrypoint(checkpointer=checkpointer)
+    def flow(inputs: dict[str, Any]) -> dict[str, Any]:
+        messages: list[BaseMessage] = list(
+            add_messages([], inputs["messages"]))  # type: ignore[arg-type]
+        while True:
+            answer = think(messages).result()
+            messages.append(answer)
+            if not answer.tool_calls:
+                break
+            futures = [act({**c, "type": "tool_call"}) for c in answer.tool_calls]
+            messages.extend(f.result() for f in futures)
+        return {"messages": messages, "notes": finish().result()}
+
+    return flow
