@@ -44,6 +44,7 @@ log = logging.getLogger("agentledger.openai_agents")
 
 KIND = "openai-agents"
 STATE_KEY = "oa-state"
+SESSION_KEY = "oa-session"
 _STATE_VERSION = 1
 _default: Ledger | None = None
 # Starting agents of runs of this process that wait for a person, so that resume(run_id)
@@ -112,6 +113,26 @@ async def _aload_state(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
     return _parse_state(key, raw)
 
 
+async def _rewind_session(ledger: Ledger, run_id: str, memory: Any, round_no: int) -> None:
+    """Put the SDK session (conversation memory) back to its length when this round of the
+    run first started: a crashed attempt's items would otherwise come before the replay's and
+    change every model input."""
+    key = ledger.keys(run_id).extra(SESSION_KEY)
+    items = await memory.get_items()
+    pipe = ledger.async_client().pipeline(transaction=False)
+    pipe.hsetnx(key, str(round_no), len(items))
+    pipe.hget(key, str(round_no))
+    pipe.sadd(ledger.keys(run_id).keyset, key)
+    with ledger._calls():
+        reply = await pipe.execute()
+    try:
+        start_len = int(reply[1])
+    except (TypeError, ValueError):
+        raise LedgerError(f"{key}: session length of round {round_no} is unreadable") from None
+    for _ in range(len(items) - start_len):
+        await memory.pop_item()
+
+
 # ---- approvals ---------------------------------------------------------------------------
 def _approval_call(item: ToolApprovalItem) -> StepCall:
     name = item.tool_name or item.name or "tool"
@@ -150,11 +171,12 @@ def _ask_sync(session: RunSession, items: list[ToolApprovalItem]) -> None:
 
 def _apply(state: RunState[Any], items: list[ToolApprovalItem],
            decisions: list[Decision | ApprovalPending]) -> None:
+    ready: list[Decision] = []
     for decision in decisions:
         if isinstance(decision, ApprovalPending):
             raise decision
-    for item, decision in zip(items, decisions, strict=True):
-        assert isinstance(decision, Decision)
+        ready.append(decision)
+    for item, decision in zip(items, ready, strict=True):
         if decision.approved:
             state.approve(item)
         else:
@@ -176,11 +198,12 @@ class DurableRunner:
         token = session.activate()
         try:
             saved = await _aload_state(led, run_id)
-            round_no = 0
+            round_no = 0 if saved is None else int(saved.get("round", 1))
+            if kwargs.get("session") is not None:
+                await _rewind_session(led, run_id, kwargs["session"], round_no)
             if saved is None:
                 result = await Runner.run(starting_agent, input, **kwargs)
             else:
-                round_no = int(saved.get("round", 1))
                 state = await RunState.from_json(starting_agent, saved["state"])
                 items = state.get_interruptions()
                 _apply(state, items, await _ask(session, items))

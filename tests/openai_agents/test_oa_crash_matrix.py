@@ -200,3 +200,25 @@ def test_crash_everywhere_around_an_approval(point: str, redis_url: str, prefix:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert chain.effects.read_text() == before
     assert os.path.getsize(chain.effects) > 0
+
+
+def test_sdk_session_memory_is_rewound_after_a_crash(redis_url: str, prefix: str,
+                                                     tmp_path: Path) -> None:
+    """With an SDK session, a crashed attempt's items are taken out again on restart, so the
+    model input matches the records and the conversation ends as after a clean run."""
+    clean = Chain("seq", "in_tool", redis_url, prefix, tmp_path / "clean")
+    (tmp_path / "clean").mkdir()
+    env = {"AL_EFFECTS": str(clean.effects), "AL_SESSION_DB": str(tmp_path / "clean.db")}
+    reference = child_out(run_child(CHILD, "seq", clean.run_id, redis_url, prefix, "run", env=env))
+    (tmp_path / "crash").mkdir()
+    chain = Chain("seq", "in_tool", redis_url, prefix, tmp_path / "crash")
+    env = {"AL_EFFECTS": str(chain.effects), "AL_SESSION_DB": str(tmp_path / "crash.db"),
+           "AL_KILL_IN_TOOL": "charge_card"}
+    assert killed(run_child(CHILD, "seq", chain.run_id, redis_url, prefix, "run", env=env))
+    env.pop("AL_KILL_IN_TOOL")
+    out = child_out(run_child(CHILD, "seq", chain.run_id, redis_url, prefix, "run", env=env))
+    assert out["final"] == reference["final"] == EXPECTED_FINAL["seq"]
+    assert out["session"] == reference["session"]
+    assert len(reference["session"]) == 6  # user, (call, output) x2, answer
+    chain.kills = 1
+    chain.check_effects()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 from oa_world import agent_for
@@ -27,11 +28,21 @@ async def main(scenario: str, run_id: str, url: str, prefix: str, mode: str) -> 
                      if e.type == "run_item_stream_event"]
             return {"final": streamed.final_output, "events": kinds,
                     "interruptions": len(streamed.interruptions)}
+        extra: dict[str, object] = {}
+        if os.environ.get("AL_SESSION_DB"):
+            from agents import SQLiteSession
+
+            extra["session"] = SQLiteSession("conversation", os.environ["AL_SESSION_DB"])
         if mode == "resume":
-            result = await DurableRunner.resume(run_id, agent, ledger=ledger)
+            result = await DurableRunner.resume(run_id, agent, ledger=ledger, **extra)
         else:
-            result = await DurableRunner.run(agent, "go", run_id=run_id, ledger=ledger)
-        return {"final": result.final_output, "interruptions": len(result.interruptions)}
+            result = await DurableRunner.run(agent, "go", run_id=run_id, ledger=ledger, **extra)
+        out: dict[str, object] = {"final": result.final_output,
+                                  "interruptions": len(result.interruptions)}
+        if "session" in extra:
+            items = await extra["session"].get_items()  # type: ignore[attr-defined]
+            out["session"] = [i.get("type", i.get("role")) for i in items]
+        return out
     except ApprovalPending as e:
         return {"pending": str(e)}
     finally:
