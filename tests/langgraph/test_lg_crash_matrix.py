@@ -1,9 +1,10 @@
 """The crash matrix: a real process killed (SIGKILL) at every call boundary of an eleven-call
 graph, restarted with the same thread id, in each durability mode: the graph API sync and
-async, and the same calls through the functional API (@entrypoint/@task).
+async, the same calls through the functional API (@entrypoint/@task), and a create_agent agent
+recorded by DurableMiddleware.
 
 The child (children/lg_crash_matrix.py) imports LangGraph once and forks one process per crash
-and one per restart, so the whole matrix costs nine Python starts.
+and one per restart, so the whole matrix costs twelve Python starts.
 """
 
 from __future__ import annotations
@@ -53,9 +54,15 @@ def _check_case(base: dict[str, Any], case: dict[str, Any]) -> None:
         assert any(s[2] == 2 for s in case["steps"]), f"{name}: no second attempt recorded"
 
 
+PIPELINE = ({"llm": 6, "tool": 4, "step": 1},
+            ["lookup|price", "record_note|finished", "send_email|ann", "send_email|bob",
+             "send_email|boss"])
+AGENT = ({"llm": 3, "tool": 3}, ["lookup|price", "send_email|ann", "send_email|bob"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("durability", ["sync", "async", "exit"])
-@pytest.mark.parametrize("mode", ["sync", "async", "func"])
+@pytest.mark.parametrize("mode", ["sync", "async", "func", "agent"])
 def test_lg_crash_matrix(redis_url: str, prefix: str, mode: str, durability: str) -> None:
     out = tmpdir("lg-matrix-")
     proc = run_child(CHILD, redis_url, prefix, str(out), mode, durability, timeout=300)
@@ -63,14 +70,14 @@ def test_lg_crash_matrix(redis_url: str, prefix: str, mode: str, durability: str
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     base, cases = rows[0], rows[1:]
     assert base["first"] == 0 and base["state"] is not None, proc.stderr[-3000:]
+    expected_kinds, expected_effects = AGENT if mode == "agent" else PIPELINE
     kinds = Counter(s[3] for s in base["steps"])
-    assert kinds == {"llm": 6, "tool": 4, "step": 1}, kinds
-    assert sorted(_effects(base["effects"])) == ["lookup|price", "record_note|finished",
-                                                 "send_email|ann", "send_email|bob",
-                                                 "send_email|boss"]
+    assert kinds == expected_kinds, kinds
+    assert sorted(_effects(base["effects"])) == expected_effects
     assert all(len(v) == 1 for v in _effects(base["effects"]).values())
-    # 5 intent steps x 2 claim points + 11 steps x 2 record points.
-    assert len(cases) == 32
+    # Every intent step at the 2 claim points, every step at the 2 record points.
+    intents = sum(n for k, n in kinds.items() if k != "llm")
+    assert len(cases) == 2 * intents + 2 * sum(kinds.values())
     for case in cases:
         _check_case(base, case)
     assert not killed(proc)

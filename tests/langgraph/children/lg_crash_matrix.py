@@ -1,6 +1,6 @@
 """Crash matrix child: kill the pipeline at every call boundary, restart it, report.
 
-    python lg_crash_matrix.py REDIS_URL PREFIX OUTDIR sync|async|func DURABILITY
+    python lg_crash_matrix.py REDIS_URL PREFIX OUTDIR sync|async|func|agent DURABILITY
 
 Imports LangGraph once, then for each case forks a process that runs the pipeline and SIGKILLs
 itself at the chosen boundary (``agentledger``'s crash points), waits for it, and forks a fresh
@@ -30,8 +30,12 @@ def run_once(url: str, prefix: str, thread: str, mode: str, durability: str) -> 
     """One process's go at the thread; writes the final state next to the effects file."""
     ledger = Ledger.from_url(url, prefix=prefix, lease_ms=2000)
     saver = DurableCheckpointer(ledger)
-    graph = (pipeline.build_functional(saver) if mode == "func"
-             else pipeline.build(saver, use_async=mode == "async"))
+    if mode == "func":
+        graph = pipeline.build_functional(saver)
+    elif mode == "agent":
+        graph = pipeline.build_agent(saver)
+    else:
+        graph = pipeline.build(saver, use_async=mode == "async")
     config = {"configurable": {"thread_id": thread}}
     if mode == "async":
         values = asyncio.run(pipeline.arun_to_end(graph, config, durability=durability))

@@ -228,3 +228,13 @@ def build_functional(checkpointer: Any) -> Any:
         return {"messages": messages, "notes": finish().result()}
 
     return flow
+
+
+def build_agent(checkpointer: Any) -> Any:
+    """create_agent with DurableMiddleware: three model calls, three tool calls."""
+    from langchain.agents import create_agent
+
+    from agentledger.langgraph import DurableMiddleware
+
+    return create_agent(ScriptedChat(), [send_email, lookup], middleware=[DurableMiddleware()],
+                        checkpointer=checkpointer)
