@@ -13,6 +13,7 @@ measured in this run (the graph without a checkpointer, InMemorySaver, SqliteSav
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -267,6 +268,27 @@ def main() -> None:
             times[(mode, name)] = statistics.median(t for t, _ in got) * 1000 / NODES
             trips[(mode, name)] = statistics.median(n for _, n in got) / NODES
 
+    # Async graphs (ainvoke): InMemorySaver against DurableCheckpointer's asyncio twin only.
+    async_times: dict[tuple[str, str], float] = {}
+
+    async def ainvokes() -> None:
+        pair = {"InMemorySaver": graphs["InMemorySaver"][0],
+                "DurableCheckpointer": graphs["DurableCheckpointer"][0]}
+        for mode in MODES:
+            got: dict[str, list[float]] = {n: [] for n in pair}
+            for r in range(WARMUP + RUNS):
+                for name, graph in pair.items():
+                    config = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex}"}}
+                    t0 = time.perf_counter()
+                    await graph.ainvoke({"count": 0, "trail": []}, config, durability=mode)
+                    if r >= WARMUP:
+                        got[name].append(time.perf_counter() - t0)
+            for name, ts in got.items():
+                async_times[(mode, name)] = statistics.median(ts) * 1000 / NODES
+
+    if "InMemorySaver" in graphs and "DurableCheckpointer" in graphs:
+        asyncio.run(ainvokes())
+
     # ---- bytes after a 200-turn conversation ----------------------------------------------
     t0 = time.monotonic()
     try:
@@ -331,6 +353,16 @@ def main() -> None:
             print(f"\nDurableCheckpointer: {ours / others[fastest]:.2f}× the fastest other "
                   f"persistent saver ({fastest}); {ours / mem:.2f}× InMemorySaver "
                   "(target ≤ 1.5×).\n")
+    if async_times:
+        print("Async graphs (`ainvoke`, so DurableCheckpointer's asyncio methods; the peers' "
+              "async savers were not measured):\n")
+        print("| durability | InMemorySaver ms per superstep | DurableCheckpointer ms per "
+              "superstep | × InMemorySaver |")
+        print("|---|---|---|---|")
+        for mode in MODES:
+            mem_a = async_times[(mode, "InMemorySaver")]
+            ours_a = async_times[(mode, "DurableCheckpointer")]
+            print(f"| {mode} | {mem_a:.3f} | {ours_a:.3f} | {ours_a / mem_a:.2f} |")
     if sizes:
         print(f"\nBytes after a {TURNS}-turn conversation (one 200-character reply per turn; "
               f"{conversation_s:.0f} s for all savers):\n")
