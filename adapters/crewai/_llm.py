@@ -9,6 +9,7 @@ effect to guard, so it records no intent).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from crewai.utilities.agent_utils import extract_tool_call_info, is_tool_call_li
 
 from ._abort import LedgerAbort
 
-__all__ = ["DurableLLM", "message_view", "tool_call_dicts"]
+__all__ = ["DurableLLM", "messages_digest", "tool_call_dicts"]
 
 # Fields copied from the real LLM so that CrewAI's reads of the proxy (stop words, model
 # name, provider, streaming) see what they would have seen on the real one.
@@ -34,11 +35,12 @@ def _opaque(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
-def message_view(messages: Any) -> Any:
-    """The messages as plain JSON, for the fingerprint: no object addresses."""
-    if isinstance(messages, str):
-        return messages
-    return json.loads(json.dumps(messages, default=_opaque, sort_keys=True))
+def messages_digest(messages: Any) -> str:
+    """A digest of the conversation, for the fingerprint. Hashing the canonical JSON here
+    costs a third of handing the whole conversation to the codec, and the step record stays
+    small however long the conversation grows (its preview is the last message)."""
+    text = json.dumps(messages, default=_opaque, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def tool_call_dicts(answer: list[Any]) -> list[dict[str, Any]]:
@@ -113,7 +115,8 @@ class DurableLLM(BaseLLM):
             session.codec.register_pydantic(response_model)
         names = sorted(str(t.get("function", t).get("name", "")) if isinstance(t, dict) else
                        type(t).__name__ for t in tools or [])
-        inputs = {"messages": message_view(messages), "tools": names,
+        inputs = {"messages": messages_digest(messages),
+                  "turns": 1 if isinstance(messages, str) else len(messages), "tools": names,
                   "response_model": None if response_model is None else
                   f"{response_model.__module__}.{response_model.__qualname__}"}
         last = messages if isinstance(messages, str) else (
