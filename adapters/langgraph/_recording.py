@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from agentledger import Ledger, RunSession, RunStatus, _context
+from agentledger._keys import check_run_id
 
 from . import _interrupts
 from ._lg_calls import model_call, prepare_codec, tool_call
@@ -65,6 +66,10 @@ def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str, Any] | None:
     thread = _thread_id(config)
     if ledger is None or thread is None:
         return None
+    try:
+        check_run_id(thread)
+    except ValueError as e:
+        raise ValueError(f"thread_id {thread!r} cannot name a durable run: {e}") from None
     prepare_codec(ledger.codec)
     return ledger, thread, graph.checkpointer
 

@@ -350,3 +350,11 @@ def test_lg_stream_closed_early_leaves_a_resumable_run(saver: DurableCheckpointe
     out = pipeline.run_to_end(graph, config, durability="sync")
     assert out["notes"][0] == "sent to boss"
     assert ledger.get_run("closed").status == "completed"
+
+
+def test_lg_unusable_thread_id_is_a_clear_error(saver: DurableCheckpointer,
+                                                ledger: Ledger) -> None:
+    graph = pipeline.build(saver)
+    with pytest.raises(ValueError, match=r"thread_id 'a\{b\}' cannot name a durable run"):
+        graph.invoke(pipeline.INPUTS, {"configurable": {"thread_id": "a{b}"}})
+    assert ledger.list_runs() == []
