@@ -37,8 +37,11 @@ from agentledger import Codec, RunSession, StepCall, StepKind, StepStart, _conte
 
 from ._lg_scope import TaskScope, active, node_attempt
 
-__all__ = ["BATCH_KEY", "arun_live", "model_call", "normalise_messages", "prepare_codec", "run_live", "tool_call"]
+__all__ = ["BATCH_KEY", "arun_live", "model_abatch", "model_ainvoke", "model_astream",
+           "model_batch", "model_invoke", "model_stream", "normalise_messages", "prepare_codec",
+           "run_live", "tool_arun", "tool_run"]
 
+# Config metadata that tells a model call its place in a batch.
 BATCH_KEY = "agentledger_batch"
 
 _MESSAGE_TYPES: tuple[type[BaseMessage], ...] = (
@@ -183,125 +186,117 @@ def _joined(chunks: list[Any]) -> Any:
     return message_chunk_to_message(total) if isinstance(total, BaseMessage) else total
 
 
-class model_call:
-    """Wrappers of ``BaseChatModel.invoke/ainvoke/stream/astream`` (installed by _recording)."""
+# ---- the wrapped entry points (installed by _recording) ----------------------------------
+def model_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
+    def invoke(self: BaseChatModel, input: Any, config: Any = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Any:
+        found = active()
+        if found is None:
+            return original(self, input, config, stop=stop, **kwargs)
+        session, task = found
+        start = session.begin(_model_step(self, task, session, input, stop, config))
+        if start.replayed:
+            return session.result(start)
+        return run_live(session, start,
+                         lambda: original(self, input, config, stop=stop, **kwargs), False)
 
-    @staticmethod
-    def invoke(original: Callable[..., Any]) -> Callable[..., Any]:
-        def invoke(self: BaseChatModel, input: Any, config: Any = None, *,
-                   stop: list[str] | None = None, **kwargs: Any) -> Any:
-            found = active()
-            if found is None:
-                return original(self, input, config, stop=stop, **kwargs)
-            session, task = found
-            start = session.begin(_model_step(self, task, session, input, stop, config))
-            if start.replayed:
-                return session.result(start)
-            return run_live(session, start,
-                             lambda: original(self, input, config, stop=stop, **kwargs), False)
+    return invoke
 
-        return invoke
+def model_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def ainvoke(self: BaseChatModel, input: Any, config: Any = None, *,
+                      stop: list[str] | None = None, **kwargs: Any) -> Any:
+        found = active()
+        if found is None:
+            return await original(self, input, config, stop=stop, **kwargs)
+        session, task = found
+        start = await session.abegin(_model_step(self, task, session, input, stop, config))
+        if start.replayed:
+            return session.result(start)
+        return await arun_live(
+            session, start, lambda: original(self, input, config, stop=stop, **kwargs), False)
 
-    @staticmethod
-    def ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def ainvoke(self: BaseChatModel, input: Any, config: Any = None, *,
-                          stop: list[str] | None = None, **kwargs: Any) -> Any:
-            found = active()
-            if found is None:
-                return await original(self, input, config, stop=stop, **kwargs)
-            session, task = found
-            start = await session.abegin(_model_step(self, task, session, input, stop, config))
-            if start.replayed:
-                return session.result(start)
-            return await arun_live(
-                session, start, lambda: original(self, input, config, stop=stop, **kwargs), False)
+    return ainvoke
 
-        return ainvoke
+def model_stream(original: Callable[..., Any]) -> Callable[..., Any]:
+    def stream(self: BaseChatModel, input: Any, config: Any = None, *,
+               stop: list[str] | None = None, **kwargs: Any) -> Iterator[Any]:
+        found = active()
+        if found is None:
+            yield from original(self, input, config, stop=stop, **kwargs)
+            return
+        session, task = found
+        start = session.begin(_model_step(self, task, session, input, stop, config))
+        if start.replayed:
+            yield _as_chunk(session.result(start))
+            return
+        chunks: list[Any] = []
+        it = original(self, input, config, stop=stop, **kwargs)
+        while True:
+            # The step is current only while the model produces a chunk: between chunks
+            # the consumer runs, and its own calls are not part of this one.
+            token = _context._step.set(start)
+            try:
+                chunk = next(it)
+            except StopIteration:
+                break
+            finally:
+                _context._step.reset(token)
+            chunks.append(chunk)
+            yield chunk
+        session.record(start, _joined(chunks))
 
-    @staticmethod
-    def stream(original: Callable[..., Any]) -> Callable[..., Any]:
-        def stream(self: BaseChatModel, input: Any, config: Any = None, *,
-                   stop: list[str] | None = None, **kwargs: Any) -> Iterator[Any]:
-            found = active()
-            if found is None:
-                yield from original(self, input, config, stop=stop, **kwargs)
-                return
-            session, task = found
-            start = session.begin(_model_step(self, task, session, input, stop, config))
-            if start.replayed:
-                yield _as_chunk(session.result(start))
-                return
-            chunks: list[Any] = []
-            it = original(self, input, config, stop=stop, **kwargs)
-            while True:
-                # The step is current only while the model produces a chunk: between chunks
-                # the consumer runs, and its own calls are not part of this one.
-                token = _context._step.set(start)
-                try:
-                    chunk = next(it)
-                except StopIteration:
-                    break
-                finally:
-                    _context._step.reset(token)
-                chunks.append(chunk)
+    return stream
+
+def model_astream(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def astream(self: BaseChatModel, input: Any, config: Any = None, *,
+                      stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        found = active()
+        if found is None:
+            async for chunk in original(self, input, config, stop=stop, **kwargs):
                 yield chunk
-            session.record(start, _joined(chunks))
+            return
+        session, task = found
+        start = await session.abegin(_model_step(self, task, session, input, stop, config))
+        if start.replayed:
+            yield _as_chunk(session.result(start))
+            return
+        chunks: list[Any] = []
+        it = original(self, input, config, stop=stop, **kwargs).__aiter__()
+        while True:
+            token = _context._step.set(start)
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                _context._step.reset(token)
+            chunks.append(chunk)
+            yield chunk
+        await session.arecord(start, _joined(chunks))
 
-        return stream
+    return astream
 
-    @staticmethod
-    def astream(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def astream(self: BaseChatModel, input: Any, config: Any = None, *,
-                          stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-            found = active()
-            if found is None:
-                async for chunk in original(self, input, config, stop=stop, **kwargs):
-                    yield chunk
-                return
-            session, task = found
-            start = await session.abegin(_model_step(self, task, session, input, stop, config))
-            if start.replayed:
-                yield _as_chunk(session.result(start))
-                return
-            chunks: list[Any] = []
-            it = original(self, input, config, stop=stop, **kwargs).__aiter__()
-            while True:
-                token = _context._step.set(start)
-                try:
-                    chunk = await it.__anext__()
-                except StopAsyncIteration:
-                    break
-                finally:
-                    _context._step.reset(token)
-                chunks.append(chunk)
-                yield chunk
-            await session.arecord(start, _joined(chunks))
+def model_batch(original: Callable[..., Any]) -> Callable[..., Any]:
+    def batch(self: BaseChatModel, inputs: list[Any], config: Any = None, **kwargs: Any
+              ) -> Any:
+        found = active()
+        if found is None or not inputs:
+            return original(self, inputs, config, **kwargs)
+        return original(self, inputs, _batch_configs(self, found, config, len(inputs)),
+                        **kwargs)
 
-        return astream
+    return batch
 
-    @staticmethod
-    def batch(original: Callable[..., Any]) -> Callable[..., Any]:
-        def batch(self: BaseChatModel, inputs: list[Any], config: Any = None, **kwargs: Any
-                  ) -> Any:
-            found = active()
-            if found is None or not inputs:
-                return original(self, inputs, config, **kwargs)
-            return original(self, inputs, _batch_configs(self, found, config, len(inputs)),
-                            **kwargs)
+def model_abatch(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def abatch(self: BaseChatModel, inputs: list[Any], config: Any = None,
+                     **kwargs: Any) -> Any:
+        found = active()
+        if found is None or not inputs:
+            return await original(self, inputs, config, **kwargs)
+        return await original(self, inputs, _batch_configs(self, found, config, len(inputs)),
+                              **kwargs)
 
-        return batch
-
-    @staticmethod
-    def abatch(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def abatch(self: BaseChatModel, inputs: list[Any], config: Any = None,
-                         **kwargs: Any) -> Any:
-            found = active()
-            if found is None or not inputs:
-                return await original(self, inputs, config, **kwargs)
-            return await original(self, inputs, _batch_configs(self, found, config, len(inputs)),
-                                  **kwargs)
-
-        return abatch
+    return abatch
 
 
 def _batch_configs(model: BaseChatModel, found: tuple[RunSession, TaskScope], config: Any,
@@ -314,39 +309,34 @@ def _batch_configs(model: BaseChatModel, found: tuple[RunSession, TaskScope], co
             for i, c in enumerate(get_config_list(config, n))]
 
 
-class tool_call:
-    """Wrappers of ``BaseTool.run/arun`` (installed by _recording)."""
+def tool_run(original: Callable[..., Any]) -> Callable[..., Any]:
+    def run(self: BaseTool, tool_input: Any, *args: Any, tool_call_id: str | None = None,
+            **kwargs: Any) -> Any:
+        found = active()
+        if found is None:
+            return original(self, tool_input, *args, tool_call_id=tool_call_id, **kwargs)
+        session, task = found
+        start = session.begin(_tool_step(self, task, session, tool_input, tool_call_id))
+        if start.replayed:
+            return session.result(start)
+        return run_live(session, start, lambda: original(
+            self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
 
-    @staticmethod
-    def run(original: Callable[..., Any]) -> Callable[..., Any]:
-        def run(self: BaseTool, tool_input: Any, *args: Any, tool_call_id: str | None = None,
-                **kwargs: Any) -> Any:
-            found = active()
-            if found is None:
-                return original(self, tool_input, *args, tool_call_id=tool_call_id, **kwargs)
-            session, task = found
-            start = session.begin(_tool_step(self, task, session, tool_input, tool_call_id))
-            if start.replayed:
-                return session.result(start)
-            return run_live(session, start, lambda: original(
-                self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
+    return run
 
-        return run
+def tool_arun(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def arun(self: BaseTool, tool_input: Any, *args: Any,
+                   tool_call_id: str | None = None, **kwargs: Any) -> Any:
+        found = active()
+        if found is None:
+            return await original(self, tool_input, *args, tool_call_id=tool_call_id,
+                                  **kwargs)
+        session, task = found
+        start = await session.abegin(_tool_step(self, task, session, tool_input,
+                                                tool_call_id))
+        if start.replayed:
+            return session.result(start)
+        return await arun_live(session, start, lambda: original(
+            self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
 
-    @staticmethod
-    def arun(original: Callable[..., Any]) -> Callable[..., Any]:
-        async def arun(self: BaseTool, tool_input: Any, *args: Any,
-                       tool_call_id: str | None = None, **kwargs: Any) -> Any:
-            found = active()
-            if found is None:
-                return await original(self, tool_input, *args, tool_call_id=tool_call_id,
-                                      **kwargs)
-            session, task = found
-            start = await session.abegin(_tool_step(self, task, session, tool_input,
-                                                    tool_call_id))
-            if start.replayed:
-                return session.result(start)
-            return await arun_live(session, start, lambda: original(
-                self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
-
-        return arun
+    return arun

@@ -28,7 +28,8 @@ from agentledger import Ledger, RunSession, RunStatus, _context
 from agentledger._keys import check_run_id
 
 from . import _interrupts
-from ._lg_calls import model_call, prepare_codec, tool_call
+from . import _lg_calls as calls
+from ._lg_calls import prepare_codec
 from ._lg_scope import TaskScope, current_task, graph_scope, mark, task_segment, unmark
 
 __all__ = ["install", "installed", "uninstall"]
@@ -256,14 +257,14 @@ def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (Pregel, "astream", _astream),
         (_runner, "run_with_retry", _run_with_retry),
         (_runner, "arun_with_retry", _arun_with_retry),
-        (BaseChatModel, "invoke", model_call.invoke),
-        (BaseChatModel, "ainvoke", model_call.ainvoke),
-        (BaseChatModel, "stream", model_call.stream),
-        (BaseChatModel, "astream", model_call.astream),
-        (BaseChatModel, "batch", model_call.batch),
-        (BaseChatModel, "abatch", model_call.abatch),
-        (BaseTool, "run", tool_call.run),
-        (BaseTool, "arun", tool_call.arun),
+        (BaseChatModel, "invoke", calls.model_invoke),
+        (BaseChatModel, "ainvoke", calls.model_ainvoke),
+        (BaseChatModel, "stream", calls.model_stream),
+        (BaseChatModel, "astream", calls.model_astream),
+        (BaseChatModel, "batch", calls.model_batch),
+        (BaseChatModel, "abatch", calls.model_abatch),
+        (BaseTool, "run", calls.tool_run),
+        (BaseTool, "arun", calls.tool_arun),
     ]
 
 
