@@ -116,6 +116,18 @@ async def test_lg_checkpointer_graph_roundtrip_async(saver: DurableCheckpointer,
     assert texts(fresh.get_state(cfg("t-async"))) == expected_texts(3)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async", "exit"])
+def test_lg_checkpointer_every_durability_mode(saver: DurableCheckpointer, ledger: Ledger,
+                                              mode: str) -> None:
+    graph = chat_graph(saver)
+    for i in range(3):
+        graph.invoke(human(i), cfg(f"t-{mode}"), durability=mode)
+    fresh = chat_graph(DurableCheckpointer(ledger))
+    assert texts(fresh.get_state(cfg(f"t-{mode}"))) == expected_texts(3)
+    saved = len(list(saver.list(cfg(f"t-{mode}"))))
+    assert saved == (3 if mode == "exit" else 9)  # "exit" saves once per invoke
+
+
 def test_lg_checkpointer_list_filters(saver: DurableCheckpointer) -> None:
     graph = chat_graph(saver)
     for i in range(3):
