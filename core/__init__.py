@@ -1,7 +1,13 @@
 """agentledger: every tool call and LLM call of an agent pipeline as a durable step in Redis."""
 
 from ._codec import Codec
-from ._context import current_idempotency_key, current_run, current_scope, scope
+from ._context import (
+    current_idempotency_key,
+    current_run,
+    current_scope,
+    restart_numbering,
+    scope,
+)
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
@@ -65,6 +71,7 @@ __all__ = [
     "current_idempotency_key",
     "current_run",
     "current_scope",
+    "restart_numbering",
     "scope",
     "step",
 ]

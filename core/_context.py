@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._session import RunSession, StepStart
 
-__all__ = ["current_idempotency_key", "current_run", "current_scope", "scope"]
+__all__ = ["current_idempotency_key", "current_run", "current_scope", "restart_numbering",
+           "scope"]
 
 _session: ContextVar[RunSession | None] = ContextVar("agentledger_session", default=None)
 _scope: ContextVar[str] = ContextVar("agentledger_scope", default="")
 _step: ContextVar[StepStart | None] = ContextVar("agentledger_step", default=None)
+# Occurrence counters of step keys; None: the session's own. See restart_numbering().
+_counters: ContextVar[dict[str, int] | None] = ContextVar("agentledger_counters", default=None)
 
 
 def current_run() -> RunSession | None:
@@ -46,3 +49,17 @@ def scope(name: str) -> Iterator[str]:
         yield full
     finally:
         _scope.reset(token)
+
+
+@contextmanager
+def restart_numbering() -> Iterator[None]:
+    """Number the steps called inside afresh (``#1``, ``#2``...), apart from the run's count.
+
+    An adapter wraps each attempt of a unit of work that a framework retries (a LangGraph node
+    under RetryPolicy): the second attempt's calls then get the keys of the first attempt's
+    and replay what it recorded, instead of running again under new keys."""
+    token = _counters.set({})
+    try:
+        yield
+    finally:
+        _counters.reset(token)

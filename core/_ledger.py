@@ -25,6 +25,7 @@ from ._errors import (
     UnknownSchemaVersionError,
 )
 from ._keys import RunKeys, runs_index
+from ._lease import LeaseRenewer
 from ._records import (
     SCHEMA_VERSION,
     Decision,
@@ -110,6 +111,7 @@ class Ledger(RedisStore):
         self.max_payload_bytes = int(max_payload_bytes)
         self.in_doubt = InDoubtPolicy(in_doubt)
         self.on_mismatch = on_mismatch
+        self._renewer = LeaseRenewer(self)
 
     @classmethod
     def from_url(cls, url: str | None = None, *, prefix: str = "agentledger", **options: Any) -> Ledger:

@@ -14,7 +14,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -118,31 +119,17 @@ class RunSession:
                 self._outcomes[f[2:]] = steps[i + 1]
         self._counters: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
         self._fence_arg = str(fence)
         self._hot = StepConnection(ledger)
         self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start_renewing(self) -> None:
-        self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
-                                         name=f"agentledger-lease-{self.run_id}")
-        self._renewer.start()
+        self.ledger._renewer.add(self)
 
-    def _renew_loop(self) -> None:
-        interval = self.ledger.lease_ms / 3000
-        while not self._stop.wait(interval):
-            try:
-                ok = self.ledger.script("renew", [self.keys.run], [self._fence_arg,
-                                                                   self.ledger.lease_ms])
-            except LedgerError as e:
-                log.warning("agentledger: could not renew the lease of %r: %s", self.run_id, e)
-                continue
-            if not ok:
-                self.fenced = True
-                log.error("agentledger: run %r was taken over by another process", self.run_id)
-                return
+    def stop_renewing(self) -> None:
+        """Stop renewing the lease (the run is taken over once it expires)."""
+        self.ledger._renewer.remove(self)
 
     def activate(self) -> Token[RunSession | None]:
         """Make this the session that steps in this context record into."""
@@ -153,7 +140,7 @@ class RunSession:
 
     def _finish_args(self, status: RunStatus | str, error: BaseException | None
                      ) -> tuple[list[str], list[Any]]:
-        self._stop.set()
+        self.stop_renewing()
         self.finished = True
         ttl = self.ttl_s
         err = "" if error is None else f"{type(error).__name__}: {error}"[:1000]
@@ -197,9 +184,12 @@ class RunSession:
         base = f"{scope}/{call.kind}:{call.name}" if scope else f"{call.kind}:{call.name}"
         if call.call_id:
             return f"{base}@{call.call_id}"
+        counters = _context._counters.get()
+        if counters is None:
+            counters = self._counters
         with self._lock:
-            n = self._counters.get(base, 0) + 1
-            self._counters[base] = n
+            n = counters.get(base, 0) + 1
+            counters[base] = n
         return f"{base}#{n}"
 
     def idempotency_key(self, step_key: str) -> str:
@@ -388,6 +378,17 @@ class RunSession:
         if not isinstance(err_data, dict):
             raise CorruptRecordError(where, "recorded error is not an object")
         raise self.codec.decode_error(err_data)
+
+    @contextmanager
+    def executing(self, start: StepStart) -> Iterator[StepStart]:
+        """Mark ``start`` as the step being executed in this context while an adapter drives
+        its body itself: ``current_idempotency_key()`` answers, and steps called inside are
+        part of its body."""
+        token = _context._step.set(start)
+        try:
+            yield start
+        finally:
+            _context._step.reset(token)
 
     # ---- whole calls ----------------------------------------------------------------------
     def call(self, call: StepCall, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

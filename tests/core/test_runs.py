@@ -53,7 +53,7 @@ def test_a_frozen_owner_is_taken_over_after_its_lease_and_fenced_out(redis_url: 
                                                                        prefix: str) -> None:
     ledger = Ledger.from_url(redis_url, prefix=prefix, lease_ms=300)
     old = ledger.open_run("r")
-    old._stop.set()  # a frozen process: it stops renewing its lease
+    old.stop_renewing()  # a frozen process: it stops renewing its lease
     started = old.begin(StepCall(kind="tool", name="charge", inputs={"amount": 5}))
     t0 = time.monotonic()
     new = ledger.open_run("r", on_busy="wait")  # waits for the lease to expire
@@ -89,7 +89,7 @@ def test_takeover_fences_a_live_owner(ledger: Ledger) -> None:
 def test_stalled_runs_are_listed(redis_url: str, prefix: str) -> None:
     ledger = Ledger.from_url(redis_url, prefix=prefix, lease_ms=150)
     s = ledger.open_run("crashed")
-    s._stop.set()
+    s.stop_renewing()
     time.sleep(0.3)
     assert [r.run_id for r in ledger.list_runs(status="stalled")] == ["crashed"]
     ledger.close()
@@ -147,3 +147,17 @@ async def test_async_run_lifecycle(ledger: Ledger) -> None:
 
 async def _async_value() -> int:
     return 7
+
+
+def test_a_held_lease_is_renewed_past_its_length(redis_url: str, prefix: str) -> None:
+    ledger = Ledger.from_url(redis_url, prefix=prefix, lease_ms=300)
+    held = [ledger.open_run(f"r{i}") for i in range(3)]
+    time.sleep(1.2)  # four lease lengths
+    for i in range(3):
+        with pytest.raises(RunBusyError):
+            ledger.open_run(f"r{i}", on_busy="fail")
+    for s in held:
+        s.finish(RunStatus.COMPLETED)
+    time.sleep(0.3)
+    assert ledger._renewer._thread is None  # the renewer stops when no run is held
+    ledger.close()

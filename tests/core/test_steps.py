@@ -282,3 +282,28 @@ async def test_concurrent_tasks_share_a_session(ledger: Ledger) -> None:
             assert await asyncio.gather(*(in_scope(i) for i in range(32))) == [i + 100 for i in range(32)]
     assert sorted(calls) == list(range(32))
     await ledger.aclose()
+
+
+def test_a_retried_attempt_replays_the_first_attempts_steps(ledger: Ledger) -> None:
+    calls: list[str] = []
+
+    @agentledger.step
+    def fetch() -> str:
+        calls.append("fetch")
+        return "data"
+
+    with ledger.run("r") as s:
+        for attempt in range(3):  # a framework retrying a unit of work
+            with agentledger.restart_numbering():
+                assert fetch() == "data"
+                start = s.begin(StepCall(kind="tool", name="t", inputs={}))
+                if start.replayed:
+                    assert s.result(start) == "ok"
+                else:
+                    with s.executing(start):
+                        assert agentledger.current_idempotency_key() == start.idempotency_key
+                    s.record(start, "ok")
+            assert attempt >= 0
+    assert calls == ["fetch"]
+    assert [r.key for r in ledger.steps("r")] == [
+        "step:test_a_retried_attempt_replays_the_first_attempts_steps.<locals>.fetch#1", "tool:t#1"]
