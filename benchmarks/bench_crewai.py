@@ -28,6 +28,9 @@ for _switch, _value in (("CREWAI_DISABLE_TELEMETRY", "true"), ("OTEL_SDK_DISABLE
 
 TOOL_CALLS = 8  # tool calls per kickoff in the overhead crew
 REPEATS = 25
+# When set, each tool call of the plain crew times one raw SET: the round trip as code inside
+# a running crew sees it (CrewAI's event threads compete for the GIL when a call blocks).
+IN_CREW_SET: dict[str, Any] = {"client": None, "samples": []}
 
 
 def scripted_crew(tool_calls: int, outbox: Path | None = None, kill_marker: Path | None = None,
@@ -41,6 +44,11 @@ def scripted_crew(tool_calls: int, outbox: Path | None = None, kill_marker: Path
     @tool("send_email")
     def send_email(to: str) -> str:
         """Send an email."""
+        client = IN_CREW_SET["client"]
+        if client is not None:
+            t0 = time.perf_counter()
+            client.set("bench-crewai:probe", "x")
+            IN_CREW_SET["samples"].append(time.perf_counter() - t0)
         if outbox is not None:
             with outbox.open("a") as f:
                 f.write(to + "\n")
@@ -86,14 +94,14 @@ def scripted_crew(tool_calls: int, outbox: Path | None = None, kill_marker: Path
 
 
 # ---- overhead --------------------------------------------------------------------------
-def set_round_trip_us(url: str) -> float:
+def set_round_trip_us(url: str, n: int = 3000) -> float:
     import redis
 
     client = redis.Redis.from_url(url)
-    for _ in range(200):
+    for _ in range(50):
         client.set("bench-crewai:probe", "x")
     samples = []
-    for _ in range(3000):
+    for _ in range(n):
         t0 = time.perf_counter()
         client.set("bench-crewai:probe", "x")
         samples.append(time.perf_counter() - t0)
@@ -102,69 +110,103 @@ def set_round_trip_us(url: str) -> float:
     return statistics.median(samples) * 1e6
 
 
-def kickoff_ms(url: str | None, tool_calls: int, prefix: str) -> tuple[float, dict[str, float]]:
-    """Median ms per kickoff (without the handler when ``url`` is None), and the time spent
-    in the handler's LLM proxy and tool hooks per call (µs)."""
-    from agentledger import Ledger
+class _Timer:
+    """Accumulates the time spent in wrapped callables (bench instrumentation only)."""
+
+    def __init__(self) -> None:
+        self.s = 0.0
+
+    def wrap(self, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.s += time.perf_counter() - t0
+        return run
+
+
+def _noop_hook(ctx: Any) -> None:
+    return None
+
+
+def kickoff_once(ledger: Any, tool_calls: int, run_id: str, noop_hooks: bool
+                 ) -> tuple[float, float, float]:
+    """One kickoff: plain CrewAI (``ledger`` None; with two do-nothing tool hooks when
+    ``noop_hooks``) or with the handler. Returns (kickoff s, proxy s beyond the real LLM,
+    s in our tool hooks)."""
+    from crewai.hooks.dispatch import InterceptionPoint, register, unregister
+
     from agentledger.crewai import DurableCrewHandler
     from agentledger.crewai._llm import DurableLLM
 
-    ledger = Ledger.from_url(url, prefix=prefix) if url else None
-    times, llm_extra, tool_extra = [], [], []
-    for i in range(REPEATS + 3):
-        crew = scripted_crew(tool_calls)
-        handler = None
-        if ledger is not None:
-            handler = DurableCrewHandler(f"bench-{i}", ledger=ledger).attach(crew)
-            # Measure inside the real crew: the proxy's time minus the real LLM's, and the
-            # two tool hooks.
-            tools = handler._tools
-            hook_s = [0.0]
-            before, after = tools.before, tools.after
-
-            def timed(fn: Any) -> Any:
-                def run(ctx: Any) -> Any:
-                    t0 = time.perf_counter()
-                    try:
-                        return fn(ctx)
-                    finally:
-                        hook_s[0] += time.perf_counter() - t0
-                return run
-
-            tools.before, tools.after = timed(before), timed(after)  # type: ignore[method-assign]
-        proxy_s = [0.0]
-        original_call = DurableLLM.call
-
-        def timed_call(self: Any, *a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return original_call(self, *a, **k)
-            finally:
-                proxy_s[0] += time.perf_counter() - t0
-
-        DurableLLM.call = timed_call  # type: ignore[method-assign]
-        try:
-            t0 = time.perf_counter()
-            crew.kickoff()
-            elapsed = time.perf_counter() - t0
-        finally:
-            DurableLLM.call = original_call  # type: ignore[method-assign]
-        if i < 3:
-            continue  # warm-up
-        times.append(elapsed * 1000)
-        if handler is not None:
-            inner = crew.agents[0].llm.inner.inner_s
-            llm_extra.append((proxy_s[0] - inner) / (tool_calls + 1) * 1e6)
-            if tool_calls:
-                tool_extra.append(hook_s[0] / tool_calls * 1e6)
-            handler.detach()
+    crew = scripted_crew(tool_calls)
+    proxy, hooks = _Timer(), _Timer()
+    handler = None
+    original_call = DurableLLM.call
     if ledger is not None:
+        handler = DurableCrewHandler(run_id, ledger=ledger).attach(crew)
+        tools = handler._tools
+        tools.before = hooks.wrap(tools.before)  # type: ignore[method-assign]
+        tools.after = hooks.wrap(tools.after)  # type: ignore[method-assign]
+        DurableLLM.call = proxy.wrap(original_call)  # type: ignore[method-assign]
+    if noop_hooks:
+        register(InterceptionPoint.PRE_TOOL_CALL, _noop_hook)
+        register(InterceptionPoint.POST_TOOL_CALL, _noop_hook)
+    try:
+        t0 = time.perf_counter()
+        crew.kickoff()
+        elapsed = time.perf_counter() - t0
+    finally:
+        DurableLLM.call = original_call  # type: ignore[method-assign]
+        if noop_hooks:
+            unregister(InterceptionPoint.PRE_TOOL_CALL, _noop_hook)
+            unregister(InterceptionPoint.POST_TOOL_CALL, _noop_hook)
+    if handler is None:
+        return elapsed, 0.0, 0.0
+    inner = crew.agents[0].llm.inner.inner_s
+    handler.detach()
+    ledger.delete_run(run_id)
+    return elapsed, proxy.s - inner, hooks.s
+
+
+def measure(url: str, prefix: str) -> dict[str, float]:
+    """Medians over interleaved repeats (this machine is shared: interleaving spreads any
+    background load evenly over the configurations)."""
+    import redis
+
+    from agentledger import Ledger
+
+    ledger = Ledger.from_url(url, prefix=prefix)
+    samples: dict[str, list[float]] = {k: [] for k in (
+        "plain_k", "hooked_k", "ours_k", "plain_0", "ours_0", "llm_us", "tool_us", "set_us")}
+    probe = redis.Redis.from_url(url)
+    try:
         for i in range(REPEATS + 3):
-            ledger.delete_run(f"bench-{i}")
+            IN_CREW_SET["client"] = probe if i >= 3 else None
+            kickoff_once(None, TOOL_CALLS, "", False)  # the in-crew SET probe
+            IN_CREW_SET["client"] = None
+            plain_k = kickoff_once(None, TOOL_CALLS, "", False)[0]
+            hooked_k = kickoff_once(None, TOOL_CALLS, "", True)[0]
+            ours_k, proxy_s, hooks_s = kickoff_once(ledger, TOOL_CALLS, f"b-{i}", False)
+            plain_0 = kickoff_once(None, 0, "", False)[0]
+            ours_0 = kickoff_once(ledger, 0, f"b0-{i}", False)[0]
+            set_us = set_round_trip_us(url, 200)
+            if i < 3:
+                continue  # warm-up
+            for key, value in (("plain_k", plain_k * 1e3), ("hooked_k", hooked_k * 1e3),
+                               ("ours_k", ours_k * 1e3), ("plain_0", plain_0 * 1e3),
+                               ("ours_0", ours_0 * 1e3), ("set_us", set_us),
+                               ("llm_us", proxy_s / (TOOL_CALLS + 1) * 1e6),
+                               ("tool_us", hooks_s / TOOL_CALLS * 1e6)):
+                samples[key].append(value)
+    finally:
+        IN_CREW_SET["client"] = None
+        probe.close()
         ledger.close()
-    split = {"llm_us": statistics.median(llm_extra) if llm_extra else 0.0,
-             "tool_us": statistics.median(tool_extra) if tool_extra else 0.0}
-    return statistics.median(times), split
+    out = {k: statistics.median(v) for k, v in samples.items()}
+    out["in_crew_set_us"] = statistics.median(IN_CREW_SET["samples"]) * 1e6
+    return out
 
 
 # ---- crash mid-writer ------------------------------------------------------------------
@@ -222,39 +264,53 @@ def main() -> None:
     import crewai
 
     prefix = f"bench-crewai-{uuid.uuid4().hex[:6]}"
-    set_us = set_round_trip_us(url)
-    base_k, _ = kickoff_ms(None, TOOL_CALLS, prefix)
-    ours_k, split = kickoff_ms(url, TOOL_CALLS, prefix)
-    base_0, _ = kickoff_ms(None, 0, prefix)
-    ours_0, split0 = kickoff_ms(url, 0, prefix)
+    m = measure(url, prefix)
+    set_us = m["set_us"]
+    base_k, hooked_k, ours_k, base_0, ours_0 = (m["plain_k"], m["hooked_k"], m["ours_k"],
+                                                m["plain_0"], m["ours_0"])
+    split = m
     per_round_us = ((ours_k - base_k) - (ours_0 - base_0)) / TOOL_CALLS * 1000
+    hook_machinery_us = (hooked_k - base_k) / TOOL_CALLS * 1000
     fixed_us = (ours_0 - base_0) * 1000
     ck_expected, ck_sent, ck_dups = duplicates("crewai", url)
     al_expected, al_sent, al_dups = duplicates("agentledger", url)
 
+    in_crew = m["in_crew_set_us"]
+
     def rt(us: float) -> str:
         return f"{us / set_us:.2f}"
 
+    def rt_in(us: float) -> str:
+        return f"{us / in_crew:.2f}"
+
     print("## CrewAI\n")
-    print(f"crewai {crewai.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} "
-          f"cores; Redis at `{url.split('@')[-1]}`; one raw redis-py SET round trip = "
-          f"{set_us:.0f} µs (median of 3000). Median of {REPEATS} kickoffs each.\n")
-    print("| what | µs | in SET round trips |")
-    print("|---|---:|---:|")
-    print(f"| extra per LLM call (proxy, measured inside the crew) | {split['llm_us']:.0f} | "
-          f"{rt(split['llm_us'])} |")
-    print(f"| extra per tool call (both hooks, measured inside the crew) | "
-          f"{split['tool_us']:.0f} | {rt(split['tool_us'])} |")
-    print(f"| extra per tool round (1 LLM call + 1 tool call), end to end | "
-          f"{per_round_us:.0f} | {rt(per_round_us)} |")
-    print(f"| extra per kickoff, fixed (open + finish the run, 1 task step, 1 LLM call) | "
-          f"{fixed_us:.0f} | {rt(fixed_us)} |")
-    print(f"\nA kickoff with {TOOL_CALLS} tool calls: {base_k:.2f} ms without the handler, "
-          f"{ours_k:.2f} ms with it ({ours_k / base_k:.2f}×). With none: {base_0:.2f} ms "
-          f"and {ours_0:.2f} ms ({ours_0 / base_0:.2f}×). Extra per LLM call with no tool in "
-          f"the kickoff: {split0['llm_us']:.0f} µs ({rt(split0['llm_us'])} round trips).\n")
-    print("Crash mid-writer (SIGKILL after the writer's first email, then a restart), "
-          "researcher -> writer -> editor crew, the writer emails 2 people:\n")
+    print(f"`python benchmarks/bench_crewai.py`: crewai {crewai.__version__}, Python "
+          f"{sys.version.split()[0]}, {os.cpu_count()} cores; Redis at "
+          f"`{url.split('@')[-1]}`. One raw redis-py SET round trip = {set_us:.0f} µs "
+          f"(median of 200 SETs per repeat); the same SET timed inside a tool of a running crew "
+          f"= {in_crew:.0f} µs (CrewAI's event threads take the GIL while a call waits on "
+          f"the socket). A one-agent crew whose scripted LLM makes {TOOL_CALLS} ReAct tool "
+          f"calls; each figure is the median of {REPEATS} interleaved repeats of every "
+          "configuration.\n")
+    print("| extra cost | µs | raw SET round trips | SET round trips inside the crew |")
+    print("|---|---:|---:|---:|")
+    print(f"| per LLM call: the proxy beyond the real LLM (1 round trip + fingerprint) | "
+          f"{split['llm_us']:.0f} | {rt(split['llm_us'])} | {rt_in(split['llm_us'])} |")
+    print(f"| per tool call: our two hooks (2 round trips: intent, outcome) | "
+          f"{split['tool_us']:.0f} | {rt(split['tool_us'])} | {rt_in(split['tool_us'])} |")
+    print(f"| per tool call: CrewAI's own cost of having any tool hook registered | "
+          f"{hook_machinery_us:.0f} | {rt(hook_machinery_us)} | {rt_in(hook_machinery_us)} |")
+    print(f"| per LLM call + tool call, end to end (kickoff time slope) | "
+          f"{per_round_us:.0f} | {rt(per_round_us)} | {rt_in(per_round_us)} |")
+    print(f"| per kickoff, fixed (open + finish the run, a task step, one LLM call) | "
+          f"{fixed_us:.0f} | {rt(fixed_us)} | {rt_in(fixed_us)} |")
+    print(f"\nKickoff with {TOOL_CALLS} tool calls: {base_k:.1f} ms plain, {hooked_k:.1f} ms "
+          f"with two do-nothing hooks, {ours_k:.1f} ms with the handler "
+          f"({ours_k / base_k:.2f}× plain). With no tool call: {base_0:.1f} ms and "
+          f"{ours_0:.1f} ms ({ours_0 / base_0:.2f}×).\n")
+    print("Crash mid-writer (SIGKILL when the writer asks its LLM for the next step after "
+          "its first email), then a restart; researcher -> writer -> editor, the writer "
+          "emails 2 people:\n")
     print("| resume with | emails expected | emails sent | duplicates |")
     print("|---|---:|---:|---:|")
     print(f"| CrewAI checkpoint (`Crew(checkpoint=...)`, `kickoff(from_checkpoint=...)`) | "
