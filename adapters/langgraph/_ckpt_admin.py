@@ -10,8 +10,9 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.asyncio as aredis
-from agentledger import Ledger
 from redis.commands.core import AsyncScript, Script
+
+from agentledger import Ledger
 
 from ._ckpt_codec import US as _US
 from ._ckpt_keys import NAMES as _NAMES

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import ormsgpack
-from agentledger import CorruptRecordError, UnknownSchemaVersionError
 
+from agentledger import CorruptRecordError, UnknownSchemaVersionError
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 __all__ = [

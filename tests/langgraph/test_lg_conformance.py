@@ -8,8 +8,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from agentledger import Ledger
-from agentledger.langgraph import DurableCheckpointer
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.report import CapabilityReport
@@ -23,6 +21,9 @@ from langgraph.checkpoint.conformance.spec import (
     test_put,
     test_put_writes,
 )
+
+from agentledger import Ledger
+from agentledger.langgraph import DurableCheckpointer
 
 # Every test the installed suite has, counted from its own lists.
 EXPECTED = {

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import redis
-from agentledger import Ledger
-from agentledger.langgraph import DurableCheckpointer
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
+
+from agentledger import Ledger
+from agentledger.langgraph import DurableCheckpointer
 
 REPLY = 200
 
