@@ -25,8 +25,8 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Command, Send, interrupt
 from redis.crc import key_slot
 
-from _support import killed, run_child
-from agentledger import CorruptRecordError, Ledger, StepCall
+from _support import RedisServer, killed, run_child
+from agentledger import CorruptRecordError, Ledger, LedgerUnavailableError, StepCall
 from agentledger.langgraph import DurableCheckpointer
 
 
@@ -599,3 +599,22 @@ def test_lg_checkpointer_strict_msgpack_allowlist(redis_url: str, prefix: str) -
     read = run_child(STRICT_CHILD, redis_url, prefix, "read", env=env)
     assert read.returncode == 0, read.stderr[-2000:]
     assert "TYPES ['HumanMessage', 'AIMessage']" in read.stdout
+
+
+def test_lg_checkpointer_redis_down_fails_closed(own_redis: RedisServer) -> None:
+    # No retries on this client, so the outage shows at once; the other savers of the suite
+    # use the ledger's own client, which rides out a restart.
+    ledger = Ledger(redis.Redis.from_url(own_redis.url), prefix="down")
+    saver = DurableCheckpointer(ledger)
+    graph = chat_graph(saver)
+    graph.invoke(human(0), cfg("t-down"))
+    own_redis.kill()
+    with pytest.raises(LedgerUnavailableError):
+        graph.invoke(human(1), cfg("t-down"))
+    with pytest.raises(LedgerUnavailableError):
+        saver.put(cfg("t-down", checkpoint_ns=""), empty_checkpoint(), {}, {})
+    own_redis.start()  # same directory: the append-only file (fsync always) comes back
+    assert texts(graph.get_state(cfg("t-down"))) == expected_texts(1)
+    graph.invoke(human(1), cfg("t-down"))
+    assert texts(graph.get_state(cfg("t-down"))) == expected_texts(2)
+    ledger.redis.close()
