@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from crew_fakes import build_crew, read_effects
 from crewai.flow.async_feedback.types import PendingFeedbackContext
 from crewai.flow.flow import Flow, listen, start

@@ -303,3 +303,19 @@ def test_records_are_json(ledger: Ledger, effects: Path, redis_url: str) -> None
     for field, value in raw.items():
         json.loads(value)  # every record is JSON, never pickle
         assert field.decode().split(":", 1)[0] in ("m", "r", "a")
+
+
+def test_an_approved_tool_call_runs_with_the_edited_arguments(ledger: Ledger,
+                                                              effects: Path) -> None:
+    def kickoff() -> Any:
+        crew = build_crew()
+        DurableCrewHandler("edit-1", ledger=ledger, approve_tools=["send_email"]).attach(crew)
+        return crew.kickoff(inputs=INPUTS)
+
+    with pytest.raises(ApprovalPending) as first:
+        kickoff()
+    ledger.decide("edit-1", first.value.step_key, approved=True, by="cy",
+                  payload={"to": "boss@example.com"})
+    with pytest.raises(ApprovalPending):
+        kickoff()  # the second email waits for its own decision
+    assert [e.split(":")[1] for e in _emails(effects)] == ["boss@example.com"]
