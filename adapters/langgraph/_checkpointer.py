@@ -130,7 +130,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         return keys
 
     def _aclient(self) -> tuple[aredis.Redis, dict[str, AsyncScript]]:
-        client = self.ledger._async()[0]
+        client = self.ledger.async_client()
         scripts = self._ascripts.get(client)
         if scripts is None:
             scripts = {n: client.register_script(s) for n, s in _SCRIPTS.items()}
