@@ -5,10 +5,10 @@ sent exactly once.
 
 A researcher -> writer -> editor graph runs on ``DurableCheckpointer.from_url()`` (no URL: an
 embedded Redis in ./.agentledger/). The writer sends three notification emails through a tool
-that appends them to ./outbox.txt. This script starts the pipeline in a child process, which is
-killed (SIGKILL) while sending the third email, then starts it again with the same thread id:
-the model calls and the first two emails come back from their records, the third email (whose
-attempt started but never finished) is sent, and the editor runs.
+that appends them to ./.agentledger/outbox.txt. This script starts the pipeline in a child
+process, which is killed (SIGKILL) while sending the third email, then starts it again with the
+same thread id: the model calls and the first two emails come back from their records, the third
+email (whose attempt started but never finished) is sent, and the editor runs.
 
 The models are scripted (a BaseChatModel that answers from what it is asked), so the demo
 needs no API key.
@@ -34,7 +34,8 @@ import agentledger
 from agentledger.langgraph import DurableCheckpointer
 
 THREAD = "demo-launch"
-OUTBOX = Path("outbox.txt")
+# Next to the embedded Redis's data, so that the demo leaves nothing else behind.
+OUTBOX = Path(os.environ.get("AGENTLEDGER_HOME") or ".agentledger") / "outbox.txt"
 RECIPIENTS = ["ann@example.com", "bob@example.com", "carol@example.com"]
 
 
@@ -133,6 +134,7 @@ def start_process(n: int, crash: bool) -> int:
 def main() -> None:
     saver = DurableCheckpointer.from_url()  # the embedded Redis in ./.agentledger
     saver.delete_thread(THREAD)  # a clean demo thread: its checkpoints and step records
+    OUTBOX.parent.mkdir(parents=True, exist_ok=True)
     OUTBOX.unlink(missing_ok=True)
     print(f"thread {THREAD!r}: researcher -> writer (3 emails) -> editor")
 

@@ -29,7 +29,7 @@ def test_lg_crash_example_sends_each_email_once() -> None:
             out = proc.stdout
             assert "process 1 ended: killed by SIGKILL" in out
             assert "process 2 ended: completed" in out
-            outbox = (home / "outbox.txt").read_text().splitlines()
+            outbox = (home / ".agentledger" / "outbox.txt").read_text().splitlines()
             assert [line.split()[0] for line in outbox] == [
                 "to=ann@example.com", "to=bob@example.com", "to=carol@example.com"]
             assert "writer.2/tool:send_email@3         process 1 died inside it" in out
