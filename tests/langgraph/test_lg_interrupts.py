@@ -168,3 +168,30 @@ def test_lg_create_agent_human_in_the_loop_is_an_approval(ledger: Ledger, effect
     assert [e.split("|")[:2] for e in _effects(effects)] == [["send_email", "ann"],
                                                              ["lookup", "price"]]
     assert ledger.get_run("hitl").status == "completed"
+
+
+@pytest.mark.slow
+def test_lg_killed_right_after_the_interrupt_was_recorded(redis_url: str, prefix: str) -> None:
+    """Interrupt, crash (before the run could even be marked waiting), approve, resume."""
+    path = tmpdir("lg-review-") / "effects"
+    thread = "review-killed-waiting"
+    child = CHILDREN / "lg_review.py"
+    # after_claim #1 is the draft tool's intent, #2 the interrupt's approval request.
+    first = run_child(child, redis_url, prefix, thread, "sync",
+                      env={"LG_EFFECTS": str(path), "AGENTLEDGER_CRASH_AT": "after_claim:2"})
+    assert killed(first), first.stderr[-2000:]
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    try:
+        (pending,) = ledger.pending_approvals(thread)
+        assert pending.payload == {"question": "send this?", "draft": "draft about launch"}
+        ledger.decide(thread, approved=True, by="ops", payload={"to": "after-crash"})
+        done = run_child(child, redis_url, prefix, thread, "sync", env={"LG_EFFECTS": str(path)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["log"] == ["draft about launch", {"to": "after-crash"},
+                                 "sent to after-crash"]
+        assert ledger.get_run(thread).status == "completed"
+    finally:
+        ledger.close()
+    assert [e.split("|")[:2] for e in _effects(path)] == [["draft", "launch"],
+                                                          ["send", "after-crash"]]
