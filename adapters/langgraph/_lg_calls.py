@@ -30,6 +30,7 @@ from langchain_core.messages import (
     message_chunk_to_message,
 )
 from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.runnables.config import get_config_list
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
@@ -37,8 +38,8 @@ from agentledger import Codec, RunSession, StepCall, StepKind, StepStart, _conte
 
 from ._lg_scope import TaskScope, active, node_attempt
 
-__all__ = ["BATCH_KEY", "arun_live", "model_abatch", "model_ainvoke", "model_astream",
-           "model_batch", "model_invoke", "model_stream", "normalise_messages", "prepare_codec",
+__all__ = ["BATCH_KEY", "abatch", "arun_live", "batch", "model_ainvoke", "model_astream",
+           "model_invoke", "model_stream", "normalise_messages", "prepare_codec",
            "run_live", "tool_arun", "tool_run"]
 
 # Config metadata that tells a model call its place in a batch.
@@ -96,11 +97,7 @@ def _model_name(model: BaseChatModel) -> str:
 def _model_step(model: BaseChatModel, task: TaskScope, session: RunSession, input: Any,
                 stop: list[str] | None, config: Any) -> StepCall:
     messages = model._convert_input(input).to_messages()
-    tag = ((config or {}).get("metadata") or {}).get(BATCH_KEY) if isinstance(config, dict) else None
-    if tag is not None:
-        # One input of a batch: its place in the batch is its scope (the batch runs them
-        # in parallel, in no fixed order).
-        task = TaskScope(scope=f"{task.scope}/batch{tag}", attempt=node_attempt())
+    task = _in_batch(task, config)
     name = _model_name(model)
     inputs: dict[str, Any] = {"messages": normalise_messages(messages)}
     if stop:
@@ -147,6 +144,7 @@ def run_live(session: RunSession, start: StepStart, fn: Callable[[], Any],
         _context._step.reset(token)
     session.record(start, value)
     return value
+
 
 
 async def arun_live(session: RunSession, start: StepStart, fn: Callable[[], Awaitable[Any]],
@@ -202,6 +200,7 @@ def model_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
 
     return invoke
 
+
 def model_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
     async def ainvoke(self: BaseChatModel, input: Any, config: Any = None, *,
                       stop: list[str] | None = None, **kwargs: Any) -> Any:
@@ -216,6 +215,7 @@ def model_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
             session, start, lambda: original(self, input, config, stop=stop, **kwargs), False)
 
     return ainvoke
+
 
 def model_stream(original: Callable[..., Any]) -> Callable[..., Any]:
     def stream(self: BaseChatModel, input: Any, config: Any = None, *,
@@ -247,6 +247,7 @@ def model_stream(original: Callable[..., Any]) -> Callable[..., Any]:
 
     return stream
 
+
 def model_astream(original: Callable[..., Any]) -> Callable[..., Any]:
     async def astream(self: BaseChatModel, input: Any, config: Any = None, *,
                       stop: list[str] | None = None, **kwargs: Any) -> AsyncIterator[Any]:
@@ -276,37 +277,59 @@ def model_astream(original: Callable[..., Any]) -> Callable[..., Any]:
 
     return astream
 
-def model_batch(original: Callable[..., Any]) -> Callable[..., Any]:
-    def batch(self: BaseChatModel, inputs: list[Any], config: Any = None, **kwargs: Any
-              ) -> Any:
-        found = active()
-        if found is None or not inputs:
-            return original(self, inputs, config, **kwargs)
-        return original(self, inputs, _batch_configs(self, found, config, len(inputs)),
-                        **kwargs)
 
-    return batch
+def batch(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A wrapper of ``batch`` for chat models (kind 'llm') or tools (kind 'tool'): each input
+    is told its place in the batch, because the batch runs them in parallel, in no fixed
+    order."""
 
-def model_abatch(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def abatch(self: BaseChatModel, inputs: list[Any], config: Any = None,
-                     **kwargs: Any) -> Any:
-        found = active()
-        if found is None or not inputs:
-            return await original(self, inputs, config, **kwargs)
-        return await original(self, inputs, _batch_configs(self, found, config, len(inputs)),
-                              **kwargs)
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def batch(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+            found = active()
+            if found is None or not inputs:
+                return original(self, inputs, config, **kwargs)
+            configs = _batch_configs(_name(self, kind), found, config, len(inputs))
+            return original(self, inputs, configs, **kwargs)
 
-    return abatch
+        return batch
+
+    return wrap
 
 
-def _batch_configs(model: BaseChatModel, found: tuple[RunSession, TaskScope], config: Any,
+def abatch(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def abatch(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any
+                         ) -> Any:
+            found = active()
+            if found is None or not inputs:
+                return await original(self, inputs, config, **kwargs)
+            configs = _batch_configs(_name(self, kind), found, config, len(inputs))
+            return await original(self, inputs, configs, **kwargs)
+
+        return abatch
+
+    return wrap
+
+
+def _name(runnable: Any, kind: str) -> str:
+    return _model_name(runnable) if kind == "llm" else str(runnable.name)
+
+
+def _batch_configs(name: str, found: tuple[RunSession, TaskScope], config: Any,
                    n: int) -> list[Any]:
-    from langchain_core.runnables.config import get_config_list
-
     session, task = found
-    batch_id = task.next_id(session, "batch", _model_name(model), node_attempt())
+    batch_id = task.next_id(session, "batch", name, node_attempt())
     return [{**c, "metadata": {**(c.get("metadata") or {}), BATCH_KEY: f"{batch_id}.{i}"}}
             for i, c in enumerate(get_config_list(config, n))]
+
+
+def _in_batch(task: TaskScope, config: Any) -> TaskScope:
+    """The scope of one input of a batch (its place in the batch), or the task's own."""
+    metadata = config.get("metadata") if isinstance(config, dict) else None
+    tag = metadata.get(BATCH_KEY) if isinstance(metadata, dict) else None
+    if tag is None:
+        return task
+    return TaskScope(scope=f"{task.scope}/batch{tag}", attempt=node_attempt())
 
 
 def tool_run(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -316,6 +339,7 @@ def tool_run(original: Callable[..., Any]) -> Callable[..., Any]:
         if found is None:
             return original(self, tool_input, *args, tool_call_id=tool_call_id, **kwargs)
         session, task = found
+        task = _in_batch(task, kwargs.get("config"))
         start = session.begin(_tool_step(self, task, session, tool_input, tool_call_id))
         if start.replayed:
             return session.result(start)
@@ -323,6 +347,7 @@ def tool_run(original: Callable[..., Any]) -> Callable[..., Any]:
             self, tool_input, *args, tool_call_id=tool_call_id, **kwargs), True)
 
     return run
+
 
 def tool_arun(original: Callable[..., Any]) -> Callable[..., Any]:
     async def arun(self: BaseTool, tool_input: Any, *args: Any,
@@ -332,6 +357,7 @@ def tool_arun(original: Callable[..., Any]) -> Callable[..., Any]:
             return await original(self, tool_input, *args, tool_call_id=tool_call_id,
                                   **kwargs)
         session, task = found
+        task = _in_batch(task, kwargs.get("config"))
         start = await session.abegin(_tool_step(self, task, session, tool_input,
                                                 tool_call_id))
         if start.replayed:

@@ -9,7 +9,7 @@ and LangChain offer no supported hook for:
   an approval) when the invocation ends. Any other graph is left alone.
 - the task runner (``run_with_retry``/``arun_with_retry``): each task gets a scope that a replay
   computes again (see ``_lg_scope``), and ``interrupt()`` inside it becomes an approval.
-- ``BaseChatModel.invoke/ainvoke/stream/astream/batch/abatch`` and ``BaseTool.run/arun``: durable
+- ``BaseChatModel.invoke/ainvoke/stream/astream/batch/abatch`` and ``BaseTool.run/arun/batch/abatch``: durable
   steps (see ``_lg_calls``).
 
 Every wrapper is inert unless a run opened by the graph lifecycle is active in its context, so
@@ -261,10 +261,12 @@ def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (BaseChatModel, "ainvoke", calls.model_ainvoke),
         (BaseChatModel, "stream", calls.model_stream),
         (BaseChatModel, "astream", calls.model_astream),
-        (BaseChatModel, "batch", calls.model_batch),
-        (BaseChatModel, "abatch", calls.model_abatch),
+        (BaseChatModel, "batch", calls.batch("llm")),
+        (BaseChatModel, "abatch", calls.abatch("llm")),
         (BaseTool, "run", calls.tool_run),
         (BaseTool, "arun", calls.tool_arun),
+        (BaseTool, "batch", calls.batch("tool")),
+        (BaseTool, "abatch", calls.abatch("tool")),
     ]
 
 

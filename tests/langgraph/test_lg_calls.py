@@ -358,3 +358,29 @@ def test_lg_unusable_thread_id_is_a_clear_error(saver: DurableCheckpointer,
     with pytest.raises(ValueError, match=r"thread_id 'a\{b\}' cannot name a durable run"):
         graph.invoke(pipeline.INPUTS, {"configurable": {"thread_id": "a{b}"}})
     assert ledger.list_runs() == []
+
+
+def test_lg_tool_batch_keys_by_position(saver: DurableCheckpointer, ledger: Ledger,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    effects = tmp_path / "effects"
+    monkeypatch.setenv("LG_EFFECTS", str(effects))
+    flag: list[bool] = []
+
+    def node(state: S) -> dict[str, Any]:
+        sent = pipeline.send_email.batch([{"to": f"r{i}"} for i in range(4)])
+        _fail_once(flag)
+        return {"out": sent}
+
+    g = StateGraph(S)
+    g.add_node("n", node)
+    g.add_edge(START, "n")
+    graph = g.compile(checkpointer=saver)
+    config = {"configurable": {"thread_id": "tbatch"}}
+    with pytest.raises(RuntimeError):
+        graph.invoke({"messages": [], "out": []}, config)
+    out = graph.invoke(None, config)
+    assert out["out"] == [f"sent to r{i}" for i in range(4)]
+    assert sorted(line.split("|")[1] for line in effects.read_text().splitlines()) == [
+        "r0", "r1", "r2", "r3"]
+    keys = sorted(s.key for s in ledger.steps("tbatch"))
+    assert keys == [f"n.1/batch1.{i}/tool:send_email@1" for i in range(4)]
