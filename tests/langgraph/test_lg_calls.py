@@ -311,6 +311,7 @@ def test_lg_install_is_idempotent_and_uninstall_restores_the_originals(
                             (Pregel, "astream")]:
             assert not hasattr(getattr(owner, name), "__wrapped__"), name
         assert "batch" not in BaseChatModel.__dict__ and BaseChatModel.batch is Runnable.batch
+        assert "abatch" not in BaseTool.__dict__ and BaseTool.abatch is Runnable.abatch
         assert _runner.run_with_retry is _retry.run_with_retry
         assert _runner.arun_with_retry is _retry.arun_with_retry
         assert not _recording.installed()
