@@ -195,3 +195,39 @@ def test_lg_killed_right_after_the_interrupt_was_recorded(redis_url: str, prefix
         ledger.close()
     assert [e.split("|")[:2] for e in _effects(path)] == [["draft", "launch"],
                                                           ["send", "after-crash"]]
+
+
+def test_lg_interrupt_inside_a_subgraph(ledger: Ledger) -> None:
+    import operator
+    from typing import Annotated, Any, TypedDict
+
+    from langgraph.graph import START, StateGraph
+    from langgraph.types import interrupt
+
+    class S(TypedDict):
+        log: Annotated[list[Any], operator.add]
+
+    def inner(state: S) -> dict[str, Any]:
+        return {"log": [interrupt({"q": "inner?"})]}
+
+    sub = StateGraph(S)
+    sub.add_node("inner", inner)
+    sub.add_edge(START, "inner")
+    subgraph = sub.compile()
+
+    def outer(state: S) -> dict[str, Any]:
+        return {"log": subgraph.invoke({"log": []})["log"]}
+
+    g = StateGraph(S)
+    g.add_node("outer", outer)
+    g.add_edge(START, "outer")
+    graph = g.compile(checkpointer=DurableCheckpointer(ledger))
+    config = {"configurable": {"thread_id": "sub-interrupt"}}
+    assert "__interrupt__" in graph.invoke({"log": []}, config)
+    # Recorded once, by the task that asked (not again by the task around the subgraph).
+    (pending,) = ledger.pending_approvals("sub-interrupt")
+    assert pending.key == "outer.1/inner.1/approval:interrupt@0"
+    assert pending.payload == {"q": "inner?"}
+    ledger.decide("sub-interrupt", approved=True, payload="yes-inner")
+    assert graph.invoke(None, config)["log"] == ["yes-inner"]
+    assert ledger.get_run("sub-interrupt").status == "completed"
