@@ -69,7 +69,7 @@ class LedgerFlowPersistence(FlowPersistence):
             self.ledger.redis.ping()
 
     def _key(self, flow_uuid: str, name: str) -> str:
-        return self.ledger.keys(flow_uuid).extra(name)
+        return str(self.ledger.keys(flow_uuid).extra(name))
 
     def _write(self, flow_uuid: str, name: str, body: dict[str, Any]) -> None:
         key = self._key(flow_uuid, name)

@@ -16,6 +16,7 @@ import redis
 from crew_fakes import ScriptedLLM, Summary, build_crew, read_effects
 from crewai import Agent, Crew, Task
 from crewai.hooks.dispatch import InterceptionPoint, get_hooks, register, unregister
+from crewai.tools import tool
 
 from _support import OFFLINE_ENV, REPO, RedisServer
 from agentledger import (
@@ -319,3 +320,44 @@ def test_an_approved_tool_call_runs_with_the_edited_arguments(ledger: Ledger,
     with pytest.raises(ApprovalPending):
         kickoff()  # the second email waits for its own decision
     assert [e.split(":")[1] for e in _emails(effects)] == ["boss@example.com"]
+
+
+@tool("send_email")
+async def send_email_async(to: str, subject: str) -> str:
+    """Send an email (an async tool)."""
+    await asyncio.sleep(0)
+    crew_fakes.record_effect(f"email:{to}:async")
+    return f"email to {to} sent"
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("kick", ["kickoff", "akickoff"])
+def test_async_tools_are_steps_too(ledger: Ledger, effects: Path, native: bool,
+                                   kick: str) -> None:
+    def crew() -> Crew:
+        writer = Agent(role="writer", goal="g", backstory="b", tools=[send_email_async],
+                       llm=ScriptedLLM(model="scripted", native=native))
+        return Crew(agents=[writer], tasks=[Task(description="Write and email",
+                                                 expected_output="x", agent=writer)])
+
+    def run(c: Crew) -> Any:
+        return c.kickoff() if kick == "kickoff" else asyncio.run(c.akickoff())
+
+    first = crew()
+    DurableCrewHandler("async-tools", ledger=ledger).attach(first)
+    assert run(first).raw == "writer done after 2 results"
+    assert _emails(effects) == ["email:team@example.com:async", "email:press@example.com:async"]
+    tool_steps = [s.key for s in ledger.steps("async-tools") if "/tool:send_email" in s.key]
+    assert len(tool_steps) == 2
+    # Lose the task's record: the replay then goes call by call, through the async tools.
+    client = redis.Redis.from_url(ledger.url or "")
+    try:
+        client.hdel(ledger.keys("async-tools").steps, "m:task0:writer/step:task#1",
+                    "r:task0:writer/step:task#1")
+    finally:
+        client.close()
+    second = crew()
+    h = DurableCrewHandler("async-tools", ledger=ledger).attach(second)
+    assert run(second).raw == "writer done after 2 results"
+    assert len(_emails(effects)) == 2
+    assert h.last_session is not None and h.last_session.replayed == 5
