@@ -5,11 +5,14 @@ without re-running the calls the node made before its interrupt."""
 from __future__ import annotations
 
 import json
+import operator
 import sys
 from pathlib import Path
+from typing import Annotated, Any, TypedDict
 
 import pytest
-from langgraph.types import Command
+from langgraph.graph import START, StateGraph
+from langgraph.types import Command, interrupt
 
 from _support import killed, run_child, tmpdir
 from agentledger import Ledger
@@ -198,12 +201,6 @@ def test_lg_killed_right_after_the_interrupt_was_recorded(redis_url: str, prefix
 
 
 def test_lg_interrupt_inside_a_subgraph(ledger: Ledger) -> None:
-    import operator
-    from typing import Annotated, Any, TypedDict
-
-    from langgraph.graph import START, StateGraph
-    from langgraph.types import interrupt
-
     class S(TypedDict):
         log: Annotated[list[Any], operator.add]
 
