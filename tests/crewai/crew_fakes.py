@@ -32,6 +32,10 @@ PLANS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
+PLANNER_ANSWER = {"list_of_plans_per_task": [
+    {"task_number": i + 1, "task": f"task {i + 1}", "plan": f"plan {i + 1}"} for i in range(3)]}
+
+
 def effects_path() -> Path | None:
     p = os.environ.get("CREW_EFFECTS")
     return Path(p) if p else None
@@ -88,7 +92,7 @@ def _maybe_kill(role: str, seen: int) -> None:
 
 def _role(messages: Any) -> str:
     system = str(messages[0].get("content", "")) if isinstance(messages, list) else ""
-    for role in ("Crew Manager", "researcher", "writer", "editor"):
+    for role in ("Crew Manager", "Task Execution Planner", "researcher", "writer", "editor"):
         if f"You are {role}" in system:
             return role
     return "other"
@@ -124,9 +128,13 @@ class ScriptedLLM(BaseLLM):
         ScriptedLLM.seen_stops.append(list(self.stop_sequences))
         record_effect(f"llm:{_role(messages)}")
         _maybe_kill(_role(messages), _results_seen(messages))
-        if response_model is not None:
-            return response_model(title="Launch", words=3)
         role = _role(messages)
+        if response_model is not None:
+            if role == "Task Execution Planner":
+                return response_model.model_validate(PLANNER_ANSWER)
+            return response_model(title="Launch", words=3)
+        if role == "Task Execution Planner":
+            return f"Thought: planned\nFinal Answer: {json.dumps(PLANNER_ANSWER)}"
         n = _results_seen(messages)
         plan = PLANS.get(role, [])
         if role == "Crew Manager":

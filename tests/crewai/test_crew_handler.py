@@ -361,3 +361,44 @@ def test_async_tools_are_steps_too(ledger: Ledger, effects: Path, native: bool,
     assert run(second).raw == "writer done after 2 results"
     assert len(_emails(effects)) == 2
     assert h.last_session is not None and h.last_session.replayed == 5
+
+
+def test_planning_llm_calls_are_steps(ledger: Ledger, effects: Path) -> None:
+    def crew() -> Crew:
+        c = build_crew()
+        c.planning = True
+        c.planning_llm = ScriptedLLM(model="scripted")
+        return c
+
+    first = crew()
+    planner = first.planning_llm
+    h1 = DurableCrewHandler("plan-1", ledger=ledger).attach(first)
+    assert isinstance(first.planning_llm, DurableLLM)
+    first.kickoff(inputs=INPUTS)
+    assert "llm:planner#1" in {s.key for s in ledger.steps("plan-1")}
+    assert first.tasks[0].description.endswith("plan 1")  # CrewAI used the plan
+    h1.detach()
+    assert first.planning_llm is planner
+    second = crew()
+    h2 = DurableCrewHandler("plan-1", ledger=ledger).attach(second)
+    second.kickoff(inputs=INPUTS)
+    assert h2.last_session is not None and h2.last_session.executed == 0
+    assert second.tasks[0].description.endswith("plan 1")  # the replayed plan
+
+
+def test_two_durable_crews_kicked_off_concurrently_keep_their_own_runs(
+        ledger: Ledger, effects: Path) -> None:
+    a, b = build_crew(), build_crew(native=True)
+    DurableCrewHandler("conc-a", ledger=ledger).attach(a)
+    DurableCrewHandler("conc-b", ledger=ledger).attach(b)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(a.kickoff_async(inputs=INPUTS),
+                                          b.kickoff_async(inputs={"topic": "other"})))
+
+    outs = asyncio.run(both())
+    assert [o.raw for o in outs] == ["editor done after 0 results"] * 2
+    keys_a = {s.key for s in ledger.steps("conc-a")}
+    keys_b = {s.key for s in ledger.steps("conc-b")}
+    assert len(keys_a) == len(keys_b) == 12
+    assert len(_emails(effects)) == 4
