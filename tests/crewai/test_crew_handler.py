@@ -402,3 +402,20 @@ def test_two_durable_crews_kicked_off_concurrently_keep_their_own_runs(
     keys_b = {s.key for s in ledger.steps("conc-b")}
     assert len(keys_a) == len(keys_b) == 12
     assert len(_emails(effects)) == 4
+
+
+def test_human_input_under_akickoff(ledger: Ledger, effects: Path) -> None:
+    def akickoff() -> Any:
+        crew = build_crew(human_input=True, native=True)
+        DurableCrewHandler("ahuman-1", ledger=ledger).attach(crew)
+        return asyncio.run(crew.akickoff(inputs=INPUTS))
+
+    with pytest.raises(ApprovalPending) as first:
+        akickoff()
+    ledger.decide("ahuman-1", first.value.step_key, approved=False, by="dee",
+                  note="FEEDBACK: warmer tone")
+    with pytest.raises(ApprovalPending) as second:
+        akickoff()
+    ledger.decide("ahuman-1", second.value.step_key, approved=True, by="dee")
+    assert akickoff().raw == "editor done after 0 results with 1 feedback"
+    assert len(_emails(effects)) == 2
