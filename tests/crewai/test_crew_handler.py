@@ -419,3 +419,22 @@ def test_human_input_under_akickoff(ledger: Ledger, effects: Path) -> None:
     ledger.decide("ahuman-1", second.value.step_key, approved=True, by="dee")
     assert akickoff().raw == "editor done after 0 results with 1 feedback"
     assert len(_emails(effects)) == 2
+
+
+def test_the_proxy_is_inert_outside_a_run(ledger: Ledger, effects: Path) -> None:
+    from crewai.llms.base_llm import call_stop_override
+
+    crew = build_crew()
+    DurableCrewHandler("inert-1", ledger=ledger).attach(crew)
+    proxy = crew.agents[0].llm
+    assert isinstance(proxy, DurableLLM)
+    messages = [{"role": "system", "content": "You are researcher."},
+                {"role": "user", "content": "go"}]
+    ScriptedLLM.seen_stops.clear()
+    with call_stop_override(proxy, ["\nSTOP:"]):
+        answer = proxy.call(messages)
+    direct = proxy.inner.call(messages)
+    assert answer == direct and answer.startswith("Thought: step 0\nAction: lookup")
+    assert ScriptedLLM.seen_stops[0] == ["\nSTOP:"]  # the per-call stop words got through
+    assert proxy.supports_function_calling() is False
+    assert ledger.list_runs() == []
