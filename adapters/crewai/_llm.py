@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from pydantic import BaseModel, PrivateAttr
 
 import agentledger
 from agentledger import LedgerError, RunSession, StepCall, StepKind
-from crewai.llms.base_llm import BaseLLM, call_stop_override
+from crewai.llms.base_llm import BaseLLM, call_stop_override, call_stream_override
 from crewai.utilities.agent_utils import extract_tool_call_info, is_tool_call_list
 
 from ._abort import LedgerAbort
@@ -125,10 +126,18 @@ class DurableLLM(BaseLLM):
         return StepCall(kind=StepKind.LLM, name=self._label, inputs=inputs, intent=False,
                         preview=last[-160:])
 
-    def _stop_scope(self) -> Any:
-        # The executor sets its per-call stop words on the proxy; pass them to the real LLM.
+    @contextmanager
+    def _call_settings(self) -> Iterator[None]:
+        # CrewAI sets per-call stop words and streaming on the LLM it holds (the proxy),
+        # keyed by object id; hand them to the real LLM for the call.
         stop = self.stop_sequences
-        return call_stop_override(self._inner, list(stop) if stop != self._inner.stop else None)
+        stream = self._effective_stream()
+        with ExitStack() as stack:
+            stack.enter_context(call_stop_override(
+                self._inner, list(stop) if stop != self._inner.stop else None))
+            if stream is not None and stream != self._inner.stream:
+                stack.enter_context(call_stream_override(self._inner, stream))
+            yield
 
     @staticmethod
     def _normalise(answer: Any) -> Any:
@@ -156,7 +165,7 @@ class DurableLLM(BaseLLM):
              from_agent: Any = None, response_model: type[BaseModel] | None = None) -> Any:
         session = agentledger.current_run()
         if session is None:
-            with self._stop_scope():
+            with self._call_settings():
                 return self._inner.call(messages, tools, callbacks, available_functions,
                                         from_task, from_agent, response_model)
         try:
@@ -167,7 +176,7 @@ class DurableLLM(BaseLLM):
             return session.result(start)
         functions = self._durable_functions(session, available_functions)
         try:
-            with self._stop_scope():
+            with self._call_settings():
                 answer = self._normalise(self._inner.call(
                     messages, tools, callbacks, functions, from_task, from_agent,
                     response_model))
@@ -183,7 +192,7 @@ class DurableLLM(BaseLLM):
                     ) -> Any:
         session = agentledger.current_run()
         if session is None:
-            with self._stop_scope():
+            with self._call_settings():
                 return await self._inner.acall(messages, tools, callbacks, available_functions,
                                                from_task, from_agent, response_model)
         try:
@@ -194,7 +203,7 @@ class DurableLLM(BaseLLM):
             return session.result(start)
         functions = self._durable_functions(session, available_functions)
         try:
-            with self._stop_scope():
+            with self._call_settings():
                 answer = self._normalise(await self._inner.acall(
                     messages, tools, callbacks, functions, from_task, from_agent,
                     response_model))

@@ -436,5 +436,22 @@ def test_the_proxy_is_inert_outside_a_run(ledger: Ledger, effects: Path) -> None
     direct = proxy.inner.call(messages)
     assert answer == direct and answer.startswith("Thought: step 0\nAction: lookup")
     assert ScriptedLLM.seen_stops[0] == ["\nSTOP:"]  # the per-call stop words got through
+    from crewai.llms.base_llm import call_stream_override
+
+    with call_stream_override(proxy, True):
+        assert proxy.inner._effective_stream() is None  # outside the call: untouched
+        seen: list[Any] = []
+        original = ScriptedLLM._answer
+
+        def spy(self: ScriptedLLM, *args: Any) -> Any:
+            seen.append(self._effective_stream())
+            return original(self, *args)
+
+        ScriptedLLM._answer = spy  # type: ignore[method-assign]
+        try:
+            proxy.call(messages)
+        finally:
+            ScriptedLLM._answer = original  # type: ignore[method-assign]
+    assert seen == [True]  # per-call streaming reached the real LLM too
     assert proxy.supports_function_calling() is False
     assert ledger.list_runs() == []
