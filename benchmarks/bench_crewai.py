@@ -29,7 +29,7 @@ for _switch, _value in (("CREWAI_DISABLE_TELEMETRY", "true"), ("OTEL_SDK_DISABLE
 TOOL_CALLS = 8  # tool calls per kickoff in the overhead crew
 REPEATS = 25
 # When set, each tool call of the plain crew times one raw SET: the round trip as code inside
-# a running crew sees it (CrewAI's event threads compete for the GIL when a call blocks).
+# a running crew sees it, between CrewAI's own work rather than in a tight loop.
 IN_CREW_SET: dict[str, Any] = {"client": None, "samples": []}
 
 
@@ -288,8 +288,8 @@ def main() -> None:
           f"{sys.version.split()[0]}, {os.cpu_count()} cores; Redis at "
           f"`{url.split('@')[-1]}`. One raw redis-py SET round trip = {set_us:.0f} µs "
           f"(median of 200 SETs per repeat); the same SET timed inside a tool of a running crew "
-          f"= {in_crew:.0f} µs (CrewAI's event threads take the GIL while a call waits on "
-          f"the socket). A one-agent crew whose scripted LLM makes {TOOL_CALLS} ReAct tool "
+          f"= {in_crew:.0f} µs (one round trip made between CrewAI's own work, not in a tight "
+          f"loop). A one-agent crew whose scripted LLM makes {TOOL_CALLS} ReAct tool "
           f"calls; each figure is the median of {REPEATS} interleaved repeats of every "
           "configuration.\n")
     print("| extra cost | µs | raw SET round trips | SET round trips inside the crew |")
