@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
@@ -16,8 +16,28 @@ __all__ = ["current_idempotency_key", "current_run", "current_scope", "restart_n
 _session: ContextVar[RunSession | None] = ContextVar("agentledger_session", default=None)
 _scope: ContextVar[str] = ContextVar("agentledger_scope", default="")
 _step: ContextVar[StepStart | None] = ContextVar("agentledger_step", default=None)
-# Occurrence counters of step keys; None: the session's own. See restart_numbering().
-_counters: ContextVar[dict[str, int] | None] = ContextVar("agentledger_counters", default=None)
+
+
+class Numbering:
+    """Occurrence counters of step keys within one unit of work that a framework may retry:
+    each attempt numbers its steps afresh, so a retry replays what earlier attempts
+    recorded (a step recorded as failed runs again; see ``RunSession.step_key``)."""
+
+    def __init__(self, attempt: int | Callable[[], int] = 1) -> None:
+        self._attempt_of = attempt if callable(attempt) else (lambda: attempt)
+        self._attempt = 0
+        self._counters: dict[str, int] = {}
+
+    def current(self) -> tuple[dict[str, int], int]:
+        attempt = self._attempt_of()
+        if attempt != self._attempt:
+            self._attempt = attempt
+            self._counters = {}
+        return self._counters, attempt
+
+
+# Occurrence numbering; None: the session's own counters. See restart_numbering().
+_numbering: ContextVar[Numbering | None] = ContextVar("agentledger_numbering", default=None)
 
 
 def current_run() -> RunSession | None:
@@ -52,14 +72,15 @@ def scope(name: str) -> Iterator[str]:
 
 
 @contextmanager
-def restart_numbering() -> Iterator[None]:
+def restart_numbering(attempt: int | Callable[[], int] = 1) -> Iterator[None]:
     """Number the steps called inside afresh (``#1``, ``#2``...), apart from the run's count.
 
-    An adapter wraps each attempt of a unit of work that a framework retries (a LangGraph node
-    under RetryPolicy): the second attempt's calls then get the keys of the first attempt's
-    and replay what it recorded, instead of running again under new keys."""
-    token = _counters.set({})
+    An adapter wraps a unit of work that a framework retries (a LangGraph node under
+    RetryPolicy), with ``attempt`` the attempt number or a function returning it: each
+    attempt's steps get the first attempt's keys and replay what it recorded, except a step
+    recorded as failed, which runs again under a key of its own attempt."""
+    token = _numbering.set(Numbering(attempt))
     try:
         yield
     finally:
-        _counters.reset(token)
+        _numbering.reset(token)

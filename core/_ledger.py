@@ -366,13 +366,14 @@ class Ledger(RedisStore):
         return out
 
     def pending_approvals(self, run_id: str | None = None) -> list[PendingApproval]:
-        """Steps waiting for a person: approvals, and in-doubt steps of stopped runs."""
+        """Steps waiting for a person: approvals, and in-doubt steps of stopped runs. Runs
+        that crashed right after recording an approval (stalled) count too."""
         if run_id:
             run = self.get_run(run_id)
             runs = [run] if run is not None else []
         else:
             runs = [r for r in self.list_runs(limit=100_000)
-                    if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
+                    if r.status in (RunStatus.WAITING, RunStatus.FAILED) or self.is_stalled(r)]
         return [p for r in runs for p in self._pending(r, self.steps(r.run_id))]
 
     async def apending_approvals(self, run_id: str | None = None) -> list[PendingApproval]:
@@ -381,7 +382,7 @@ class Ledger(RedisStore):
             runs = [run] if run is not None else []
         else:
             runs = [r for r in await self.alist_runs(limit=100_000)
-                    if r.status in (RunStatus.WAITING, RunStatus.FAILED)]
+                    if r.status in (RunStatus.WAITING, RunStatus.FAILED) or self.is_stalled(r)]
         return [p for r in runs for p in self._pending(r, await self.asteps(r.run_id))]
 
     def _pending(self, run: RunRecord, steps: list[StepRecord]) -> list[PendingApproval]:

@@ -184,13 +184,23 @@ class RunSession:
         base = f"{scope}/{call.kind}:{call.name}" if scope else f"{call.kind}:{call.name}"
         if call.call_id:
             return f"{base}@{call.call_id}"
-        counters = _context._counters.get()
-        if counters is None:
-            counters = self._counters
+        numbering = _context._numbering.get()
+        counters, attempt = (self._counters, 1) if numbering is None else numbering.current()
         with self._lock:
             n = counters.get(base, 0) + 1
             counters[base] = n
-        return f"{base}#{n}"
+        key = f"{base}#{n}"
+        return key if attempt <= 1 else self._attempt_key(key, attempt)
+
+    def _attempt_key(self, key: str, attempt: int) -> str:
+        """In a retry attempt, the step's key is that of its newest earlier try, unless that
+        try failed: then the step runs again under ``<key>.r<attempt>``."""
+        for a in range(attempt - 1, 0, -1):
+            tried = key if a == 1 else f"{key}.r{a}"
+            meta = self.recorded(tried)
+            if meta is not None:
+                return f"{key}.r{attempt}" if meta.status == StepStatus.FAILED else tried
+        return key
 
     def idempotency_key(self, step_key: str) -> str:
         digest = hashlib.sha256((self._ik_seed + step_key).encode()).hexdigest()

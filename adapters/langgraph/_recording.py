@@ -24,13 +24,21 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from agentledger import Ledger, RunSession, RunStatus, _context
+from agentledger import Ledger, RunSession, RunStatus, _context, restart_numbering
 from agentledger._keys import check_run_id
 
 from . import _interrupts
 from . import _lg_calls as calls
 from ._lg_calls import prepare_codec
-from ._lg_scope import TaskScope, current_task, graph_scope, mark, task_segment, unmark
+from ._lg_scope import (
+    TaskScope,
+    current_task,
+    graph_scope,
+    mark,
+    node_attempt,
+    task_segment,
+    unmark,
+)
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -213,7 +221,10 @@ def _run_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
         session, scope = entered
         token, scope_token = current_task.set(scope), _context._scope.set(scope.scope)
         try:
-            return original(task, *args, **kwargs)
+            # @agentledger.step calls are numbered per node attempt: a RetryPolicy retry
+            # replays what earlier attempts recorded and re-runs what failed.
+            with restart_numbering(node_attempt):
+                return original(task, *args, **kwargs)
         except Exception as e:
             if type(e).__name__ == "GraphInterrupt":
                 _interrupts.record_interrupts(session, scope, e)
@@ -233,7 +244,8 @@ def _arun_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
         session, scope = entered
         token, scope_token = current_task.set(scope), _context._scope.set(scope.scope)
         try:
-            return await original(task, *args, **kwargs)
+            with restart_numbering(node_attempt):
+                return await original(task, *args, **kwargs)
         except Exception as e:
             if type(e).__name__ == "GraphInterrupt":
                 _interrupts.record_interrupts(session, scope, e)

@@ -292,18 +292,33 @@ def test_a_retried_attempt_replays_the_first_attempts_steps(ledger: Ledger) -> N
         calls.append("fetch")
         return "data"
 
-    with ledger.run("r") as s:
-        for attempt in range(3):  # a framework retrying a unit of work
-            with agentledger.restart_numbering():
-                assert fetch() == "data"
-                start = s.begin(StepCall(kind="tool", name="t", inputs={}))
-                if start.replayed:
-                    assert s.result(start) == "ok"
-                else:
-                    with s.executing(start):
-                        assert agentledger.current_idempotency_key() == start.idempotency_key
-                    s.record(start, "ok")
-            assert attempt >= 0
-    assert calls == ["fetch"]
-    assert [r.key for r in ledger.steps("r")] == [
-        "step:test_a_retried_attempt_replays_the_first_attempts_steps.<locals>.fetch#1", "tool:t#1"]
+    @agentledger.step
+    def flaky() -> str:
+        calls.append("flaky")
+        if calls.count("flaky") < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    def unit_of_work() -> str:  # what a framework retries, attempt after attempt
+        assert fetch() == "data"
+        return flaky()
+
+    for _ in range(2):  # the second run replays everything
+        with ledger.run("r") as s:
+            for attempt in (1, 2, 3):
+                with agentledger.restart_numbering(attempt):
+                    try:
+                        assert unit_of_work() == "ok"
+                        break
+                    except ConnectionError:
+                        continue
+            start = s.begin(StepCall(kind="tool", name="t", inputs={}))
+            if not start.replayed:
+                with s.executing(start):
+                    assert agentledger.current_idempotency_key() == start.idempotency_key
+                s.record(start, "done")
+    assert calls == ["fetch", "flaky", "flaky", "flaky"]
+    prefix = "step:test_a_retried_attempt_replays_the_first_attempts_steps.<locals>."
+    assert [(r.key.removeprefix(prefix), r.status) for r in ledger.steps("r")] == [
+        ("fetch#1", "completed"), ("flaky#1", "failed"), ("flaky#1.r2", "failed"),
+        ("flaky#1.r3", "completed"), ("tool:t#1", "completed")]

@@ -228,14 +228,25 @@ def test_lg_retry_policy_replays_what_succeeded(saver: DurableCheckpointer,
     calls = Calls()
     model = CountingChat(counter=calls)
     flaky: list[int] = []
+    lookups: list[int] = []
+
+    @agentledger.step
+    def lookup() -> str:
+        lookups.append(1)
+        return "found"
+
+    @agentledger.step
+    def reserve() -> str:
+        flaky.append(1)
+        if len(flaky) < 3:
+            raise ConnectionError("flaky")
+        return "reserved"
 
     def node(state: S) -> dict[str, Any]:
         model.invoke("summarise:before")
         pipeline.send_email.invoke({"to": "once"})
-        flaky.append(1)
-        if len(flaky) < 3:
-            raise ConnectionError("flaky")
-        return {"out": ["ok"]}
+        assert lookup() == "found"
+        return {"out": [reserve()]}
 
     g = StateGraph(S)
     g.add_node("n", node, retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01,
@@ -243,10 +254,12 @@ def test_lg_retry_policy_replays_what_succeeded(saver: DurableCheckpointer,
     g.add_edge(START, "n")
     graph = g.compile(checkpointer=saver)
     out = graph.invoke({"messages": [], "out": []}, {"configurable": {"thread_id": "retry"}})
-    assert out["out"] == ["ok"] and len(flaky) == 3
-    assert calls.model == 1
-    assert [s.key for s in ledger.steps("retry")] == ["n.1/llm:CountingChat@1",
-                                                      "n.1/tool:send_email@1"]
+    assert out["out"] == ["reserved"] and len(flaky) == 3
+    assert calls.model == 1 and len(lookups) == 1  # what succeeded replays on a retry
+    assert [(s.key.split("<locals>.")[-1], s.status) for s in ledger.steps("retry")] == [
+        ("n.1/llm:CountingChat@1", "completed"), ("n.1/tool:send_email@1", "completed"),
+        ("lookup#1", "completed"), ("reserve#1", "failed"), ("reserve#1.r2", "failed"),
+        ("reserve#1.r3", "completed")]
 
 
 def test_lg_functional_api(ledger: Ledger) -> None:

@@ -187,6 +187,8 @@ def test_lg_killed_right_after_the_interrupt_was_recorded(redis_url: str, prefix
     try:
         (pending,) = ledger.pending_approvals(thread)
         assert pending.payload == {"question": "send this?", "draft": "draft about launch"}
+        # The crashed run is stalled, and its approval is listed with all the others.
+        assert [p.key for p in ledger.pending_approvals()] == [pending.key]
         ledger.decide(thread, approved=True, by="ops", payload={"to": "after-crash"})
         done = run_child(child, redis_url, prefix, thread, "sync", env={"LG_EFFECTS": str(path)})
         assert done.returncode == 0, done.stderr[-2000:]
