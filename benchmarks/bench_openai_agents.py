@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 DBOS_PYTHON = REPO / ".venv-oa-dbos" / "bin" / "python"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 TURNS = 20  # tool calls per run (each followed by one model call)
-RUNS = 12
+RUNS = 25
 
 
 # ---- the agent (shared by both sides) ----------------------------------------------------
@@ -62,12 +62,14 @@ def build_agent(tool_wrapper: Any = None) -> Any:
     class Scripted(Model):
         def __init__(self, turns: int) -> None:
             self.turns = turns
+            self.last_input: Any = None
 
         async def get_response(self, system_instructions: Any, input: Any, *a: Any,
                                **k: Any) -> ModelResponse:
             seen = 0 if isinstance(input, str) else sum(
                 1 for i in input if (i.get("type") if isinstance(i, dict) else
                                      getattr(i, "type", None)) == "function_call_output")
+            self.last_input = input
             if seen < self.turns:
                 out: list[Any] = [ResponseFunctionToolCall(
                     type="function_call", name="work", arguments=json.dumps({"i": seen}),
@@ -89,23 +91,48 @@ def build_agent(tool_wrapper: Any = None) -> Any:
     return make
 
 
-async def timed(fn: Any, runs: int = RUNS) -> float:
-    """Median seconds of ``await fn()`` over ``runs`` (after one warm-up)."""
-    await fn()
-    samples = []
+CPU: dict[str, float] = {}  # median extra CPU seconds of this process, by comparison
+
+
+async def paired(base: Any, other: Any, runs: int = RUNS, name: str = ""
+                 ) -> tuple[float, float, float]:
+    """Medians of ``base``, of ``other`` and of their difference, the two run alternately
+    so that the load of a shared machine falls on both alike."""
+    await base()
+    await other()
+    a, b, d, cpu = [], [], [], []
     for _ in range(runs):
+        c = time.process_time()
         t = time.perf_counter()
-        await fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+        await base()
+        t1 = time.perf_counter()
+        c1 = time.process_time()
+        await other()
+        t2 = time.perf_counter()
+        c2 = time.process_time()
+        a.append(t1 - t)
+        b.append(t2 - t1)
+        d.append((t2 - t1) - (t1 - t))
+        cpu.append((c2 - c1) - (c1 - c))
+    if name:
+        CPU[name] = statistics.median(cpu)
+    return statistics.median(a), statistics.median(b), statistics.median(d)
 
 
-async def plain_costs(make: Any) -> dict[str, float]:
+async def compare(make: Any, durable: Any) -> dict[str, float]:
+    """Plain ``Runner.run`` against ``durable(agent, max_turns)``, for a run of TURNS tool
+    calls and a run of one model call."""
     from agents import Runner
 
     many, one = make(TURNS), make(0)
-    return {"plain_many": await timed(lambda: Runner.run(many, "go", max_turns=TURNS + 5)),
-            "plain_one": await timed(lambda: Runner.run(one, "go"))}
+    out: dict[str, float] = {}
+    out["plain_many"], out["durable_many"], out["diff_many"] = await paired(
+        lambda: Runner.run(many, "go", max_turns=TURNS + 5), lambda: durable(many, TURNS + 5),
+        name="many")
+    out["plain_one"], out["durable_one"], out["diff_one"] = await paired(
+        lambda: Runner.run(one, "go"), lambda: durable(one, 5), name="one")
+    out["cpu_turn"] = (CPU["many"] - CPU["one"]) / TURNS
+    return out
 
 
 # ---- agentledger side --------------------------------------------------------------------
@@ -153,26 +180,52 @@ async def ledger_costs(url: str) -> dict[str, float]:
     prefix = f"albench-oa-{uuid.uuid4().hex[:6]}"
     ledger = Ledger.from_url(url, prefix=prefix)
     make = build_agent()
-    out = await plain_costs(make)
-    many, one = make(TURNS), make(0)
 
-    async def durable(agent: Any, kw: dict[str, Any]) -> Any:
-        return await DurableRunner.run(agent, "go", run_id=uuid.uuid4().hex, ledger=ledger, **kw)
+    async def durable(agent: Any, max_turns: int) -> Any:
+        return await DurableRunner.run(agent, "go", run_id=uuid.uuid4().hex, ledger=ledger,
+                                       max_turns=max_turns)
 
-    out["durable_many"] = await timed(lambda: durable(many, {"max_turns": TURNS + 5}))
-    out["durable_one"] = await timed(lambda: durable(one, {}))
+    out = await compare(make, durable)
+    many = make(TURNS)
     done_id = uuid.uuid4().hex
     await DurableRunner.run(many, "go", run_id=done_id, ledger=ledger, max_turns=TURNS + 5)
-    out["replay_many"] = await timed(lambda: DurableRunner.run(
-        many, "go", run_id=done_id, ledger=ledger, max_turns=TURNS + 5))
+    _, out["replay_many"], _ = await paired(
+        lambda: Runner.run(many, "go", max_turns=TURNS + 5),
+        lambda: DurableRunner.run(many, "go", run_id=done_id, ledger=ledger,
+                                  max_turns=TURNS + 5))
 
-    # One model call alone, through the real wrapper inside a run, against the bare model.
-    inner = one.model
+    # Redis commands per run, counted by the server (exact only on a server of our own).
+    import redis
+
+    counter = redis.Redis.from_url(url)
+
+    def commands() -> int:
+        stats = counter.info("commandstats")
+        return sum(int(v["calls"]) for v in stats.values())
+
+    async def count(agent: Any) -> int:
+        before = commands()
+        await durable(agent, TURNS + 5)
+        return commands() - before - 1  # the first INFO counts itself afterwards
+
+    out["cmds_many"] = float(await count(many))
+    out["cmds_one"] = float(await count(make(0)))
+    scripts_before = int(counter.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    await durable(many, TURNS + 5)
+    out["evalsha_many"] = float(int(counter.info("commandstats")["cmdstat_evalsha"]["calls"])
+                                - scripts_before)
+    counter.close()
+
+    # One model call alone, through the real wrapper inside a run, against the bare model,
+    # with the input of the last turn of a run (all its tool calls and results).
+    inner = many.model
     wrapped = DurableModel(inner, "bench")
     from agents import ModelSettings
     from agents.models.interface import ModelTracing
 
-    args = ("work", "go", ModelSettings(), [], None, [], ModelTracing.DISABLED)
+    last_input = list(inner.last_input)
+    out["model_input_items"] = len(last_input)
+    args = ("work", last_input, ModelSettings(), many.tools, None, [], ModelTracing.DISABLED)
     kw = {"previous_response_id": None, "conversation_id": None, "prompt": None}
     n = 400
 
@@ -182,11 +235,11 @@ async def ledger_costs(url: str) -> dict[str, float]:
             await model.get_response(*args, **kw)
         return (time.perf_counter() - t) / n
 
-    bare = statistics.median([await calls(inner) for _ in range(5)])
+    diffs = []
     async with ledger.arun(uuid.uuid4().hex):
-        rec = statistics.median([await calls(wrapped) for _ in range(5)])
-    out["model_extra"] = rec - bare
-    _ = Runner  # plain runs above used it
+        for _ in range(7):
+            diffs.append(await calls(wrapped) - await calls(inner))
+    out["model_extra"] = statistics.median(diffs)
     for run in ledger.list_runs(limit=10_000):
         ledger.delete_run(run.run_id)
     await ledger.aclose()
@@ -204,9 +257,7 @@ async def dbos_costs(backend: str) -> dict[str, float]:
     schema = f"albench_{uuid.uuid4().hex[:6]}"  # a schema of this run's own, dropped after
     DBOS(config={"name": "albench", "system_database_url": url, "dbos_system_schema": schema}
          if backend == "postgres" else {"name": "albench", "system_database_url": url})
-    make_plain = build_agent()
     make = build_agent(DBOS.step(name="work"))
-    out = await plain_costs(make_plain)
 
     @DBOS.workflow()
     async def run_agent(turns: int) -> str:
@@ -215,12 +266,12 @@ async def dbos_costs(backend: str) -> dict[str, float]:
 
     DBOS.launch()
 
-    async def one_workflow(turns: int, wid: str | None = None) -> Any:
-        with SetWorkflowID(wid or uuid.uuid4().hex):
-            return await run_agent(turns)
+    async def one_workflow(agent: Any, max_turns: int) -> Any:
+        with SetWorkflowID(uuid.uuid4().hex):
+            return await run_agent(agent.model.turns)
 
-    out["durable_many"] = await timed(lambda: one_workflow(TURNS))
-    out["durable_one"] = await timed(lambda: one_workflow(0))
+    # The plain side runs the same agent with the undecorated tool body.
+    out = await compare(build_agent(), one_workflow)
     DBOS.destroy()
     if backend == "postgres":
         import psycopg
@@ -245,24 +296,64 @@ def dbos_child(backend: str) -> dict[str, float] | str:
 def per_turn_extra(m: dict[str, float]) -> float:
     """Extra seconds per turn (one tool call + one model call) over plain Runner.run, with the
     fixed cost of a run (one model call and the run's own records) taken out."""
-    return ((m["durable_many"] - m["plain_many"]) - (m["durable_one"] - m["plain_one"])) / TURNS
+    return (m["diff_many"] - m["diff_one"]) / TURNS
+
+
+def private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
+    """A redis-server of the benchmark's own on a free port (no other client's commands in
+    its queue), else AGENTLEDGER_URL, else the local default."""
+    if os.environ.get("AGENTLEDGER_URL"):
+        return os.environ["AGENTLEDGER_URL"], None
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return "redis://127.0.0.1:6379/0", None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", tempfile.mkdtemp()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    client.close()
+    return f"redis://127.0.0.1:{port}/0", proc
 
 
 def main() -> int:
-    url = os.environ.get("AGENTLEDGER_URL", "redis://127.0.0.1:6379/0")
+    url, server = private_redis()
+    try:
+        return report(url, private=server is not None)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+
+
+def report(url: str, private: bool) -> int:
     sync_rt, async_rt = set_round_trip(url)
     ours = asyncio.run(ledger_costs(url))
     turn = per_turn_extra(ours)
     model = ours["model_extra"]
     tool = turn - model
-    fixed = ours["durable_one"] - ours["plain_one"]
+    fixed = ours["diff_one"] - model
     rows = [
         ("redis-py SET round trip, sync / asyncio (the unit)", f"{sync_rt * 1e6:.0f} µs / "
          f"{async_rt * 1e6:.0f} µs", "1.00 / "f"{async_rt / sync_rt:.2f}"),
         ("plain `Runner.run`, per turn (tool call + model call)",
          f"{(ours['plain_many'] - ours['plain_one']) / TURNS * 1e6:.0f} µs",
          f"{(ours['plain_many'] - ours['plain_one']) / TURNS / sync_rt:.1f}"),
-        ("extra per model call (1 record, no intent)", f"{model * 1e6:.0f} µs",
+        (f"extra per model call (1 record, no intent; {ours['model_input_items']:.0f} input items)",
+         f"{model * 1e6:.0f} µs",
          f"{model / sync_rt:.2f}"),
         ("extra per tool call (intent + outcome)", f"{tool * 1e6:.0f} µs", f"{tool / sync_rt:.2f}"),
         ("extra per call, average of the two", f"{turn / 2 * 1e6:.0f} µs",
@@ -270,6 +361,9 @@ def main() -> int:
         ("extra per run (lease, saved-state lookup, finish)", f"{fixed * 1e6:.0f} µs",
          f"{fixed / sync_rt:.1f}"),
     ]
+    per_turn_cmds = (ours["cmds_many"] - ours["cmds_one"]) / TURNS
+    rows.append(("CPU time added per turn (this process)", f"{ours['cpu_turn'] * 1e6:.0f} µs",
+                 f"{ours['cpu_turn'] / sync_rt:.2f}"))
     replay = ours["replay_many"] / ours["plain_many"]
     print("## OpenAI Agents SDK\n")
     print(f"`python benchmarks/bench_openai_agents.py` on {platform.machine()}, "
@@ -279,20 +373,28 @@ def main() -> int:
     print("|---|---|---|")
     for what, t, ratio in rows:
         print(f"| {what} | {t} | {ratio} |")
+    if private:
+        scripts_per_turn = (ours["evalsha_many"] - 3) / TURNS  # acquire, last model call, finish
+        print(f"\nCounted by the server: {scripts_per_turn:.2f} script calls (EVALSHA, one round "
+              f"trip each) per turn - a tool call's intent and outcome, a model call's outcome - "
+              f"so 1.5 round trips per call; {per_turn_cmds:.1f} commands per turn including "
+              f"those the scripts run inside Redis.")
     print(f"\nA completed run started again (all {2 * TURNS + 1} calls replayed from records) "
           f"takes {replay:.2f}× the time of the plain run.\n")
     print("Against dbos-openai-agents 0.3 (DBOS 3.4; model calls are DBOS steps, the tool body "
           "is marked `@DBOS.step`, so both record the same calls):\n")
-    print("| backend | DBOS extra per turn | agentledger extra per turn | DBOS / agentledger |")
-    print("|---|---|---|---|")
+    print("| backend | DBOS extra per turn | agentledger extra per turn | DBOS / agentledger "
+          "| CPU per turn, DBOS / agentledger |")
+    print("|---|---|---|---|---|")
     for backend in ("sqlite", "postgres"):
         theirs = dbos_child(backend)
         if isinstance(theirs, str):
-            print(f"| {backend} | {theirs} | {turn * 1e6:.0f} µs | - |")
+            print(f"| {backend} | {theirs} | {turn * 1e6:.0f} µs | - | - |")
             continue
         t2 = per_turn_extra(theirs)
         print(f"| DBOS on {'SQLite' if backend == 'sqlite' else 'PostgreSQL 15'} | "
-              f"{t2 * 1e6:.0f} µs | {turn * 1e6:.0f} µs | {t2 / turn:.1f}× |")
+              f"{t2 * 1e6:.0f} µs | {turn * 1e6:.0f} µs | {t2 / turn:.1f}× | "
+              f"{theirs['cpu_turn'] * 1e6:.0f} / {ours['cpu_turn'] * 1e6:.0f} µs |")
     return 0
 
 

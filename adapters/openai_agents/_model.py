@@ -8,6 +8,8 @@ run under other scopes or other names never race for a number.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
@@ -64,10 +66,16 @@ class DurableModel(Model):
     def _call(self, system_instructions: str | None, input: str | list[TResponseInputItem],
               tools: list[Tool], output_schema: AgentOutputSchemaBase | None,
               handoffs: list[Handoff], streamed: bool) -> StepCall:
-        inputs = {"instructions": system_instructions, "input": _normalised_input(input),
-                  "tools": sorted(t.name for t in tools),
-                  "handoffs": sorted(h.tool_name for h in handoffs),
-                  "output": _schema_name(output_schema)}
+        question = {"instructions": system_instructions, "input": _normalised_input(input),
+                    "tools": sorted(t.name for t in tools),
+                    "handoffs": sorted(h.tool_name for h in handoffs),
+                    "output": _schema_name(output_schema)}
+        # The conversation grows every turn: digest it here with the C JSON encoder, and hand
+        # the ledger only the digest to fingerprint, instead of walking every item in Python.
+        text = json.dumps(question, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          default=str)
+        count = len(question["input"]) if isinstance(question["input"], list) else 1
+        inputs = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "items": count}
         extra = model_scope.get()
         scope = None
         if extra is not None:
@@ -75,8 +83,7 @@ class DurableModel(Model):
             scope = f"{outer}/{extra}" if outer else extra
         name = f"{self.agent_name}:stream" if streamed else self.agent_name
         return StepCall(kind=StepKind.LLM, name=name, inputs=inputs, scope=scope, intent=False,
-                        preview=f"{self.agent_name}: {len(inputs['input'])} input item(s)"
-                        if isinstance(inputs["input"], list) else None)
+                        preview=f"{self.agent_name}: {count} input item(s), {inputs['sha256'][:12]}")
 
     async def get_response(
         self,
