@@ -331,3 +331,34 @@ async def test_a_streamed_run_stops_for_approval_and_resumes(ledger: Ledger, eff
     done = await DurableRunner.resume("sap", ledger=ledger)  # the agent is known here
     assert done.final_output == "done: reserved chair; refunded 70 for order 5"
     assert [x.split()[0] for x in lines(effects)] == ["reserve", "refund"]
+
+
+async def test_a_replay_that_asks_something_else_is_refused(ledger: Ledger, effects: Path) -> None:
+    from agentledger import NonDeterminismError
+
+    await DurableRunner.run(agent_for("seq"), "go", run_id="nd", ledger=ledger)
+    changed = agent_for("seq").clone(instructions="sell something else")
+    with pytest.raises(NonDeterminismError, match="llm:shop#1"):
+        await DurableRunner.run(changed, "go", run_id="nd", ledger=ledger)
+    assert len(lines(effects)) == 2  # nothing ran again
+
+
+async def test_a_raising_tool_without_error_text_raises_the_recorded_error(
+        ledger: Ledger, effects: Path) -> None:
+    calls = []
+
+    @function_tool(failure_error_function=None)
+    def explode(order: int) -> str:
+        """Always fails."""
+        calls.append(order)
+        raise ValueError(f"no stock for {order}")
+
+    def script(items: list[dict[str, Any]]) -> list[Any]:
+        return [call("explode", order=8)] if not outputs(items) else [say("unreachable")]
+
+    for _ in range(2):
+        agent = Agent(name="x", tools=[explode], model=ScriptedModel("x", script))
+        with pytest.raises(UserError, match="no stock for 8") as caught:
+            await DurableRunner.run(agent, "go", run_id="boom", ledger=ledger)
+        assert isinstance(caught.value.__cause__, ValueError)
+    assert calls == [8]  # the second run raised the recorded error without running the tool
