@@ -23,6 +23,8 @@ from agents import (
     MaxTurnsExceeded,
     ModelProvider,
     RunConfig,
+    RunContextWrapper,
+    RunHooks,
     Runner,
     UserError,
     function_tool,
@@ -362,3 +364,39 @@ async def test_a_raising_tool_without_error_text_raises_the_recorded_error(
             await DurableRunner.run(agent, "go", run_id="boom", ledger=ledger)
         assert isinstance(caught.value.__cause__, ValueError)
     assert calls == [8]  # the second run raised the recorded error without running the tool
+
+
+async def test_hooks_and_context_behave_as_with_runner(ledger: Ledger, effects: Path) -> None:
+    class Counting(RunHooks[Any]):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        async def on_llm_start(self, context: Any, agent: Any, *args: Any) -> None:
+            self.seen.append("llm_start")
+
+        async def on_tool_start(self, context: Any, agent: Any, tool: Any) -> None:
+            self.seen.append(f"tool_start:{tool.name}")
+
+        async def on_tool_end(self, context: Any, agent: Any, tool: Any, result: str) -> None:
+            self.seen.append(f"tool_end:{result}")
+
+    @function_tool
+    def whoami(ctx: RunContextWrapper[dict[str, str]]) -> str:
+        """Who is asking."""
+        return ctx.context["user"]
+
+    def script(items: list[dict[str, Any]]) -> list[Any]:
+        return [call("whoami")] if not outputs(items) else [say("hello " + outputs(items)[0])]
+
+    def run_args() -> tuple[Agent[Any], Counting]:
+        return Agent(name="w", tools=[whoami], model=ScriptedModel("w", script)), Counting()
+
+    agent, plain_hooks = run_args()
+    plain = await Runner.run(agent, "go", context={"user": "ann"}, hooks=plain_hooks)
+    for _ in range(2):  # live, then replayed
+        agent, hooks = run_args()
+        result = await DurableRunner.run(agent, "go", run_id="hooks", ledger=ledger,
+                                         context={"user": "ann"}, hooks=hooks)
+        assert result.final_output == plain.final_output == "hello ann"
+        assert hooks.seen == plain_hooks.seen
+        assert result.context_wrapper.context == {"user": "ann"}
