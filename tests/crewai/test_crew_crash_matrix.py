@@ -93,7 +93,7 @@ def test_crew_killed_at_every_boundary_resumes_without_repeating(
 
     crashed_per_point: Counter[str] = Counter()
     for case in cases[1:]:
-        where = f"{variant} {case['run_id']}"
+        where = f"{variant} {case['run_id']}: {json.dumps(case)[:1500]}"
         assert "error" not in case, where + ": " + case.get("error", "")
         assert case["status"] == "completed", where
         # The same answers as a run that never crashed.
