@@ -23,6 +23,7 @@ from ._errors import (
     UnknownSchemaVersionError,
     UnsupportedTypeError,
 )
+from ._keys import check_run_id
 from ._ledger import Ledger, PendingApproval
 from ._records import (
     Decision,
@@ -68,6 +69,7 @@ __all__ = [
     "__version__",
     "aapproval",
     "approval",
+    "check_run_id",
     "current_idempotency_key",
     "current_run",
     "current_scope",

@@ -10,6 +10,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from redis.exceptions import NoScriptError
+
 from ._errors import LedgerError
 
 if TYPE_CHECKING:
@@ -67,8 +69,13 @@ class LeaseRenewer:
         lease = ledger.lease_ms
         if ledger.cluster:
             return [ledger.script("renew", [s.keys.run], [str(s.fence), lease]) for s in sessions]
+        script = ledger._scripts["renew"]
         pipe = ledger.redis.pipeline(transaction=False)
         for s in sessions:
-            ledger._scripts["renew"](keys=[s.keys.run], args=[str(s.fence), lease], client=pipe)
-        with ledger._calls():
-            return list(pipe.execute())
+            pipe.evalsha(script.sha, 1, s.keys.run, str(s.fence), lease)
+        with ledger.redis_errors():
+            try:
+                return list(pipe.execute())
+            except NoScriptError:
+                ledger.redis.script_load(script.script)
+                return list(pipe.execute())

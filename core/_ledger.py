@@ -237,7 +237,7 @@ class Ledger(RedisStore):
     # ---- reading --------------------------------------------------------------------------
     def get_run(self, run_id: str) -> RunRecord | None:
         k = self.keys(run_id)
-        with self._calls():
+        with self.redis_errors():
             pipe = self.redis.pipeline(transaction=False)
             pipe.hgetall(k.run)
             pipe.pttl(k.run)
@@ -246,7 +246,7 @@ class Ledger(RedisStore):
 
     async def aget_run(self, run_id: str) -> RunRecord | None:
         k = self.keys(run_id)
-        with self._calls():
+        with self.redis_errors():
             pipe = self._async()[0].pipeline(transaction=False)
             pipe.hgetall(k.run)
             pipe.pttl(k.run)
@@ -262,7 +262,7 @@ class Ledger(RedisStore):
     def list_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
         """Runs, newest update first; ``status`` may be a :class:`RunStatus` or 'stalled'
         (running, but its lease expired: its process died)."""
-        with self._calls():
+        with self.redis_errors():
             ids = [_s(x) for x in cast(list[bytes], self.redis.zrevrange(runs_index(self.prefix), 0, -1))]
             pipe = self.redis.pipeline(transaction=False)
             for rid in ids:
@@ -274,7 +274,7 @@ class Ledger(RedisStore):
 
     async def alist_runs(self, status: str | None = None, limit: int = 100) -> list[RunRecord]:
         client = self._async()[0]
-        with self._calls():
+        with self.redis_errors():
             ids = [_s(x) for x in await client.zrevrange(runs_index(self.prefix), 0, -1)]
             pipe = client.pipeline(transaction=False)
             for rid in ids:
@@ -335,13 +335,13 @@ class Ledger(RedisStore):
         """The run's step records in the order they started (one round trip). With
         ``scope``, only the steps in that scope and below."""
         k = self.keys(run_id)
-        with self._calls():
+        with self.redis_errors():
             h = cast(dict[bytes, bytes], self.redis.hgetall(k.steps))
         return self._step_records(k, h, scope)
 
     async def asteps(self, run_id: str, scope: str | None = None) -> list[StepRecord]:
         k = self.keys(run_id)
-        with self._calls():
+        with self.redis_errors():
             h = await cast(Awaitable[dict[bytes, bytes]], self._async()[0].hgetall(k.steps))
         return self._step_records(k, h, scope)
 
@@ -455,31 +455,31 @@ class Ledger(RedisStore):
     # ---- housekeeping ---------------------------------------------------------------------
     def track_key(self, run_id: str, key: str) -> None:
         """Expire and delete ``key`` (an adapter's own, in the run's slot) with the run."""
-        with self._calls():
+        with self.redis_errors():
             self.redis.sadd(self.keys(run_id).keyset, key)
 
     async def atrack_key(self, run_id: str, key: str) -> None:
-        with self._calls():
+        with self.redis_errors():
             await cast(Awaitable[int], self._async()[0].sadd(self.keys(run_id).keyset, key))
 
     def delete_run(self, run_id: str) -> int:
         """Delete everything the run wrote; return the number of keys removed."""
         k = self.keys(run_id)
         n = int(self.script("delete", [k.run, k.steps, k.keyset], []))
-        with self._calls():
+        with self.redis_errors():
             self.redis.zrem(runs_index(self.prefix), run_id)
         return n
 
     async def adelete_run(self, run_id: str) -> int:
         k = self.keys(run_id)
         n = int(await self.ascript("delete", [k.run, k.steps, k.keyset], []))
-        with self._calls():
+        with self.redis_errors():
             await self._async()[0].zrem(runs_index(self.prefix), run_id)
         return n
 
     def gc(self) -> int:
         """Drop index entries of runs whose keys expired; return how many."""
-        with self._calls():
+        with self.redis_errors():
             ids = [_s(x) for x in cast(list[bytes], self.redis.zrange(runs_index(self.prefix), 0, -1))]
             pipe = self.redis.pipeline(transaction=False)
             for rid in ids:
@@ -491,7 +491,7 @@ class Ledger(RedisStore):
 
     async def agc(self) -> int:
         client = self._async()[0]
-        with self._calls():
+        with self.redis_errors():
             ids = [_s(x) for x in await client.zrange(runs_index(self.prefix), 0, -1)]
             pipe = client.pipeline(transaction=False)
             for rid in ids:

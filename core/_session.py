@@ -394,11 +394,20 @@ class RunSession:
         """Mark ``start`` as the step being executed in this context while an adapter drives
         its body itself: ``current_idempotency_key()`` answers, and steps called inside are
         part of its body."""
-        token = _context._step.set(start)
+        token = self.enter_step(start)
         try:
             yield start
         finally:
-            _context._step.reset(token)
+            self.exit_step(token)
+
+    @staticmethod
+    def enter_step(start: StepStart) -> Token[StepStart | None]:
+        """:meth:`executing` for frameworks whose hooks split a call in two (before/after)."""
+        return _context._step.set(start)
+
+    @staticmethod
+    def exit_step(token: Token[StepStart | None]) -> None:
+        _context._step.reset(token)
 
     # ---- whole calls ----------------------------------------------------------------------
     def call(self, call: StepCall, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

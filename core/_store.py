@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from . import _scripts as lua
@@ -148,20 +149,29 @@ class RedisStore:
         """Run ``before`` (commands on the run's keys), a script, and bump the run in the
         runs index: one pipelined round trip, or sequential calls on a Redis Cluster."""
         stamp = {run_id: int(time.time() * 1000)}
-        with self._calls():
+        with self.redis_errors():
             if self.cluster:
                 for cmd in before:
                     self.redis.execute_command(*cmd)  # type: ignore[no-untyped-call]
                 reply = self.script(name, keys, args)
                 self.redis.zadd(runs_index(self.prefix), stamp)
                 return reply
-            pipe = self.redis.pipeline(transaction=False)
-            for cmd in before:
-                pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
-            self._scripts[name](keys=keys, args=args, client=pipe)
-            pipe.zadd(runs_index(self.prefix), stamp)
-            try:
+            def attempt() -> Any:
+                pipe = self.redis.pipeline(transaction=False)
+                for cmd in before:
+                    pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
+                # EVALSHA itself: a Script object in a pipeline first asks SCRIPT EXISTS, one
+                # more round trip.
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+                pipe.zadd(runs_index(self.prefix), stamp)
                 return pipe.execute()[-2]
+
+            try:
+                try:
+                    return attempt()
+                except NoScriptError:  # a restarted Redis forgot it
+                    self.redis.script_load(self._scripts[name].script)
+                    return attempt()
             except redis.ResponseError as e:
                 raise LedgerError(f"Redis refused the {name} script: {e}") from e
 
@@ -169,25 +179,34 @@ class RedisStore:
                                 before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
         stamp = {run_id: int(time.time() * 1000)}
         client, scripts = self._async()
-        with self._calls():
+        with self.redis_errors():
             if self.cluster:
                 for cmd in before:
                     await client.execute_command(*cmd)  # type: ignore[no-untyped-call]
                 reply = await self.ascript(name, keys, args)
                 await client.zadd(runs_index(self.prefix), stamp)
                 return reply
-            pipe = client.pipeline(transaction=False)
-            for cmd in before:
-                pipe.execute_command(*cmd)
-            await scripts[name](keys=keys, args=args, client=pipe)
-            pipe.zadd(runs_index(self.prefix), stamp)
-            try:
+            async def attempt() -> Any:
+                pipe = client.pipeline(transaction=False)
+                for cmd in before:
+                    pipe.execute_command(*cmd)
+                pipe.evalsha(scripts[name].sha, len(keys), *keys, *args)
+                pipe.zadd(runs_index(self.prefix), stamp)
                 return (await pipe.execute())[-2]
+
+            try:
+                try:
+                    return await attempt()
+                except NoScriptError:
+                    await client.script_load(scripts[name].script)
+                    return await attempt()
             except redis.ResponseError as e:
                 raise LedgerError(f"Redis refused the {name} script: {e}") from e
 
     @contextmanager
-    def _calls(self) -> Iterator[None]:
+    def redis_errors(self) -> Iterator[None]:
+        """Map redis-py's connection errors to :class:`LedgerUnavailableError` (fail closed),
+        for adapters that read or write keys of their own."""
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -201,3 +220,5 @@ class RedisStore:
         entry = self._aclients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[0].aclose()
+
+    _calls = redis_errors  # the former private name, still used by adapters in flight
