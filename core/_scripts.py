@@ -10,7 +10,7 @@ through cjson's float formatting.
 from __future__ import annotations
 
 __all__ = ["ACQUIRE_RUN", "CLAIM_STEP", "COMPLETE_STEP", "DECIDE_STEP", "DELETE_RUN",
-           "FINISH_RUN", "RENEW_LEASE"]
+           "FINISH_RUN", "PUT_BLOB", "RENEW_LEASE"]
 
 _NOW = """
 local __t = redis.call('TIME')
@@ -234,4 +234,18 @@ DELETE_RUN = """
 local n = 0
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do n = n + redis.call('DEL', k) end
 return n + redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+"""
+
+# KEYS[1] run hash, KEYS[2] key set, KEYS[3] the blob's key; ARGV[1] fence, ARGV[2] value
+# ('' deletes it) -> 1 | 0 fenced out
+PUT_BLOB = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[3])
+  redis.call('SREM', KEYS[2], KEYS[3])
+else
+  redis.call('SET', KEYS[3], ARGV[2])
+  redis.call('SADD', KEYS[2], KEYS[3])
+end
+return 1
 """

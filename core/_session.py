@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import Token
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _context
 from ._codec import fingerprint_and_text
@@ -210,6 +210,32 @@ class RunSession:
         """The step's metadata as loaded or written by this session, if any."""
         raw = self._meta.get(step_key)
         return None if raw is None else parse_step_meta(f"{self.keys.steps} m:{step_key}", raw)
+
+    # ---- adapters' own state -----------------------------------------------------------------
+    def _blob_args(self, name: str, value: str | bytes | None) -> tuple[list[str], list[Any]]:
+        key = self.keys.extra(name)
+        return [self.keys.run, self.keys.keyset, key], [self._fence_arg, value or ""]
+
+    def _after_put(self, name: str, ok: Any) -> None:
+        if not ok:
+            self.fenced = True
+            raise FencedOutError(f"run {self.run_id!r} was taken over; {name!r} not written")
+
+    def put_blob(self, name: str, value: str | bytes | None) -> None:
+        """Store an adapter's own state under the run (a framework's saved run state, say),
+        under this lease's fencing token, expired and deleted with the run. None deletes it."""
+        self._after_put(name, self.ledger.script("put_blob", *self._blob_args(name, value)))
+
+    async def aput_blob(self, name: str, value: str | bytes | None) -> None:
+        self._after_put(name, await self.ledger.ascript("put_blob", *self._blob_args(name, value)))
+
+    def get_blob(self, name: str) -> bytes | None:
+        with self.ledger.redis_errors():
+            return cast(bytes | None, self.ledger.redis.get(self.keys.extra(name)))
+
+    async def aget_blob(self, name: str) -> bytes | None:
+        with self.ledger.redis_errors():
+            return cast(bytes | None, await self.ledger.async_client().get(self.keys.extra(name)))
 
     # ---- the step protocol ----------------------------------------------------------------
     def _plan(self, call: StepCall) -> tuple[StepStart, list[Any] | None]:

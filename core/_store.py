@@ -32,6 +32,7 @@ _SCRIPTS = {
     "complete": lua.COMPLETE_STEP,
     "decide": lua.DECIDE_STEP,
     "delete": lua.DELETE_RUN,
+    "put_blob": lua.PUT_BLOB,
 }
 
 

@@ -161,3 +161,28 @@ def test_a_held_lease_is_renewed_past_its_length(redis_url: str, prefix: str) ->
     time.sleep(0.3)
     assert ledger._renewer._thread is None  # the renewer stops when no run is held
     ledger.close()
+
+
+def test_adapter_blobs_are_fenced_and_go_with_the_run(ledger: Ledger, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    old = ledger.open_run("r")
+    old.put_blob("state", b'{"turn": 1}')
+    assert old.get_blob("state") == b'{"turn": 1}'
+    new = ledger.open_run("r", on_busy="takeover")
+    with pytest.raises(FencedOutError):
+        old.put_blob("state", b'{"turn": 99}')
+    assert new.get_blob("state") == b'{"turn": 1}'
+    new.put_blob("state", "two")
+    new.finish(RunStatus.COMPLETED)
+    assert client.pttl(ledger.keys("r").extra("state")) > 0  # expires with the run
+    assert ledger.delete_run("r") == 3  # run, key set, the blob (no steps were recorded)
+    assert client.exists(ledger.keys("r").extra("state")) == 0
+
+
+async def test_adapter_blobs_async(ledger: Ledger) -> None:
+    async with ledger.arun("a") as s:
+        await s.aput_blob("state", "x")
+        assert await s.aget_blob("state") == b"x"
+        await s.aput_blob("state", None)
+        assert await s.aget_blob("state") is None
+    await ledger.aclose()
