@@ -66,7 +66,8 @@ class DurableModel(Model):
     def _call(self, system_instructions: str | None, input: str | list[TResponseInputItem],
               tools: list[Tool], output_schema: AgentOutputSchemaBase | None,
               handoffs: list[Handoff], streamed: bool) -> StepCall:
-        question = {"instructions": system_instructions, "input": _normalised_input(input),
+        items = _normalised_input(input)
+        question = {"instructions": system_instructions, "input": items,
                     "tools": sorted(t.name for t in tools),
                     "handoffs": sorted(h.tool_name for h in handoffs),
                     "output": _schema_name(output_schema)}
@@ -74,8 +75,9 @@ class DurableModel(Model):
         # the ledger only the digest to fingerprint, instead of walking every item in Python.
         text = json.dumps(question, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           default=str)
-        count = len(question["input"]) if isinstance(question["input"], list) else 1
-        inputs = {"sha256": hashlib.sha256(text.encode()).hexdigest(), "items": count}
+        count = len(items) if isinstance(items, list) else 1
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        inputs = {"sha256": digest, "items": count}
         extra = model_scope.get()
         scope = None
         if extra is not None:
@@ -83,7 +85,7 @@ class DurableModel(Model):
             scope = f"{outer}/{extra}" if outer else extra
         name = f"{self.agent_name}:stream" if streamed else self.agent_name
         return StepCall(kind=StepKind.LLM, name=name, inputs=inputs, scope=scope, intent=False,
-                        preview=f"{self.agent_name}: {count} input item(s), {inputs['sha256'][:12]}")
+                        preview=f"{self.agent_name}: {count} input item(s), {digest[:12]}")
 
     async def get_response(
         self,

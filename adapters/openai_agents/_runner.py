@@ -120,7 +120,7 @@ async def _rewind_session(ledger: Ledger, run_id: str, memory: Any, round_no: in
     key = ledger.keys(run_id).extra(SESSION_KEY)
     items = await memory.get_items()
     pipe = ledger.async_client().pipeline(transaction=False)
-    pipe.hsetnx(key, str(round_no), len(items))
+    pipe.hsetnx(key, str(round_no), str(len(items)))
     pipe.hget(key, str(round_no))
     pipe.sadd(ledger.keys(run_id).keyset, key)
     with ledger._calls():
