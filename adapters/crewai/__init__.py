@@ -9,6 +9,7 @@ from agentledger._optional import require
 
 require("crewai", "crewai")
 
+from ._flow import LedgerFlowPersistence  # noqa: E402
 from ._handler import DurableCrewHandler  # noqa: E402
 
-__all__ = ["DurableCrewHandler"]
+__all__ = ["DurableCrewHandler", "LedgerFlowPersistence"]

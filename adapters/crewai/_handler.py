@@ -29,6 +29,7 @@ from agentledger import (
     RunStatus,
     StepCall,
     StepKind,
+    check_run_id,
 )
 from crewai.core.providers.human_input import reset_provider, set_provider
 from crewai.crew import Crew
@@ -69,8 +70,6 @@ class DurableCrewHandler:
                  approve_tools: Iterable[str] = (),
                  in_doubt: Mapping[str, InDoubtPolicy | str] | None = None,
                  on_busy: str = "wait") -> None:
-        from agentledger._keys import check_run_id
-
         self.run_id = check_run_id(run_id)
         self._ledger = ledger
         self.approve_tools = frozenset(approve_tools)

@@ -29,7 +29,6 @@ from agentledger import (
     StepKind,
     StepStart,
 )
-from agentledger import _context as ledger_context
 from crewai.hooks.dispatch import HookAborted
 from crewai.hooks.tool_hooks import ToolCallHookContext
 
@@ -115,7 +114,7 @@ class ToolSteps:
         scope_cm = agentledger.scope(f"{name}@{call_id}")
         scope_cm.__enter__()
         pending.tokens.append(scope_cm)
-        pending.tokens.append(ledger_context._step.set(start))
+        pending.tokens.append(session.enter_step(start))
         return None
 
     def after(self, ctx: ToolCallHookContext) -> str | None:
@@ -128,7 +127,7 @@ class ToolSteps:
             result = pending.result
             return result if isinstance(result, str) else str(result)
         step_token: Token[Any] = pending.tokens.pop()
-        ledger_context._step.reset(step_token)
+        RunSession.exit_step(step_token)
         pending.tokens.pop().__exit__(None, None, None)
         session = pending.session
         assert session is not None
