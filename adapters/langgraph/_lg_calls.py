@@ -34,7 +34,7 @@ from langchain_core.runnables.config import get_config_list
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
-from agentledger import Codec, RunSession, StepCall, StepKind, StepStart, _context
+from agentledger import Codec, RunSession, StepCall, StepKind, StepStart
 
 from ._lg_scope import TaskScope, active, node_attempt
 
@@ -133,15 +133,13 @@ def _tool_step(tool: BaseTool, task: TaskScope, session: RunSession, tool_input:
 # ---- the protocol around one call ---------------------------------------------------------
 def run_live(session: RunSession, start: StepStart, fn: Callable[[], Any],
               record_errors: bool) -> Any:
-    token = _context._step.set(start)
     try:
-        value = fn()
+        with session.executing(start):
+            value = fn()
     except Exception as e:
         if record_errors:
             session.record(start, error=e)
         raise
-    finally:
-        _context._step.reset(token)
     session.record(start, value)
     return value
 
@@ -149,15 +147,13 @@ def run_live(session: RunSession, start: StepStart, fn: Callable[[], Any],
 
 async def arun_live(session: RunSession, start: StepStart, fn: Callable[[], Awaitable[Any]],
                      record_errors: bool) -> Any:
-    token = _context._step.set(start)
     try:
-        value = await fn()
+        with session.executing(start):
+            value = await fn()
     except Exception as e:
         if record_errors:
             await session.arecord(start, error=e)
         raise
-    finally:
-        _context._step.reset(token)
     await session.arecord(start, value)
     return value
 
@@ -234,13 +230,11 @@ def model_stream(original: Callable[..., Any]) -> Callable[..., Any]:
         while True:
             # The step is current only while the model produces a chunk: between chunks
             # the consumer runs, and its own calls are not part of this one.
-            token = _context._step.set(start)
             try:
-                chunk = next(it)
+                with session.executing(start):
+                    chunk = next(it)
             except StopIteration:
                 break
-            finally:
-                _context._step.reset(token)
             chunks.append(chunk)
             yield chunk
         session.record(start, _joined(chunks))
@@ -264,13 +258,11 @@ def model_astream(original: Callable[..., Any]) -> Callable[..., Any]:
         chunks: list[Any] = []
         it = original(self, input, config, stop=stop, **kwargs).__aiter__()
         while True:
-            token = _context._step.set(start)
             try:
-                chunk = await it.__anext__()
+                with session.executing(start):
+                    chunk = await it.__anext__()
             except StopAsyncIteration:
                 break
-            finally:
-                _context._step.reset(token)
             chunks.append(chunk)
             yield chunk
         await session.arecord(start, _joined(chunks))
