@@ -81,36 +81,17 @@ def _parse_state(key: str, raw: bytes | str | None) -> dict[str, Any] | None:
     return data
 
 
-def _save_state(ledger: Ledger, run_id: str, blob: str) -> None:
-    key = ledger.keys(run_id).extra(STATE_KEY)
-    pipe = ledger.redis.pipeline(transaction=False)
-    pipe.set(key, blob)
-    pipe.sadd(ledger.keys(run_id).keyset, key)
-    with ledger._calls():
-        pipe.execute()
+def _load_state(session: RunSession) -> dict[str, Any] | None:
+    return _parse_state(session.keys.extra(STATE_KEY), session.get_blob(STATE_KEY))
 
 
-def _load_state(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
-    key = ledger.keys(run_id).extra(STATE_KEY)
-    with ledger._calls():
-        raw = ledger.redis.get(key)
-    return _parse_state(key, raw)  # type: ignore[arg-type]
+async def _aload_state(session: RunSession) -> dict[str, Any] | None:
+    return _parse_state(session.keys.extra(STATE_KEY), await session.aget_blob(STATE_KEY))
 
 
-async def _asave_state(ledger: Ledger, run_id: str, blob: str) -> None:
-    key = ledger.keys(run_id).extra(STATE_KEY)
-    pipe = ledger.async_client().pipeline(transaction=False)
-    pipe.set(key, blob)
-    pipe.sadd(ledger.keys(run_id).keyset, key)
-    with ledger._calls():
-        await pipe.execute()
-
-
-async def _aload_state(ledger: Ledger, run_id: str) -> dict[str, Any] | None:
-    key = ledger.keys(run_id).extra(STATE_KEY)
-    with ledger._calls():
-        raw = await ledger.async_client().get(key)
-    return _parse_state(key, raw)
+async def _has_state(ledger: Ledger, run_id: str) -> bool:
+    with ledger.redis_errors():
+        return bool(await ledger.async_client().exists(ledger.keys(run_id).extra(STATE_KEY)))
 
 
 async def _rewind_session(ledger: Ledger, run_id: str, memory: Any, round_no: int) -> None:
@@ -123,7 +104,7 @@ async def _rewind_session(ledger: Ledger, run_id: str, memory: Any, round_no: in
     pipe.hsetnx(key, str(round_no), str(len(items)))
     pipe.hget(key, str(round_no))
     pipe.sadd(ledger.keys(run_id).keyset, key)
-    with ledger._calls():
+    with ledger.redis_errors():
         reply = await pipe.execute()
     try:
         start_len = int(reply[1])
@@ -197,7 +178,7 @@ class DurableRunner:
         session = await led.aopen_run(run_id, kind=KIND)
         token = session.activate()
         try:
-            saved = await _aload_state(led, run_id)
+            saved = await _aload_state(session)
             round_no = 0 if saved is None else int(saved.get("round", 1))
             if kwargs.get("session") is not None:
                 await _rewind_session(led, run_id, kwargs["session"], round_no)
@@ -213,8 +194,8 @@ class DurableRunner:
                 finally:
                     model_scope.reset(scope_token)
             if result.interruptions:
-                blob = _state_blob(result, round_no + 1)
-                await _asave_state(led, run_id, blob)
+                # Written under the lease's fencing token, expired and deleted with the run.
+                await session.aput_blob(STATE_KEY, _state_blob(result, round_no + 1))
                 await _ask(session, list(result.interruptions))
         except ApprovalPending:
             await session.afinish(RunStatus.WAITING)
@@ -242,7 +223,7 @@ class DurableRunner:
         if agent is None:
             raise LedgerError(f"resume({run_id!r}) needs the run's starting agent in a new "
                               "process: DurableRunner.resume(run_id, agent)")
-        if await _aload_state(led, run_id) is None:
+        if not await _has_state(led, run_id):
             raise LedgerError(f"run {run_id!r} has no saved state to resume: it never waited "
                               "for an approval (start it with DurableRunner.run)")
         return await cls.run(agent, None, run_id=run_id, ledger=led, **kwargs)
@@ -284,7 +265,7 @@ class DurableRunner:
         session = led.open_run(run_id, kind=KIND)
         token = session.activate()
         try:
-            if _load_state(led, run_id) is not None:
+            if _load_state(session) is not None:
                 raise LedgerError(f"run {run_id!r} waited for an approval; continue it with "
                                   "DurableRunner.resume(run_id)")
             # The run loop task copies this context, so its calls record into the session.
@@ -316,7 +297,7 @@ def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str, agent: Ag
             session.finish(RunStatus.FAILED, error=error)
         elif streamed.interruptions:
             _agents[(ledger.prefix, run_id)] = agent  # see resume()
-            _save_state(ledger, run_id, _state_blob(streamed, 1))
+            session.put_blob(STATE_KEY, _state_blob(streamed, 1))
             _ask_sync(session, list(streamed.interruptions))
             session.finish(RunStatus.WAITING)
         else:
