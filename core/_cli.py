@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from ._errors import LedgerError
 from ._ledger import Ledger
-from ._records import RunRecord, StepRecord
+from ._records import RunRecord
 
 __all__ = ["main"]
 
@@ -25,21 +25,6 @@ def _short(text: str | None, width: int = 48) -> str:
         return ""
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _outcome_text(step: StepRecord) -> str:
-    if not step.outcome:
-        return ""
-    try:
-        data = json.loads(step.outcome)
-    except ValueError:
-        return "<unreadable>"
-    if not isinstance(data, dict):
-        return "<unreadable>"
-    if data.get("ok"):
-        return json.dumps(data.get("value"), ensure_ascii=False)
-    err = data.get("error") or {}
-    return f"ERROR {err.get('type', '?')}: {err.get('message', '')}"
 
 
 def _table(rows: list[list[str]], head: list[str], out: TextIO) -> None:
@@ -91,7 +76,7 @@ def _cmd_show(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
         if s.replays:
             how += f", replayed x{s.replays}"
         rows.append([str(s.seq), str(s.kind), _short(s.name, 28), str(s.status), str(s.attempts),
-                     dur, how, _short(s.preview, 36), _short(_outcome_text(s), 44)])
+                     dur, how, _short(s.preview, 36), _short(s.outcome_text(), 44)])
     _table(rows, ["#", "KIND", "NAME", "STATUS", "ATT", "DURATION", "HOW", "INPUTS", "RESULT"], out)
     return 0
 

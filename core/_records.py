@@ -91,6 +91,21 @@ class StepRecord(StepMeta):
     def duration_ms(self) -> int | None:
         return self.ended - self.started if self.ended else None
 
+    def outcome_text(self) -> str:
+        """The outcome for people: the value as JSON, or ``ERROR type: message``."""
+        if not self.outcome:
+            return ""
+        try:
+            data = json.loads(self.outcome)
+        except ValueError:
+            return "<unreadable>"
+        if not isinstance(data, dict):
+            return "<unreadable>"
+        if data.get("ok"):
+            return json.dumps(data.get("value"), ensure_ascii=False)
+        err = data.get("error") or {}
+        return f"ERROR {err.get('type', '?')}: {err.get('message', '')}"
+
 
 class Decision(BaseModel):
     """A person's decision on an approval step."""

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ._errors import LedgerError
 from ._ledger import Ledger
-from ._records import RunRecord, StepRecord
+from ._records import RunRecord
 
 __all__ = ["make_server"]
 
@@ -49,19 +49,6 @@ def _page(title: str, body: str) -> bytes:
             f"<style>{_STYLE}</style></head><body><nav><a href='/'>runs</a>"
             f"<a href='/approvals'>approvals</a></nav><h1>{html.escape(title)}</h1>{body}"
             "</body></html>").encode()
-
-
-def _outcome(step: StepRecord) -> str:
-    if not step.outcome:
-        return ""
-    try:
-        data = json.loads(step.outcome)
-    except ValueError:
-        return "<unreadable>"
-    if isinstance(data, dict) and data.get("ok"):
-        return json.dumps(data.get("value"), ensure_ascii=False)
-    err = data.get("error", {}) if isinstance(data, dict) else {}
-    return f"ERROR {err.get('type', '?')}: {err.get('message', '')}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             rows.append(f"<tr><td>{s.seq}</td><td>{_esc(s.kind)}</td><td><code>{_esc(s.key, 80)}</code></td>"
                         f"<td class='{s.status}'>{s.status}</td><td>{s.attempts}</td><td>{dur}</td>"
                         f"<td>{how}</td><td><code>{_esc(s.preview)}</code></td>"
-                        f"<td><code>{_esc(_outcome(s))}</code></td></tr>")
+                        f"<td><code>{_esc(s.outcome_text())}</code></td></tr>")
         head = (f"<p>status <b class='{_status(self.ledger, run)}'>{_status(self.ledger, run)}</b> · kind {_esc(run.kind or '-')}"
                 f" · steps {run.steps_done}/{run.steps_total} · created {_when(run.created)} · "
                 f"updated {_when(run.updated)}</p>")
