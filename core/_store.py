@@ -221,5 +221,3 @@ class RedisStore:
         entry = self._aclients.pop(asyncio.get_running_loop(), None)
         if entry is not None:
             await entry[0].aclose()
-
-    _calls = redis_errors  # the former private name, still used by adapters in flight
