@@ -30,6 +30,7 @@ from langchain_core.messages import (
     message_chunk_to_message,
 )
 from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.prompt_values import PromptValue, StringPromptValue
 from langchain_core.runnables.config import get_config_list
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
@@ -50,6 +51,8 @@ _MESSAGE_TYPES: tuple[type[BaseMessage], ...] = (
     FunctionMessage, RemoveMessage,
 )
 _prepared: weakref.WeakSet[Codec] = weakref.WeakSet()
+_LLM, _TOOL = str(StepKind.LLM), str(StepKind.TOOL)
+_field_names: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 def prepare_codec(codec: Codec) -> None:
@@ -90,21 +93,29 @@ def normalise_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
     return out
 
 
+def _prompt_messages(prompt: PromptValue) -> list[dict[str, Any]]:
+    if type(prompt) is StringPromptValue:  # to_messages() would build a HumanMessage for it
+        return [{"type": "human", "content": prompt.text}]
+    return normalise_messages(prompt.to_messages())
+
+
 def _model_name(model: BaseChatModel) -> str:
     return type(model).__name__
 
 
 def _model_step(model: BaseChatModel, task: TaskScope, session: RunSession, input: Any,
-                stop: list[str] | None, config: Any) -> StepCall:
-    messages = model._convert_input(input).to_messages()
+                stop: list[str] | None, config: Any) -> tuple[StepCall, PromptValue]:
+    """The step of a model call, and its input converted once: the original call is given the
+    ``PromptValue``, which its own conversion passes through unchanged."""
+    prompt = model._convert_input(input)
     task = _in_batch(task, config)
     name = _model_name(model)
-    inputs: dict[str, Any] = {"messages": normalise_messages(messages)}
+    inputs: dict[str, Any] = {"messages": _prompt_messages(prompt)}
     if stop:
         inputs["stop"] = list(stop)
-    call_id = task.next_id(session, str(StepKind.LLM), name, node_attempt())
+    call_id = task.next_id(session, _LLM, name, node_attempt())
     return StepCall(kind=StepKind.LLM, name=name, inputs=inputs, scope=task.scope,
-                    call_id=call_id, intent=False)
+                    call_id=call_id, intent=False), prompt
 
 
 def _tool_args(tool: BaseTool, tool_input: Any) -> Any:
@@ -112,10 +123,14 @@ def _tool_args(tool: BaseTool, tool_input: Any) -> Any:
     if not isinstance(tool_input, dict):
         return tool_input
     schema = tool.tool_call_schema
+    names: frozenset[str] | None
     if isinstance(schema, dict):
-        names = set(schema.get("properties", {}))
+        names = frozenset(schema.get("properties", {}))
     elif isinstance(schema, type) and issubclass(schema, BaseModel):
-        names = set(schema.model_fields)
+        # LangChain memoizes the schema class per tool; its field names, per class.
+        names = _field_names.get(schema)
+        if names is None:
+            names = _field_names[schema] = frozenset(schema.model_fields)
     else:
         return tool_input
     return {k: v for k, v in tool_input.items() if k in names}
@@ -123,7 +138,7 @@ def _tool_args(tool: BaseTool, tool_input: Any) -> Any:
 
 def _tool_step(tool: BaseTool, task: TaskScope, session: RunSession, tool_input: Any,
                tool_call_id: str | None) -> StepCall:
-    call_id = task.next_id(session, str(StepKind.TOOL), tool.name, node_attempt(),
+    call_id = task.next_id(session, _TOOL, tool.name, node_attempt(),
                            call_id=tool_call_id)
     return StepCall(kind=StepKind.TOOL, name=tool.name,
                     inputs={"args": _tool_args(tool, tool_input)}, scope=task.scope,
@@ -133,9 +148,12 @@ def _tool_step(tool: BaseTool, task: TaskScope, session: RunSession, tool_input:
 # ---- the protocol around one call ---------------------------------------------------------
 def run_live(session: RunSession, start: StepStart, fn: Callable[[], Any],
               record_errors: bool) -> Any:
+    token = session.enter_step(start)  # session.executing(start), without its generator
     try:
-        with session.executing(start):
+        try:
             value = fn()
+        finally:
+            session.exit_step(token)
     except Exception as e:
         if record_errors:
             session.record(start, error=e)
@@ -147,9 +165,12 @@ def run_live(session: RunSession, start: StepStart, fn: Callable[[], Any],
 
 async def arun_live(session: RunSession, start: StepStart, fn: Callable[[], Awaitable[Any]],
                      record_errors: bool) -> Any:
+    token = session.enter_step(start)
     try:
-        with session.executing(start):
+        try:
             value = await fn()
+        finally:
+            session.exit_step(token)
     except Exception as e:
         if record_errors:
             await session.arecord(start, error=e)
@@ -188,11 +209,12 @@ def model_invoke(original: Callable[..., Any]) -> Callable[..., Any]:
         if found is None:
             return original(self, input, config, stop=stop, **kwargs)
         session, task = found
-        start = session.begin(_model_step(self, task, session, input, stop, config))
+        call, prompt = _model_step(self, task, session, input, stop, config)
+        start = session.begin(call)
         if start.replayed:
             return session.result(start)
         return run_live(session, start,
-                         lambda: original(self, input, config, stop=stop, **kwargs), False)
+                        lambda: original(self, prompt, config, stop=stop, **kwargs), False)
 
     return invoke
 
@@ -204,11 +226,12 @@ def model_ainvoke(original: Callable[..., Any]) -> Callable[..., Any]:
         if found is None:
             return await original(self, input, config, stop=stop, **kwargs)
         session, task = found
-        start = await session.abegin(_model_step(self, task, session, input, stop, config))
+        call, prompt = _model_step(self, task, session, input, stop, config)
+        start = await session.abegin(call)
         if start.replayed:
             return session.result(start)
         return await arun_live(
-            session, start, lambda: original(self, input, config, stop=stop, **kwargs), False)
+            session, start, lambda: original(self, prompt, config, stop=stop, **kwargs), False)
 
     return ainvoke
 
@@ -221,12 +244,13 @@ def model_stream(original: Callable[..., Any]) -> Callable[..., Any]:
             yield from original(self, input, config, stop=stop, **kwargs)
             return
         session, task = found
-        start = session.begin(_model_step(self, task, session, input, stop, config))
+        call, prompt = _model_step(self, task, session, input, stop, config)
+        start = session.begin(call)
         if start.replayed:
             yield _as_chunk(session.result(start))
             return
         chunks: list[Any] = []
-        it = original(self, input, config, stop=stop, **kwargs)
+        it = original(self, prompt, config, stop=stop, **kwargs)
         while True:
             # The step is current only while the model produces a chunk: between chunks
             # the consumer runs, and its own calls are not part of this one.
@@ -251,12 +275,13 @@ def model_astream(original: Callable[..., Any]) -> Callable[..., Any]:
                 yield chunk
             return
         session, task = found
-        start = await session.abegin(_model_step(self, task, session, input, stop, config))
+        call, prompt = _model_step(self, task, session, input, stop, config)
+        start = await session.abegin(call)
         if start.replayed:
             yield _as_chunk(session.result(start))
             return
         chunks: list[Any] = []
-        it = original(self, input, config, stop=stop, **kwargs).__aiter__()
+        it = original(self, prompt, config, stop=stop, **kwargs).__aiter__()
         while True:
             try:
                 with session.executing(start):
