@@ -45,14 +45,22 @@ class Codec:
         self._encoders: dict[type, tuple[str, Encoder]] = {}
         self._decoders: dict[str, Decoder] = {}
         self._errors: dict[str, type[BaseException]] = {}
+        self._plain: set[str] = set()
         self._register_builtins()
 
     # ---- the allow-list -------------------------------------------------------------------
-    def register(self, cls: type, tag: str, encode: Encoder, decode: Decoder) -> None:
+    def register(self, cls: type, tag: str, encode: Encoder, decode: Decoder, *,
+                 plain_json: bool = False) -> None:
         """Allow ``cls``: ``encode`` turns an instance into codec-encodable data, ``decode``
-        turns that data (already decoded) back into an instance."""
+        turns that data (already decoded) back into an instance. ``plain_json``: ``encode``
+        returns plain JSON that ``decode`` takes as it is, so the codec does not walk it
+        either way (faster for large values)."""
         self._encoders[cls] = (tag, encode)
         self._decoders[tag] = decode
+        if plain_json:
+            self._plain.add(tag)
+        else:
+            self._plain.discard(tag)
 
     def register_pydantic(self, cls: type[BaseModel], tag: str | None = None) -> None:
         """Allow a pydantic model class; it is stored as its JSON-mode dump."""
@@ -60,7 +68,9 @@ class Codec:
         def encode(m: Any) -> Any:
             return m.model_dump(mode="json", exclude_unset=False)
 
-        self.register(cls, tag or f"pydantic:{_qualname(cls)}", encode, cls.model_validate)
+        # A JSON-mode dump is plain JSON, and model_validate takes it back as it is.
+        self.register(cls, tag or f"pydantic:{_qualname(cls)}", encode, cls.model_validate,
+                      plain_json=True)
 
     def register_dataclass(self, cls: type, tag: str | None = None) -> None:
         """Allow a dataclass; its fields are encoded by this codec, recursively."""
@@ -110,6 +120,8 @@ class Codec:
                 "register_dataclass(...) or register(...)."
             )
         tag, enc = entry
+        if tag in self._plain:
+            return {TAG: tag, "v": enc(value)}
         return {TAG: tag, "v": self.encode(enc(value))}
 
     def _find_by_base(self, t: type) -> tuple[str, Encoder] | None:
@@ -136,7 +148,7 @@ class Codec:
                     f"recorded value has type tag {tag!r}, which is not on this codec's "
                     "allow-list (register the type before replaying this run)"
                 )
-            return dec(self.decode(data["v"]))
+            return dec(data["v"] if tag in self._plain else self.decode(data["v"]))
         return data
 
     def dumps(self, value: Any) -> str:

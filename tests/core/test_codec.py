@@ -67,3 +67,22 @@ def test_exported_members() -> None:
     for name in agentledger.__all__:
         assert hasattr(agentledger, name), name
     assert sorted(agentledger.__all__) == agentledger.__all__
+
+
+def test_pydantic_values_keep_lookalike_keys_and_nesting() -> None:
+    from pydantic import BaseModel
+
+    class Inner(BaseModel):
+        data: dict[str, object]
+
+    class Outer(BaseModel):
+        items: list[Inner]
+        when: dt.datetime
+
+    codec = Codec()
+    codec.register_pydantic(Outer)
+    value = Outer(items=[Inner(data={"$al": "tuple", "v": [1, 2]})],
+                  when=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    back = codec.loads(codec.dumps({"out": value, "pair": (value, 1)}))
+    assert back == {"out": value, "pair": (value, 1)}
+    assert back["out"].items[0].data == {"$al": "tuple", "v": [1, 2]}
