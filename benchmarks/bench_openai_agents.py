@@ -13,6 +13,7 @@ record the same calls. Prints a markdown section.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -194,6 +195,13 @@ async def ledger_costs(url: str) -> dict[str, float]:
         lambda: DurableRunner.run(many, "go", run_id=done_id, ledger=ledger,
                                   max_turns=TURNS + 5))
 
+    # The same comparison with the step scripts answered in-process: the adapter's and the
+    # core's CPU alone; the rest of the extra per turn is the three round trips.
+    with no_step_io():
+        io_free = await compare(make, durable)
+    out["turn_no_io"] = per_turn_extra(io_free)
+    out["cpu_turn_no_io"] = io_free["cpu_turn"]
+
     # Redis commands per run, counted by the server (exact only on a server of our own).
     import redis
 
@@ -245,6 +253,29 @@ async def ledger_costs(url: str) -> dict[str, float]:
     await ledger.aclose()
     ledger.close()
     return out
+
+
+@contextlib.contextmanager
+def no_step_io() -> Any:
+    """Answer a run session's step scripts (claim, complete) in-process as a fresh run's Redis
+    would, so that a run costs the adapter's and the core's CPU without the round trips. The
+    steps are not recorded: for measuring only (fresh run ids, never replayed)."""
+    from agentledger import _hotpath
+
+    real = _hotpath.StepConnection.acall
+
+    async def acall(self: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        if name == "claim":  # args: key, fence, meta, mode, policy, request
+            return [b"CLAIMED", args[2].encode(), 1]
+        if name == "complete":  # args: key, fence, status, outcome, meta
+            return [b"OK", (args[4] or "{}").encode()]
+        return await real(self, name, keys, args)
+
+    _hotpath.StepConnection.acall = acall  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _hotpath.StepConnection.acall = real  # type: ignore[method-assign]
 
 
 # ---- DBOS side (runs in .venv-oa-dbos) -----------------------------------------------------
@@ -364,6 +395,11 @@ def report(url: str, private: bool) -> int:
     per_turn_cmds = (ours["cmds_many"] - ours["cmds_one"]) / TURNS
     rows.append(("CPU time added per turn (this process)", f"{ours['cpu_turn'] * 1e6:.0f} µs",
                  f"{ours['cpu_turn'] / sync_rt:.2f}"))
+    rows.append(("extra per turn with the step scripts answered in-process (no Redis I/O)",
+                 f"{ours['turn_no_io'] * 1e6:.0f} µs", f"{ours['turn_no_io'] / sync_rt:.2f}"))
+    rows.append(("CPU time added per turn, no Redis I/O (adapter + core step protocol)",
+                 f"{ours['cpu_turn_no_io'] * 1e6:.0f} µs",
+                 f"{ours['cpu_turn_no_io'] / sync_rt:.2f}"))
     replay = ours["replay_many"] / ours["plain_many"]
     print("## OpenAI Agents SDK\n")
     print(f"`python benchmarks/bench_openai_agents.py` on {platform.machine()}, "

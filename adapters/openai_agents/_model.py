@@ -40,15 +40,24 @@ __all__ = ["DurableModel", "model_scope"]
 model_scope: ContextVar[str | None] = ContextVar("agentledger_oa_model_scope", default=None)
 
 
+# The canonical text of a model call's question, made by one encoder for every call
+# (json.dumps builds a new one each time). No circular check: the input is JSON data
+# (model_dump output and the SDK's dict items), and a cycle still fails, as RecursionError.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=str, check_circular=False).encode
+
+
 def _normalised_input(input: str | list[TResponseInputItem]) -> Any:
     if isinstance(input, str):
         return input
-    out = []
+    out: list[Any] = []
+    append = out.append
     for item in input:
-        data = dump_item(item)
+        # Most items are already dicts (the SDK's input items); only models are dumped.
+        data: Any = item if type(item) is dict else dump_item(item)
         if isinstance(data, dict) and "id" in data:
             data = {k: v for k, v in data.items() if k != "id"}  # ids are not the question
-        out.append(data)
+        append(data)
     return out
 
 
@@ -73,8 +82,7 @@ class DurableModel(Model):
                     "output": _schema_name(output_schema)}
         # The conversation grows every turn: digest it here with the C JSON encoder, and hand
         # the ledger only the digest to fingerprint, instead of walking every item in Python.
-        text = json.dumps(question, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          default=str)
+        text = _canonical(question)
         count = len(items) if isinstance(items, list) else 1
         digest = hashlib.sha256(text.encode()).hexdigest()
         inputs = {"sha256": digest, "items": count}
