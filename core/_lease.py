@@ -57,6 +57,9 @@ class LeaseRenewer:
             except LedgerError as e:
                 log.warning("agentledger: could not renew leases: %s", e)
                 continue
+            except Exception:  # the renewer must outlive any surprise, or every lease lapses
+                log.exception("agentledger: lease renewal failed")
+                continue
             for session, ok in zip(sessions, replies, strict=True):
                 if not ok:
                     session.fenced = True
@@ -70,12 +73,16 @@ class LeaseRenewer:
         if ledger.cluster:
             return [ledger.script("renew", [s.keys.run], [str(s.fence), lease]) for s in sessions]
         script = ledger._scripts["renew"]
-        pipe = ledger.redis.pipeline(transaction=False)
-        for s in sessions:
-            pipe.evalsha(script.sha, 1, s.keys.run, str(s.fence), lease)
+
+        def attempt() -> list[object]:
+            pipe = ledger.redis.pipeline(transaction=False)  # an executed pipeline is empty
+            for s in sessions:
+                pipe.evalsha(script.sha, 1, s.keys.run, str(s.fence), lease)
+            return list(pipe.execute())
+
         with ledger.redis_errors():
             try:
-                return list(pipe.execute())
-            except NoScriptError:
+                return attempt()
+            except NoScriptError:  # a restarted Redis forgot it
                 ledger.redis.script_load(script.script)
-                return list(pipe.execute())
+                return attempt()

@@ -75,3 +75,24 @@ def test_a_redis_that_forgot_its_scripts_is_served_again(own_redis: RedisServer)
     asyncio.run(go())
     assert [r.status for r in ledger.steps("a")] == ["completed", "completed"]
     ledger.close()
+
+
+def test_leases_are_renewed_after_redis_forgot_the_script(own_redis: RedisServer) -> None:
+    import time
+
+    import pytest
+
+    from agentledger import RunBusyError
+
+    client = redis.Redis.from_url(own_redis.url)
+    ledger = Ledger.from_url(own_redis.url, prefix="lr", lease_ms=300)
+    held = ledger.open_run("r")
+    for _ in range(4):  # every renewal tick meets NOSCRIPT
+        client.script_flush()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    with pytest.raises(RunBusyError):
+        ledger.open_run("r", on_busy="fail")  # still held: renewed all along
+    assert not held.fenced
+    held.finish("completed")
+    ledger.close()
