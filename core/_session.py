@@ -117,6 +117,8 @@ class RunSession:
                 self._meta[f[2:]] = steps[i + 1]
             elif f.startswith("r:"):
                 self._outcomes[f[2:]] = steps[i + 1]
+        # No step was recorded before this session took the lease: a fresh run.
+        self.is_new = not self._meta
         self._counters: dict[str, int] = {}
         self._lock = threading.Lock()
         self._fence_arg = str(fence)

@@ -82,10 +82,14 @@ def _parse_state(key: str, raw: bytes | str | None) -> dict[str, Any] | None:
 
 
 def _load_state(session: RunSession) -> dict[str, Any] | None:
+    if session.is_new:  # a saved state belongs to a run that recorded its approval step
+        return None
     return _parse_state(session.keys.extra(STATE_KEY), session.get_blob(STATE_KEY))
 
 
 async def _aload_state(session: RunSession) -> dict[str, Any] | None:
+    if session.is_new:
+        return None
     return _parse_state(session.keys.extra(STATE_KEY), await session.aget_blob(STATE_KEY))
 
 
