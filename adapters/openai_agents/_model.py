@@ -72,6 +72,13 @@ class DurableModel(Model):
         self.inner = inner
         self.agent_name = agent_name
 
+    def __getattr__(self, name: str) -> Any:
+        # What the SDK probes a model for beyond the Model interface (a capability such as
+        # ``_supports_default_prompt_cache_key``, the model's name) is the wrapped model's.
+        if name == "inner":  # not set yet (copy, unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def _call(self, system_instructions: str | None, input: str | list[TResponseInputItem],
               tools: list[Tool], output_schema: AgentOutputSchemaBase | None,
               handoffs: list[Handoff], streamed: bool) -> StepCall:
