@@ -166,22 +166,28 @@ class DurableModel(Model):
     async def _stream(self, session: RunSession, call: StepCall,
                       live: AsyncIterator[TResponseStreamEvent]
                       ) -> AsyncIterator[TResponseStreamEvent]:
-        start = await session.abegin(call)
-        if start.replayed:
-            response = session.result(start)
-            if not isinstance(response, Response):
-                raise TypeError(f"step {start.key!r} holds a {type(response).__name__}, "
-                                "not a streamed response")
-            await _close(live)
-            for event in _replay_events(response):
+        # The inner stream is closed here, in the task that reads this one, however it ends:
+        # the runner stops reading at a failure event, and a generator left suspended would
+        # be closed later by the event loop, in another task.
+        try:
+            start = await session.abegin(call)
+            if start.replayed:
+                response = session.result(start)
+                if not isinstance(response, Response):
+                    raise TypeError(f"step {start.key!r} holds a {type(response).__name__}, "
+                                    "not a streamed response")
+                await _close(live)
+                for event in _replay_events(response):
+                    yield event
+                return
+            async for event in live:
+                if isinstance(event, ResponseCompletedEvent):
+                    # Recorded before the runner sees the final response, so no tool of this
+                    # turn can start before the record exists.
+                    await session.arecord(start, event.response)
                 yield event
-            return
-        async for event in live:
-            if isinstance(event, ResponseCompletedEvent):
-                # Recorded before the runner sees the final response, so no tool of this
-                # turn can start before the record exists.
-                await session.arecord(start, event.response)
-            yield event
+        finally:
+            await _close(live)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -5,8 +5,9 @@ SDK's documented behaviour."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "children"))
 
-from agents import Agent, Runner, set_tracing_disabled
+from agents import Agent, ModelBehaviorError, ModelResponse, Runner, set_tracing_disabled
+from agents.models.interface import Model
 from agents.models.openai_responses import OpenAIResponsesModel
 from oa_http import FakeResponses, fake_responses
 from openai import AsyncOpenAI
+from openai.types.responses import Response, ResponseCreatedEvent, ResponseFailedEvent
 
 from agentledger import Ledger
 from agentledger.openai_agents import DurableRunner
@@ -61,3 +64,44 @@ async def test_the_automatic_prompt_cache_key_is_sent_as_plainly(
     else:  # not an official endpoint: the SDK adds no key, and neither do we
         assert plain_key is None and durable_key is None
     assert set(fake.requests[0]) == set(fake.requests[1])
+
+
+class FailingStream(Model):
+    """Streams a created event, then a failed one, then would go on: the runner stops reading
+    at the failure. Notes which task closed the stream."""
+
+    def __init__(self) -> None:
+        self.closed_in: list[asyncio.Task[Any] | None] = []
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        raise AssertionError("streamed runs only")
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        base: dict[str, Any] = dict(id="resp_f", created_at=0.0, model="fake", object="response",
+                                    parallel_tool_calls=True, tool_choice="auto", tools=[],
+                                    output=[])
+        try:
+            yield ResponseCreatedEvent(type="response.created", sequence_number=0,
+                                       response=Response(**base))
+            yield ResponseFailedEvent(type="response.failed", sequence_number=1,
+                                      response=Response(**base, status="failed"))
+            yield ResponseCreatedEvent(type="response.created", sequence_number=2,
+                                       response=Response(**base))
+        finally:
+            self.closed_in.append(asyncio.current_task())
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_stream_the_runner_stops_reading_is_closed_in_its_task(
+        durable: bool, ledger: Ledger) -> None:
+    model = FailingStream()
+    agent = Agent(name="s", model=model)
+    if durable:
+        streamed = DurableRunner.run_streamed(agent, "go", run_id="sclose", ledger=ledger)
+    else:
+        streamed = Runner.run_streamed(agent, "go")
+    with pytest.raises(ModelBehaviorError):
+        async for _ in streamed.stream_events():
+            pass
+    # Closed by the run loop as it stopped, not later by the event loop's finaliser.
+    assert model.closed_in == [streamed.run_loop_task]
