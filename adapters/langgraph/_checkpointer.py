@@ -9,6 +9,7 @@ ledger's ``delete_run``) removes checkpoints and recorded steps together.
 from __future__ import annotations
 
 import builtins
+import copy
 import importlib
 import random
 import threading
@@ -36,12 +37,12 @@ from langgraph.checkpoint.base import (
     writes_sort_key,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from . import _ckpt_codec as codec
 from . import _ckpt_lua as lua
 from ._ckpt_admin import ThreadAdmin
 from ._ckpt_keys import ThreadKeys, text, thread_keys, thread_of, thread_pattern
+from ._ckpt_serde import StrictSerializer
 
 __all__ = ["DurableCheckpointer"]
 
@@ -70,13 +71,20 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     checkpoints and its recorded steps — that long after its last checkpoint write. A run
     that finishes is also expired by its ledger (``Ledger(completed_ttl_s=...)``, which
     ``from_url`` sets to ``ttl``); the later of the two writes wins.
-    The serde must not pickle; by default it is LangGraph's ``JsonPlusSerializer`` without
-    the pickle fallback (set ``LANGGRAPH_STRICT_MSGPACK=true`` to allow-list the types).
+    Values are read and written by a :class:`StrictSerializer`: LangGraph's msgpack format
+    for the types LangGraph's state is made of plus ``allowed_types`` (your pydantic models,
+    dataclasses, enums: classes or ``(module, name)`` pairs); any other type is refused with
+    an error naming it, so a blob written into Redis cannot make a reader import and call
+    anything. A ``serde`` given instead is used as it is (it must not pickle).
     """
 
     def __init__(self, ledger: Ledger | None = None, *, ttl: float | None = None,
-                 serde: SerializerProtocol | None = None) -> None:
-        super().__init__(serde=codec.check_serde(serde or JsonPlusSerializer()))
+                 serde: SerializerProtocol | None = None,
+                 allowed_types: Sequence[type | tuple[str, str]] = ()) -> None:
+        if serde is not None and allowed_types:
+            raise ValueError("allowed_types applies to the default serializer; with your own "
+                             "serde, give it the allow-list (StrictSerializer(allowed_types))")
+        super().__init__(serde=codec.check_serde(serde or StrictSerializer(allowed_types)))
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be a positive number of seconds (or None: no expiry)")
         self._owns_ledger = ledger is None
@@ -100,6 +108,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     @classmethod
     def from_url(cls, url: str | None = None, *, prefix: str = "agentledger",
                  ttl: float | None = None, serde: SerializerProtocol | None = None,
+                 allowed_types: Sequence[type | tuple[str, str]] = (),
                  **ledger_options: Any) -> DurableCheckpointer:
         """A checkpointer on its own :class:`Ledger` (``Ledger.from_url`` rules for ``url``).
 
@@ -107,7 +116,8 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         finished run after ``ttl`` too (``None``: never), instead of its 7-day default.
         """
         ledger_options.setdefault("completed_ttl_s", ttl)
-        saver = cls(Ledger.from_url(url, prefix=prefix, **ledger_options), ttl=ttl, serde=serde)
+        saver = cls(Ledger.from_url(url, prefix=prefix, **ledger_options), ttl=ttl, serde=serde,
+                    allowed_types=allowed_types)
         saver._owns_ledger = True
         return saver
 
@@ -118,6 +128,18 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     async def aclose(self) -> None:
         if self._owns_ledger:
             await self.ledger.aclose()
+
+    def with_allowlist(self, extra_allowlist: Any) -> DurableCheckpointer:
+        """A shallow copy that also loads ``extra_allowlist`` ((module, name) pairs): LangGraph
+        calls it with the state schema's types when ``LANGGRAPH_STRICT_MSGPACK=true``."""
+        if not isinstance(self.serde, StrictSerializer):
+            return cast(DurableCheckpointer, super().with_allowlist(extra_allowlist))
+        extra = {tuple(k) for k in extra_allowlist if len(k) == 2} - self.serde.allowed
+        if not extra:
+            return self
+        clone = copy.copy(self)
+        clone.serde = self.serde.allowing(extra)
+        return clone
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _keys(self, thread_id: Any) -> ThreadKeys:

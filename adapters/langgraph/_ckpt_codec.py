@@ -1,6 +1,7 @@
 """How checkpoints, channel blobs and writes are laid out as bytes in Redis.
 
-Values go through LangGraph's serde (msgpack, never pickle); the envelopes around them are
+Values go through LangGraph's serde (msgpack, never pickle; by default only the allow-listed
+types of ``_ckpt_serde``); the envelopes around them are
 plain msgpack data, read without any hook. A list channel (``messages`` with ``add_messages``)
 is stored element by element, and a version whose list begins with the previous version's
 list stores only what was appended, with a pointer to its base: storage grows with what was
@@ -16,6 +17,8 @@ import ormsgpack
 
 from agentledger import CorruptRecordError, UnknownSchemaVersionError
 from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from ._ckpt_serde import RefusedTypeError
 
 __all__ = [
     "EMPTY",
@@ -81,6 +84,8 @@ def loads(serde: SerializerProtocol, type_: str, data: bytes, key: str, field: s
         raise CorruptRecordError(key, f"field {field!r} holds pickle, which is never loaded")
     try:
         return serde.loads_typed((type_, data))
+    except RefusedTypeError as e:
+        raise CorruptRecordError(key, f"field {field!r} refused: {e}") from None
     except Exception as e:
         raise CorruptRecordError(key, f"field {field!r} does not decode as {type_!r}: "
                                  f"{type(e).__name__}: {e}") from e
