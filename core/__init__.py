@@ -21,6 +21,7 @@ from ._errors import (
     RunBusyError,
     StepRejected,
     UnknownSchemaVersionError,
+    UnrecordableValueError,
     UnsupportedTypeError,
 )
 from ._keys import check_run_id
@@ -65,6 +66,7 @@ __all__ = [
     "StepStart",
     "StepStatus",
     "UnknownSchemaVersionError",
+    "UnrecordableValueError",
     "UnsupportedTypeError",
     "__version__",
     "aapproval",

@@ -24,12 +24,20 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import _errors
-from ._errors import RecordedStepError, UnsupportedTypeError
+from ._errors import (
+    CorruptRecordError,
+    RecordedStepError,
+    UnrecordableValueError,
+    UnsupportedTypeError,
+)
 from ._records import Decision
 
-__all__ = ["Codec", "default_codec", "fingerprint_and_text", "fingerprint_of"]
+__all__ = ["Codec", "default_codec", "fingerprint_and_text", "fingerprint_of", "json_bytes"]
 
 TAG = "$al"
+MAX_DEPTH = 200
+# About 4200 decimal digits: larger ints are stored as hex (see Codec._encode).
+_BIG_INT_BITS = 14_000
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any], Any]
 
@@ -40,6 +48,10 @@ def _qualname(cls: type) -> str:
 
 class Codec:
     """Encodes values to JSON-able data and back, through an allow-list of types."""
+
+    max_depth: int = MAX_DEPTH
+    """How deep a recorded value may nest (lists, dicts, registered types); deeper values
+    are refused when recorded and reported as corrupt when read."""
 
     def __init__(self) -> None:
         self._encoders: dict[type, tuple[str, Encoder]] = {}
@@ -96,20 +108,38 @@ class Codec:
     # ---- values ---------------------------------------------------------------------------
     def encode(self, value: Any) -> Any:
         """Return JSON-able data for ``value``; raise :class:`UnsupportedTypeError` if a type
-        in it is not allowed."""
+        in it is not allowed, :class:`UnrecordableValueError` if it nests deeper than
+        ``max_depth`` (a structure that contains itself does)."""
+        try:
+            return self._encode(value, 0)
+        except RecursionError:  # a deep stack below us, or an encoder that recurses
+            raise UnrecordableValueError(
+                "the value nests too deep to encode (or contains itself)") from None
+
+    def _encode(self, value: Any, depth: int) -> Any:
         t = type(value)
-        if value is None or t is bool or t is int or t is str:
+        if value is None or t is bool or t is str:
             return value
+        if t is int:
+            # str(int) refuses more than 4300 digits by default, so json.dumps would fail;
+            # hex is exact and unlimited.
+            return value if value.bit_length() <= _BIG_INT_BITS else {TAG: "int", "v": hex(value)}
         if t is float:
             if value != value or value in (float("inf"), float("-inf")):
                 return {TAG: "float", "v": repr(value)}
             return value
+        if depth >= self.max_depth:
+            raise UnrecordableValueError(
+                f"the value nests deeper than {self.max_depth} levels (or contains itself); "
+                "records are limited to that depth (Codec.max_depth)")
+        depth += 1
         if t is list:
-            return [self.encode(v) for v in value]
+            return [self._encode(v, depth) for v in value]
         if t is dict:
             if all(type(k) is str for k in value) and TAG not in value:
-                return {k: self.encode(v) for k, v in value.items()}
-            return {TAG: "dict", "v": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
+                return {k: self._encode(v, depth) for k, v in value.items()}
+            return {TAG: "dict", "v": [[self._encode(k, depth), self._encode(v, depth)]
+                                       for k, v in value.items()]}
         entry = self._encoders.get(t)
         if entry is None:
             entry = self._find_by_base(t)
@@ -122,7 +152,7 @@ class Codec:
         tag, enc = entry
         if tag in self._plain:
             return {TAG: tag, "v": enc(value)}
-        return {TAG: tag, "v": self.encode(enc(value))}
+        return {TAG: tag, "v": self._encode(enc(value), depth)}
 
     def _find_by_base(self, t: type) -> tuple[str, Encoder] | None:
         # Subclasses of built-in containers and enums, and exceptions, have generic forms.
@@ -132,39 +162,72 @@ class Codec:
                 return entry
         return None
 
-    def decode(self, data: Any) -> Any:
+    def decode(self, data: Any, where: str = "a recorded value") -> Any:
+        """The value ``data`` (from :meth:`encode`) stands for. A tagged value that does not
+        decode, or data nesting deeper than ``max_depth``, raises :class:`CorruptRecordError`
+        naming ``where`` (the record's key); an unknown tag raises
+        :class:`UnsupportedTypeError`."""
+        try:
+            return self._decode(data, 0)
+        except (UnsupportedTypeError, CorruptRecordError):
+            raise
+        except (_TooDeep, RecursionError):
+            raise CorruptRecordError(where, f"the value nests deeper than {self.max_depth} "
+                                     "levels") from None
+        except Exception as e:  # a decoder refused its data: decimal, base64, a model...
+            raise CorruptRecordError(
+                where, f"a tagged value does not decode ({type(e).__name__}: {e})") from None
+
+    def _decode(self, data: Any, depth: int) -> Any:
         t = type(data)
+        if t is not list and t is not dict:
+            return data
+        if depth >= self.max_depth:
+            raise _TooDeep
+        depth += 1
         if t is list:
-            return [self.decode(v) for v in data]
-        if t is dict:
-            tag = data.get(TAG)
-            if tag is None:
-                return {k: self.decode(v) for k, v in data.items()}
-            if tag == "dict":
-                return {self.decode(k): self.decode(v) for k, v in data["v"]}
-            dec = self._decoders.get(tag)
-            if dec is None:
-                raise UnsupportedTypeError(
-                    f"recorded value has type tag {tag!r}, which is not on this codec's "
-                    "allow-list (register the type before replaying this run)"
-                )
-            return dec(data["v"] if tag in self._plain else self.decode(data["v"]))
-        return data
+            return [self._decode(v, depth) for v in data]
+        tag = data.get(TAG)
+        if tag is None:
+            return {k: self._decode(v, depth) for k, v in data.items()}
+        if tag == "dict":
+            return {self._decode(k, depth): self._decode(v, depth) for k, v in data["v"]}
+        dec = self._decoders.get(tag)
+        if dec is None:
+            raise UnsupportedTypeError(
+                f"recorded value has type tag {tag!r}, which is not on this codec's "
+                "allow-list (register the type before replaying this run)"
+            )
+        return dec(data["v"] if tag in self._plain else self._decode(data["v"], depth))
 
     def dumps(self, value: Any) -> str:
         return json.dumps(self.encode(value), separators=(",", ":"), ensure_ascii=False)
 
-    def loads(self, text: str | bytes) -> Any:
-        return self.decode(json.loads(text))
+    def dumps_bytes(self, value: Any) -> bytes:
+        """:meth:`dumps` as UTF-8, safe for any str (a lone surrogate is kept as JSON's
+        ``\\u`` escape, which :meth:`loads` reads back exactly)."""
+        return json_bytes(self.encode(value))
+
+    def loads(self, text: str | bytes, where: str = "a recorded value") -> Any:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise CorruptRecordError(where, f"not JSON ({type(e).__name__}: {e})") from None
+        return self.decode(data, where)
 
     # ---- errors ---------------------------------------------------------------------------
     def encode_error(self, exc: BaseException) -> dict[str, Any]:
+        """The error as JSON-able data; never raises (what cannot be encoded is left out)."""
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<{type(exc).__name__} whose text could not be read>"
         args: Any
         try:
             args = self.encode(list(exc.args))
-        except UnsupportedTypeError:
+        except Exception:  # an argument off the allow-list, too deep, ...: keep the text
             args = None
-        return {"type": _qualname(type(exc)), "message": str(exc), "args": args}
+        return {"type": _qualname(type(exc)), "message": message, "args": args}
 
     def decode_error(self, data: dict[str, Any]) -> BaseException:
         """The recorded exception, rebuilt if its class is allowed (built-in exceptions and
@@ -179,7 +242,7 @@ class Codec:
         if cls is not None:
             args = data.get("args")
             try:
-                return cls(*self.decode(args)) if isinstance(args, list) else cls(message)
+                return cls(*self._decode(args, 0)) if isinstance(args, list) else cls(message)
             except Exception:
                 # A constructor with other parameters: same class and text, attributes unset.
                 exc = cls.__new__(cls)
@@ -195,16 +258,45 @@ class Codec:
         self.register(bytes, "bytes", lambda b: base64.b64encode(b).decode(), base64.b64decode)
         self.register(dt.datetime, "datetime", dt.datetime.isoformat, dt.datetime.fromisoformat)
         self.register(dt.date, "date", dt.date.isoformat, dt.date.fromisoformat)
-        self.register(dt.timedelta, "timedelta", dt.timedelta.total_seconds,
-                      lambda s: dt.timedelta(seconds=s))
+        # Exact as [days, seconds, microseconds]; older records hold float seconds.
+        self.register(dt.timedelta, "timedelta",
+                      lambda d: [d.days, d.seconds, d.microseconds], _timedelta, plain_json=True)
         self.register(decimal.Decimal, "decimal", str, decimal.Decimal)
         self.register(uuid.UUID, "uuid", str, uuid.UUID)
         self._decoders["float"] = float
+        self._decoders["int"] = _int_from_hex
         self.register_pydantic(Decision, "agentledger.Decision")
         for name in _errors.__all__:
             err = getattr(_errors, name)
             if isinstance(err, type) and issubclass(err, Exception):
                 self.register_error(err)
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _timedelta(data: Any) -> dt.timedelta:
+    if isinstance(data, list):
+        days, seconds, micros = data
+        return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+    return dt.timedelta(seconds=data)
+
+
+def _int_from_hex(text: str) -> int:
+    if not isinstance(text, str):
+        raise TypeError(f"expected a hex string, got {type(text).__name__}")
+    return int(text, 16)
+
+
+def json_bytes(data: Any) -> bytes:
+    """Compact JSON of JSON-able ``data`` as UTF-8. A str with a lone surrogate cannot be
+    UTF-8; JSON's ``\\u`` escapes carry it exactly, so such data is written ASCII-escaped."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def default_codec() -> Codec:
@@ -219,21 +311,24 @@ def fingerprint_of(codec: Codec, call: Any) -> str:
 def fingerprint_and_text(codec: Codec, call: Any) -> tuple[str, str]:
     """The digest of a call's normalised inputs and their canonical JSON text. Values the
     codec cannot encode count by type only (a client object, say): their repr often holds a
-    memory address."""
+    memory address; nesting beyond the codec's depth counts as a marker."""
     try:
         data = codec.encode(call)
-    except UnsupportedTypeError:
-        data = _loose(codec, call)
+    except (UnsupportedTypeError, UnrecordableValueError):
+        data = _loose(codec, call, 0)
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32], text
+    # surrogatepass: a lone surrogate in the inputs still has one digest.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32], text
 
 
-def _loose(codec: Codec, value: Any) -> Any:
+def _loose(codec: Codec, value: Any, depth: int) -> Any:
+    if depth >= codec.max_depth:
+        return "<too deep>"
     if isinstance(value, list | tuple):
-        return [_loose(codec, v) for v in value]
+        return [_loose(codec, v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): _loose(codec, v) for k, v in value.items()}
+        return {str(k): _loose(codec, v, depth + 1) for k, v in value.items()}
     try:
         return codec.encode(value)
-    except UnsupportedTypeError:
+    except (UnsupportedTypeError, UnrecordableValueError):
         return f"<{_qualname(type(value))}>"

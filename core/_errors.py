@@ -17,6 +17,7 @@ __all__ = [
     "RunBusyError",
     "StepRejected",
     "UnknownSchemaVersionError",
+    "UnrecordableValueError",
     "UnsupportedTypeError",
 ]
 
@@ -66,6 +67,11 @@ class PayloadTooLargeError(LedgerError):
 
 class UnsupportedTypeError(LedgerError, TypeError):
     """A value has a type the codec's allow-list does not know."""
+
+
+class UnrecordableValueError(LedgerError, ValueError):
+    """A value cannot be recorded as JSON: it nests too deep (or contains itself), or encoding
+    it failed. A step whose result is such a value records this error as its outcome."""
 
 
 class FencedOutError(LedgerError):

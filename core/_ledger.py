@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import time
@@ -15,11 +14,12 @@ from typing import Any, cast
 import redis
 from redis.cluster import RedisCluster
 
-from ._codec import Codec
+from ._codec import Codec, json_bytes
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
     LedgerError,
+    PayloadTooLargeError,
     RunBusyError,
     StepRejected,
     UnknownSchemaVersionError,
@@ -395,7 +395,7 @@ class Ledger(RedisStore):
             payload = None
             if s.request:
                 try:
-                    payload = self.codec.loads(s.request)
+                    payload = self.codec.loads(s.request, f"{self.keys(run.run_id).steps} a:{s.key}")
                 except (LedgerError, ValueError):
                     payload = s.request
             out.append(PendingApproval(**s.model_dump(), run_id=run.run_id, payload=payload))
@@ -407,23 +407,29 @@ class Ledger(RedisStore):
         k = self.keys(run_id)
         d = Decision(approved=approved, by=by, note=note, payload=payload,
                      at=int(time.time() * 1000))
-        approval_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": True,
-                                       "value": self.codec.encode(d)}, separators=(",", ":"))
+        approval_outcome = self._decision_bytes(
+            {"v": SCHEMA_VERSION, "ok": True, "value": self.codec.encode(d)})
         # An in-doubt step: approve = run it again (same idempotency key), approve with a
         # payload = it did happen and this is its result, reject = it fails.
         if not approved:
             doubt_status = "failed"
             rejected = StepRejected(f"rejected by {by or 'a person'}" + (f": {note}" if note else ""))
-            doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": False,
-                                        "error": self.codec.encode_error(rejected)})
+            doubt_outcome = self._decision_bytes(
+                {"v": SCHEMA_VERSION, "ok": False, "error": self.codec.encode_error(rejected)})
         elif payload is not None:
             doubt_status = "completed"
-            doubt_outcome = json.dumps({"v": SCHEMA_VERSION, "ok": True,
-                                        "value": self.codec.encode(payload)})
+            doubt_outcome = self._decision_bytes(
+                {"v": SCHEMA_VERSION, "ok": True, "value": self.codec.encode(payload)})
         else:
-            doubt_status, doubt_outcome = "retry", ""
+            doubt_status, doubt_outcome = "retry", b""
         return [k.run, k.steps], [step or "", "completed", approval_outcome, doubt_status,
                                   doubt_outcome]
+
+    def _decision_bytes(self, outcome: dict[str, Any]) -> bytes:
+        raw = json_bytes(outcome)
+        if len(raw) > self.max_payload_bytes:
+            raise PayloadTooLargeError("the decision", len(raw), self.max_payload_bytes)
+        return raw
 
     def _after_decide(self, run_id: str, reply: list[Any]) -> str:
         tag = _s(reply[0])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _context
-from ._codec import fingerprint_and_text
+from ._codec import fingerprint_and_text, json_bytes
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
@@ -30,6 +30,7 @@ from ._errors import (
     LedgerError,
     NonDeterminismError,
     PayloadTooLargeError,
+    UnrecordableValueError,
     UnsupportedTypeError,
 )
 from ._faults import crash_point
@@ -264,10 +265,17 @@ class RunSession:
             return start, None
         policy = InDoubtPolicy(call.policy) if call.policy else self.ledger.in_doubt
         mode = "approval" if call.kind == StepKind.APPROVAL else "claim"
-        request = self.codec.dumps(call.inputs) if mode == "approval" else ""
+        request = self._request_bytes(key, call.inputs) if mode == "approval" else b""
         new_meta = self._new_meta(start, policy)
         return start, [[self.keys.run, self.keys.steps],
                        [key, self._fence_arg, new_meta, mode, str(policy), request]]
+
+    def _request_bytes(self, key: str, payload: Any) -> bytes:
+        raw = self.codec.dumps_bytes(payload)
+        if len(raw) > self.ledger.max_payload_bytes:
+            raise PayloadTooLargeError(f"the request payload of approval {key!r}", len(raw),
+                                       self.ledger.max_payload_bytes)
+        return raw
 
     @staticmethod
     def _new_meta(start: StepStart, policy: InDoubtPolicy) -> str:
@@ -346,30 +354,45 @@ class RunSession:
         """The complete script's arguments, and the error to raise instead of returning the
         value when the value cannot be recorded (that failure is what gets recorded)."""
         raised: BaseException | None = None
+        limit = self.ledger.max_payload_bytes
         try:
             body = ({"v": SCHEMA_VERSION, "ok": True, "value": self.codec.encode(value)}
                     if error is None else
                     {"v": SCHEMA_VERSION, "ok": False, "error": self.codec.encode_error(error)})
-            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-            if len(text) > self.ledger.max_payload_bytes and len(text.encode()) > self.ledger.max_payload_bytes:
-                raise PayloadTooLargeError(f"the outcome of step {start.key!r}",
-                                           len(text.encode()), self.ledger.max_payload_bytes)
-        except (UnsupportedTypeError, PayloadTooLargeError) as e:
+            raw = json_bytes(body)
+            if len(raw) > limit:
+                raise PayloadTooLargeError(f"the outcome of step {start.key!r}", len(raw), limit)
+        except (UnsupportedTypeError, PayloadTooLargeError, UnrecordableValueError) as e:
             raised = e
-            text = json.dumps({"v": SCHEMA_VERSION, "ok": False,
-                               "error": self.codec.encode_error(e)}, separators=(",", ":"))
-        status = "completed" if error is None and raised is None else "failed"
+            raw = self._failure_bytes(e)
+        except Exception as e:  # anything else that stops the value being written as JSON
+            raised = UnrecordableValueError(
+                f"the outcome of step {start.key!r} cannot be recorded: "
+                f"{type(e).__name__}: {_text_of(e)}")
+            raw = self._failure_bytes(raised)
+        return self._complete_args(start, "completed" if error is None and raised is None
+                                   else "failed", raw), raised
+
+    def _failure_bytes(self, exc: BaseException) -> bytes:
+        """A failure outcome for ``exc``, within the payload limit whatever its text."""
+        err = self.codec.encode_error(exc)
+        raw = json_bytes({"v": SCHEMA_VERSION, "ok": False, "error": err})
+        if len(raw) > self.ledger.max_payload_bytes:
+            err = {**err, "message": err["message"][:2000], "args": None}
+            raw = json_bytes({"v": SCHEMA_VERSION, "ok": False, "error": err})
+        return raw
+
+    def _complete_args(self, start: StepStart, status: str, raw: bytes) -> list[Any]:
         call = start.call
         assert call is not None
         meta = "" if call.intent else self._new_meta(start, InDoubtPolicy.RERUN)
-        return [[self.keys.run, self.keys.steps],
-                [start.key, self._fence_arg, status, text, meta]], raised
+        return [[self.keys.run, self.keys.steps], [start.key, self._fence_arg, status, raw, meta]]
 
     def _after_complete(self, start: StepStart, args: list[Any], reply: list[Any]) -> None:
         tag = _s(reply[0])
         if tag == "OK":
             self._meta[start.key] = reply[1]
-            self._outcomes[start.key] = args[1][3].encode()
+            self._outcomes[start.key] = args[1][3]
             self.executed += 1
             return
         if tag == "FENCED":
@@ -383,7 +406,8 @@ class RunSession:
         self._outcomes[start.key] = reply[2]
 
     def record(self, start: StepStart, value: Any = None, error: BaseException | None = None) -> None:
-        """Record the outcome of a live step: its value, or the error it raised."""
+        """Record the outcome of a live step: its value, or the error it raised. A value
+        that cannot be recorded is recorded as the failure saying why, which is raised."""
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
         self._after_complete(start, args, self._hot.call("complete", *args))
@@ -407,7 +431,7 @@ class RunSession:
         where = f"{self.keys.steps} r:{start.key}"
         try:
             if outcome["ok"]:
-                return self.codec.decode(outcome["value"])
+                return self.codec.decode(outcome["value"], where)
             err_data = outcome["error"]
         except UnsupportedTypeError as e:
             raise UnsupportedTypeError(f"{where}: {e}") from None
@@ -497,4 +521,13 @@ def _preview(inputs: Any, text: str) -> str:
         return ""
     if isinstance(inputs, str):
         text = inputs
-    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
+    text = text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
+    # For people, and written as UTF-8: a lone surrogate becomes '?'.
+    return text.encode("utf-8", "replace").decode()
+
+
+def _text_of(e: BaseException) -> str:
+    try:
+        return str(e)[:1000]
+    except Exception:
+        return "<its text could not be read>"
