@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -29,7 +30,7 @@ from openai.types.responses import (
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
 import agentledger
-from agentledger import RunSession, StepCall, StepKind
+from agentledger import RunSession, StepCall, StepKind, StepStart, restart_numbering
 
 from ._types import dump_item
 
@@ -71,6 +72,10 @@ class DurableModel(Model):
     def __init__(self, inner: Model, agent_name: str) -> None:
         self.inner = inner
         self.agent_name = agent_name
+        # The step key of a call that failed: the SDK retries a request on the model it got
+        # for the turn (this object), and the retry must take the same key, or a restarted
+        # run would ask the model again under the first key and get another answer.
+        self._failed_key: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         # What the SDK probes a model for beyond the Model interface (a capability such as
@@ -102,6 +107,13 @@ class DurableModel(Model):
         return StepCall(kind=StepKind.LLM, name=name, inputs=inputs, scope=scope, intent=False,
                         preview=f"{self.agent_name}: {count} input item(s), {digest[:12]}")
 
+    async def _begin(self, session: RunSession, call: StepCall) -> StepStart:
+        failed = self._failed_key
+        if failed is None:
+            return await session.abegin(call)
+        with _numbered_as(session, call, failed):
+            return await session.abegin(call)
+
     async def get_response(
         self,
         system_instructions: str | None,
@@ -122,8 +134,8 @@ class DurableModel(Model):
                 system_instructions, input, model_settings, tools, output_schema, handoffs,
                 tracing, previous_response_id=previous_response_id,
                 conversation_id=conversation_id, prompt=prompt)
-        start = await session.abegin(self._call(system_instructions, input, tools,
-                                                output_schema, handoffs, streamed=False))
+        start = await self._begin(session, self._call(system_instructions, input, tools,
+                                                      output_schema, handoffs, streamed=False))
         if start.replayed:
             value = session.result(start)
             if not isinstance(value, ModelResponse):
@@ -131,10 +143,15 @@ class DurableModel(Model):
                                 "not a model response")
             return value
         # A failed model call is not recorded: it had no effect, the restart asks again.
-        response = await self.inner.get_response(
-            system_instructions, input, model_settings, tools, output_schema, handoffs, tracing,
-            previous_response_id=previous_response_id, conversation_id=conversation_id,
-            prompt=prompt)
+        try:
+            response = await self.inner.get_response(
+                system_instructions, input, model_settings, tools, output_schema, handoffs,
+                tracing, previous_response_id=previous_response_id,
+                conversation_id=conversation_id, prompt=prompt)
+        except Exception:
+            self._failed_key = start.key
+            raise
+        self._failed_key = None
         await session.arecord(start, response)
         return response
 
@@ -170,7 +187,7 @@ class DurableModel(Model):
         # the runner stops reading at a failure event, and a generator left suspended would
         # be closed later by the event loop, in another task.
         try:
-            start = await session.abegin(call)
+            start = await self._begin(session, call)
             if start.replayed:
                 response = session.result(start)
                 if not isinstance(response, Response):
@@ -180,12 +197,20 @@ class DurableModel(Model):
                 for event in _replay_events(response):
                     yield event
                 return
-            async for event in live:
-                if isinstance(event, ResponseCompletedEvent):
-                    # Recorded before the runner sees the final response, so no tool of this
-                    # turn can start before the record exists.
-                    await session.arecord(start, event.response)
-                yield event
+            recorded = False
+            try:
+                async for event in live:
+                    if isinstance(event, ResponseCompletedEvent):
+                        # Recorded before the runner sees the final response, so no tool of
+                        # this turn can start before the record exists.
+                        await session.arecord(start, event.response)
+                        recorded = True
+                        self._failed_key = None
+                    yield event
+            except Exception:
+                if not recorded:
+                    self._failed_key = start.key
+                raise
         finally:
             await _close(live)
 
@@ -199,6 +224,19 @@ class DurableModel(Model):
 
     def get_retry_advice(self, request: Any) -> Any:
         return self.inner.get_retry_advice(request)
+
+
+@contextmanager
+def _numbered_as(session: RunSession, call: StepCall, key: str) -> Iterator[None]:
+    """Number ``call`` so that it takes ``key`` (``<base>#<n>`` or ``<base>#<n>.r<attempt>``),
+    the key an earlier attempt of the same request took: restart the numbering at that
+    attempt and count the first n-1 occurrences off again."""
+    tail = key.rpartition("#")[2]
+    number, _, attempt = tail.partition(".r")
+    with restart_numbering(int(attempt) if attempt else 1):
+        for _ in range(int(number) - 1):
+            session.step_key(call)
+        yield
 
 
 async def _close(stream: AsyncIterator[Any]) -> None:

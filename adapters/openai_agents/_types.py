@@ -8,12 +8,14 @@ sent and change the next request).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from agents.items import ModelResponse
 from agents.tool import ToolOutputFileContent, ToolOutputImage, ToolOutputText
 from agents.usage import deserialize_usage, serialize_usage
+from openai._models import construct_type
 from openai.types.responses import Response
 from openai.types.responses.response_output_item import ResponseOutputItem
 from pydantic import BaseModel, TypeAdapter
@@ -42,13 +44,34 @@ def dump_item(item: Any) -> Any:
     return item
 
 
+def _item_types() -> frozenset[str]:
+    """The ``type`` values of the output item union."""
+    union = typing.get_args(ResponseOutputItem)[0]
+    found: set[str] = set()
+    for member in typing.get_args(union):
+        found.update(typing.get_args(member.model_fields["type"].annotation))
+    return frozenset(found)
+
+
+_ITEM_TYPES = _item_types()
+
+
 def _load_item(data: Any) -> Any:
-    if isinstance(data, dict) and "type" in data:
+    if isinstance(data, dict) and data.get("type") in _ITEM_TYPES:
         try:
             return _OUTPUT_ITEM.validate_python(data)
         except ValueError:
-            return data  # an item type this openai version does not know: keep its JSON
-    return data
+            # The openai client builds what a server sends without validating it (a field
+            # missing, a value of a newer kind), and the SDK takes it: rebuild it the same way.
+            return construct_type(type_=ResponseOutputItem, value=data)
+    return data  # an item type this openai version does not know: keep its JSON
+
+
+def _load_response(data: dict[str, Any]) -> Response:
+    try:
+        return Response.model_validate(data)
+    except ValueError:
+        return cast(Response, construct_type(type_=Response, value=data))  # as _load_item
 
 
 def _encode_response(r: ModelResponse) -> dict[str, Any]:
@@ -69,7 +92,7 @@ def prepare_codec(codec: Codec) -> Codec:
         return codec
     codec.register(ModelResponse, _PREPARED, _encode_response, _decode_response)
     codec.register(Response, "openai:Response",
-                   lambda r: r.model_dump(mode="json", exclude_unset=True), Response.model_validate)
+                   lambda r: r.model_dump(mode="json", exclude_unset=True), _load_response)
     codec.register(ToolOutcome, "openai-agents:ToolOutcome",
                    lambda t: {"output": t.output, "sdk_error": t.sdk_error},
                    lambda d: ToolOutcome(d["output"], bool(d["sdk_error"])))

@@ -15,12 +15,29 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "children"))
 
-from agents import Agent, ModelBehaviorError, ModelResponse, Runner, set_tracing_disabled
+from agents import (
+    Agent,
+    ModelBehaviorError,
+    ModelResponse,
+    ModelRetrySettings,
+    ModelSettings,
+    Runner,
+    Usage,
+    retry_policies,
+    set_tracing_disabled,
+)
 from agents.models.interface import Model
 from agents.models.openai_responses import OpenAIResponsesModel
 from oa_http import FakeResponses, fake_responses
 from openai import AsyncOpenAI
-from openai.types.responses import Response, ResponseCreatedEvent, ResponseFailedEvent
+from openai._models import construct_type
+from openai.types.responses import (
+    Response,
+    ResponseCreatedEvent,
+    ResponseFailedEvent,
+    ResponseOutputMessage,
+)
+from openai.types.responses.response_output_item import ResponseOutputItem
 
 from agentledger import Ledger
 from agentledger.openai_agents import DurableRunner
@@ -105,3 +122,63 @@ async def test_a_stream_the_runner_stops_reading_is_closed_in_its_task(
             pass
     # Closed by the run loop as it stopped, not later by the event loop's finaliser.
     assert model.closed_in == [streamed.run_loop_task]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_retried_model_call_keeps_its_step_key(
+        streamed: bool, ledger: Ledger, endpoint: tuple[FakeResponses, str]) -> None:
+    fake, url = endpoint
+    settings = ModelSettings(retry=ModelRetrySettings(
+        max_retries=2, backoff={"initial_delay": 0.0, "max_delay": 0.0, "jitter": False},
+        policy=retry_policies.http_status([500])))
+
+    def agent() -> Agent[Any]:
+        return responses_agent(url).clone(model_settings=settings)
+
+    async def run() -> Any:
+        if not streamed:
+            return (await DurableRunner.run(agent(), "hi", run_id="retry", ledger=ledger)
+                    ).final_output
+        result = DurableRunner.run_streamed(agent(), "hi", run_id="retry", ledger=ledger)
+        async for _ in result.stream_events():
+            pass
+        return result.final_output
+
+    fake.fail_next = 1  # a transient 500, retried by the SDK
+    first = await run()
+    assert len(fake.requests) == 2 and first == "seen 1 item(s)"
+    assert [s.key for s in ledger.steps("retry")] == [
+        "llm:desk:stream#1" if streamed else "llm:desk#1"]
+    again = await run()  # started again: the answer the retry got, not a new request
+    assert again == first and len(fake.requests) == 2
+
+
+class LooseItemModel(Model):
+    """Answers with a message the way the openai client builds one from a server's JSON: not
+    validated, a required field missing. The SDK takes it as it is."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self.calls += 1
+        item = construct_type(type_=ResponseOutputItem, value={
+            "type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "loose"}]})  # no "annotations"
+        return ModelResponse(output=[item], usage=Usage(requests=1), response_id="resp_1")
+
+    async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        raise AssertionError("not streamed")
+        yield
+
+
+async def test_an_item_openai_types_reject_but_the_sdk_takes_replays_as_it_was(
+        ledger: Ledger) -> None:
+    plain = await Runner.run(Agent(name="l", model=LooseItemModel()), "go")
+    for _ in range(2):
+        model = LooseItemModel()
+        result = await DurableRunner.run(Agent(name="l", model=model), "go", run_id="loose",
+                                         ledger=ledger)
+        assert result.final_output == plain.final_output == "loose"
+        assert [type(i) for i in result.raw_responses[0].output] == [ResponseOutputMessage]
+    assert model.calls == 0  # the second run replayed the recorded answer
