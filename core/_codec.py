@@ -204,9 +204,43 @@ class Codec:
         return json.dumps(self.encode(value), separators=(",", ":"), ensure_ascii=False)
 
     def dumps_bytes(self, value: Any) -> bytes:
-        """:meth:`dumps` as UTF-8, safe for any str (a lone surrogate is kept as JSON's
-        ``\\u`` escape, which :meth:`loads` reads back exactly)."""
-        return json_bytes(self.encode(value))
+        """:meth:`dumps` as UTF-8, exact for any str (see :meth:`value_bytes`)."""
+        return self.value_bytes(self.encode(value))
+
+    def value_bytes(self, data: Any, field: str | None = None) -> bytes:
+        """Compact UTF-8 JSON of encoded ``data`` (of ``data[field]`` only, if given, for an
+        envelope). A str holding a surrogate code point is not UTF-8: such strs are stored
+        tagged (``str``: their surrogate-passing UTF-8 in base64) and come back exactly."""
+        try:
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            pass
+        if field is None:
+            data = self._tag_surrogates(data)
+        else:
+            data = {**data, field: self._tag_surrogates(data[field])}
+        return json_bytes(data)  # still failing: text inside a plain-JSON type, escaped
+
+    def _tag_surrogates(self, data: Any) -> Any:
+        t = type(data)
+        if t is str:
+            try:
+                data.encode()
+                return data
+            except UnicodeEncodeError:
+                raw = data.encode("utf-8", "surrogatepass")
+                return {TAG: "str", "v": base64.b64encode(raw).decode()}
+        if t is list:
+            return [self._tag_surrogates(v) for v in data]
+        if t is not dict:
+            return data
+        tag = data.get(TAG)
+        if tag is not None:
+            return data if tag in self._plain else {TAG: tag, "v": self._tag_surrogates(data["v"])}
+        pairs = [(self._tag_surrogates(k), self._tag_surrogates(v)) for k, v in data.items()]
+        if all(type(k) is str for k, _ in pairs):
+            return dict(pairs)
+        return {TAG: "dict", "v": [[k, v] for k, v in pairs]}
 
     def loads(self, text: str | bytes, where: str = "a recorded value") -> Any:
         try:
@@ -265,6 +299,7 @@ class Codec:
         self.register(uuid.UUID, "uuid", str, uuid.UUID)
         self._decoders["float"] = float
         self._decoders["int"] = _int_from_hex
+        self._decoders["str"] = _str_from_base64
         self.register_pydantic(Decision, "agentledger.Decision")
         for name in _errors.__all__:
             err = getattr(_errors, name)
@@ -281,6 +316,10 @@ def _timedelta(data: Any) -> dt.timedelta:
         days, seconds, micros = data
         return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
     return dt.timedelta(seconds=data)
+
+
+def _str_from_base64(text: str) -> str:
+    return base64.b64decode(text, validate=True).decode("utf-8", "surrogatepass")
 
 
 def _int_from_hex(text: str) -> int:

@@ -359,7 +359,7 @@ class RunSession:
             body = ({"v": SCHEMA_VERSION, "ok": True, "value": self.codec.encode(value)}
                     if error is None else
                     {"v": SCHEMA_VERSION, "ok": False, "error": self.codec.encode_error(error)})
-            raw = json_bytes(body)
+            raw = self.codec.value_bytes(body, "value") if error is None else json_bytes(body)
             if len(raw) > limit:
                 raise PayloadTooLargeError(f"the outcome of step {start.key!r}", len(raw), limit)
         except (UnsupportedTypeError, PayloadTooLargeError, UnrecordableValueError) as e:

@@ -117,6 +117,7 @@ _ids = itertools.count()
 @example(value=Special("deep_list"))
 @example(value=Special("cyclic_list"))
 @example(value={"x": "\udfff"})
+@example(value=["\ud800\udc00", {"\udbff\udfff": 1}])
 def test_any_result_runs_the_body_once_across_three_starts(ledger: Ledger, value: Any) -> None:
     if isinstance(value, Special):
         value = value.build()
