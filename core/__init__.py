@@ -1,5 +1,6 @@
 """agentledger: every tool call and LLM call of an agent pipeline as a durable step in Redis."""
 
+from ._app import App, Pipeline
 from ._codec import Codec
 from ._context import (
     current_idempotency_key,
@@ -37,10 +38,12 @@ from ._records import (
 )
 from ._session import RunSession, StepCall, StepStart
 from ._step import aapproval, approval, step
+from ._worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "ApprovalPending",
     "Codec",
     "CorruptRecordError",
@@ -54,6 +57,7 @@ __all__ = [
     "NonDeterminismError",
     "PayloadTooLargeError",
     "PendingApproval",
+    "Pipeline",
     "RecordedStepError",
     "RunBusyError",
     "RunRecord",
@@ -68,6 +72,7 @@ __all__ = [
     "UnknownSchemaVersionError",
     "UnrecordableValueError",
     "UnsupportedTypeError",
+    "Worker",
     "__version__",
     "aapproval",
     "approval",

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import _cli_worker
 from ._errors import LedgerError
 from ._ledger import Ledger
 from ._records import RunRecord
@@ -166,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8765)
     sv = sub.add_parser("server", help="the embedded Redis: start (print its URL) or stop")
     sv.add_argument("action", choices=["start", "stop"])
+    _cli_worker.add_commands(sub)
     return p
 
 
@@ -193,6 +195,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "server":
         return _cmd_server(args, out)
+    if args.command in _cli_worker.COMMANDS:
+        return _cli_worker.run_command(args, out, _table)
     try:
         ledger = Ledger.from_url(args.url, prefix=args.prefix, redis_retries=2)
         try:
