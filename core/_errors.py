@@ -1,4 +1,15 @@
-"""Every error agentledger raises, under one base class."""
+"""Every error agentledger raises, under one base class.
+
+Connecting can raise (each with a one-line message that never contains a password):
+
+- :class:`RedisAuthError`: wrong user or password, or an ACL user lacking a command the ledger
+  needs. Reported at once, never retried.
+- :class:`RedisConfigError`: the server cannot hold a ledger as configured or the URL does not
+  fit it: an evicting ``maxmemory-policy`` (``allkeys-*``), a ``rediss://`` URL to a plain port,
+  a ``redis+cluster://`` URL to a node not in cluster mode, a database index out of range.
+- :class:`LedgerUnavailableError`: nothing answered within the timeouts (a dead host or cluster
+  node, a stopped server); the call failed closed.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +25,8 @@ __all__ = [
     "NonDeterminismError",
     "PayloadTooLargeError",
     "RecordedStepError",
+    "RedisAuthError",
+    "RedisConfigError",
     "RunBusyError",
     "StepRejected",
     "UnknownSchemaVersionError",
@@ -28,6 +41,14 @@ class LedgerError(Exception):
 
 class LedgerUnavailableError(LedgerError):
     """Redis could not be reached. The ledger fails closed: no unrecorded step runs."""
+
+
+class RedisAuthError(LedgerError):
+    """Redis refused the credentials, or the ACL user may not run a command the ledger needs."""
+
+
+class RedisConfigError(LedgerError):
+    """The Redis server, or the URL used to reach it, cannot hold a ledger as configured."""
 
 
 class CorruptRecordError(LedgerError):

@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
-from ._errors import LedgerError, LedgerUnavailableError
+from ._connect import ledger_error
 from ._store import _retry, _retry_async
 
 if TYPE_CHECKING:
@@ -59,15 +59,13 @@ class StepConnection:
                     return conn.read_response()
 
             return self._retry().call_with_retry(send, lambda _e: conn.disconnect())
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
-        except redis.ResponseError as e:
-            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+        except redis.RedisError as e:
+            raise ledger_error(e, self._ledger.url, f"the {name} script") from e
         finally:
             self._lock.release()
 
     def _retry(self) -> Any:
-        return _retry(self._ledger.redis_retries)
+        return _retry(self._ledger.settings)
 
     def close(self) -> None:
         with self._lock:
@@ -105,12 +103,9 @@ class StepConnection:
                 async def fail(_e: Exception) -> None:
                     await conn.disconnect()
 
-                return await _retry_async(self._ledger.redis_retries).call_with_retry(send, fail)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                raise LedgerUnavailableError(
-                    f"Redis unreachable ({e}); the step was not run") from e
-            except redis.ResponseError as e:
-                raise LedgerError(f"Redis refused the {name} script: {e}") from e
+                return await _retry_async(self._ledger.settings).call_with_retry(send, fail)
+            except redis.RedisError as e:
+                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
     async def aclose(self) -> None:
         if self._aconn is not None and self._aloop is asyncio.get_running_loop():

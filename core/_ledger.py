@@ -15,6 +15,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ._codec import Codec, json_bytes
+from ._connect import ConnectSettings
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
@@ -67,7 +68,8 @@ class PendingApproval(StepRecord):
 class Ledger(RedisStore):
     """Runs and their steps in Redis.
 
-    Build one with :meth:`from_url` (``redis://``, ``rediss://``, ``unix://``; no URL and no
+    Build one with :meth:`from_url` (``redis://``, ``rediss://``, ``unix://``,
+    ``redis[s]+cluster://``, ``redis[s]+sentinel://``; no URL and no
     ``AGENTLEDGER_URL``: the embedded Redis in ``./.agentledger/``) or hand it a redis-py
     client (the pool stays yours to close). One ``Ledger`` serves threads and event loops.
     """
@@ -85,6 +87,9 @@ class Ledger(RedisStore):
         in_doubt: InDoubtPolicy | str = InDoubtPolicy.RERUN,
         on_mismatch: str = "raise",
         redis_retries: int = 10,
+        connect_timeout_s: float | None = None,
+        socket_timeout_s: float | None = None,
+        allow_evicting_redis: bool = False,
     ) -> None:
         """
         client: a redis-py ``Redis`` or ``RedisCluster`` (yours to close), or give ``url``.
@@ -97,14 +102,23 @@ class Ledger(RedisStore):
         in_doubt: the default policy for a step that started and recorded no outcome.
         on_mismatch: 'raise' NonDeterminismError when a replayed call differs from the
             recorded one, or 'replay' the recorded result anyway.
-        redis_retries: retries (with backoff, about 10 s in all by default) before a call
-            fails closed with LedgerUnavailableError.
+        redis_retries: retries (with backoff) before a call fails closed with
+            LedgerUnavailableError; all of a call's tries end within half the lease.
+        connect_timeout_s, socket_timeout_s: per-attempt timeouts of the clients built from a
+            url (default: a tenth of the lease, at least 0.5 s), so a hung Redis fails the
+            step closed before the lease lets another process take the run over. A client
+            passed in keeps its own timeouts.
+        allow_evicting_redis: accept a Redis whose maxmemory-policy is allkeys-* (it may
+            evict live step records, and a lost record re-runs a side effect); refused by
+            default with RedisConfigError.
         """
-        super().__init__(client, url, prefix, redis_retries)
-        if on_mismatch not in ("raise", "replay"):
-            raise ValueError("on_mismatch must be 'raise' or 'replay'")
         if lease_ms < 100:
             raise ValueError("lease_ms must be at least 100")
+        settings = ConnectSettings.for_lease(int(lease_ms), redis_retries, connect_timeout_s,
+                                             socket_timeout_s)
+        super().__init__(client, url, prefix, settings, allow_evicting_redis)
+        if on_mismatch not in ("raise", "replay"):
+            raise ValueError("on_mismatch must be 'raise' or 'replay'")
         self.codec = codec or Codec()
         self.lease_ms = int(lease_ms)
         self.completed_ttl_s = completed_ttl_s
@@ -122,9 +136,6 @@ class Ledger(RedisStore):
             from ._embedded import embedded_url
 
             url = embedded_url()
-        if not url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
-            raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// "
-                             "or redis+cluster://")
         return cls(url=url, prefix=prefix, **options)
 
     # ---- runs -----------------------------------------------------------------------------
@@ -156,6 +167,7 @@ class Ledger(RedisStore):
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
+        self.check_server()
         while True:
             keys, args = self._acquire_args(run_id, kind, force)
             reply = self.script_and_index("acquire", keys, args, run_id)
@@ -172,6 +184,7 @@ class Ledger(RedisStore):
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
+        await self.acheck_server()
         while True:
             keys, args = self._acquire_args(run_id, kind, force)
             reply = await self.ascript_and_index("acquire", keys, args, run_id)

@@ -11,15 +11,19 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from . import _scripts as lua
-from ._errors import LedgerError, LedgerUnavailableError
+from ._connect import (
+    AsyncDeadlineRetry,
+    ConnectSettings,
+    DeadlineRetry,
+    async_twin,
+    client_from_url,
+    ledger_error,
+)
 from ._keys import RunKeys, check_run_id, runs_index
 
 __all__ = ["RedisStore"]
@@ -36,16 +40,14 @@ _SCRIPTS = {
 }
 
 
-def _retry(retries: int) -> Retry:
-    # Ride out a Redis restart (about ten seconds by default) before failing closed. Every
+def _retry(settings: ConnectSettings) -> DeadlineRetry:
+    # Ride out a short Redis restart, within half the lease, before failing closed. Every
     # script is idempotent under one fencing token, so a retried call after a lost reply is safe.
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+    return DeadlineRetry(settings.retries, settings.budget_s)
 
 
-def _retry_async(retries: int) -> Any:
-    from redis.asyncio.retry import Retry as AsyncRetry
-
-    return AsyncRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+def _retry_async(settings: ConnectSettings) -> AsyncDeadlineRetry:
+    return AsyncDeadlineRetry(settings.retries, settings.budget_s)
 
 
 def _s(b: bytes | str | None) -> str:
@@ -58,25 +60,21 @@ class RedisStore:
     """Clients and scripts under one key prefix. A client passed in stays its owner's to close."""
 
     def __init__(self, client: redis.Redis | RedisCluster | None, url: str | None, prefix: str,
-                 redis_retries: int) -> None:
+                 settings: ConnectSettings, allow_evicting: bool = False) -> None:
         if client is None and url is None:
             raise TypeError("Ledger needs a redis client or a url (or use Ledger.from_url())")
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError("prefix must be a non-empty string without braces")
         self.url = url
         self.prefix = prefix
-        self.redis_retries = redis_retries
+        self.settings = settings
+        self.redis_retries = settings.retries
+        self.allow_evicting_redis = allow_evicting
+        self._server_checked = False
         self._owns_client = client is None
         if client is None:
             assert url is not None
-            if url.startswith("redis+cluster://"):
-                client = RedisCluster.from_url(
-                    "redis://" + url.removeprefix("redis+cluster://"),
-                    retry=_retry(redis_retries))
-            else:
-                client = redis.Redis.from_url(
-                    url, retry=_retry(redis_retries),
-                    retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+            client = client_from_url(url, settings)
         # A Redis Cluster client: every per-run script touches one slot (the run's hash tag);
         # the cluster refuses scripts inside pipelines, so those become sequential calls.
         self.cluster = isinstance(client, RedisCluster)
@@ -92,34 +90,28 @@ class RedisStore:
         # redis.asyncio connections belong to one event loop: keep one client per loop.
         loop = asyncio.get_running_loop()
         entry = self._aclients.get(loop)
-        if entry is None and self.cluster:
-            cluster = AsyncRedisCluster.from_url(
-                "redis://" + (self.url or "").removeprefix("redis+cluster://"),
-                retry=_retry_async(self.redis_retries))
-            entry = (cast(aredis.Redis, cluster),
-                     {n: cluster.register_script(s) for n, s in _SCRIPTS.items()})  # type: ignore[misc]
-            self._aclients[loop] = entry
         if entry is None:
-            kwargs = dict(self.redis.connection_pool.connection_kwargs)
-            conn_class = self.redis.connection_pool.connection_class
-            kwargs.pop("retry", None)
-            kwargs.pop("retry_on_error", None)
-            if issubclass(conn_class, redis.UnixDomainSocketConnection):
-                pool = aredis.ConnectionPool(
-                    connection_class=aredis.UnixDomainSocketConnection, **kwargs
-                )
-            elif issubclass(conn_class, redis.SSLConnection):
-                pool = aredis.ConnectionPool(connection_class=aredis.SSLConnection, **kwargs)
-            else:
-                pool = aredis.ConnectionPool(**kwargs)
-            client = aredis.Redis(
-                connection_pool=pool,
-                retry=_retry_async(self.redis_retries),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            )
+            with self.redis_errors():
+                client = cast(aredis.Redis, async_twin(
+                    cast(redis.Redis | RedisCluster, self.redis), self.settings))
             entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
             self._aclients[loop] = entry
         return entry
+
+    def check_server(self) -> None:
+        """First contact (once per ledger): connect without retries, so that a wrong password
+        or a URL that does not fit the server fails at once by name, and refuse an evicting
+        Redis (see :mod:`agentledger._servercheck`)."""
+        if not self._server_checked:
+            from ._servercheck import check_server
+
+            check_server(cast(redis.Redis | RedisCluster, self.redis), self.url,
+                         self.allow_evicting_redis)
+            self._server_checked = True
+
+    async def acheck_server(self) -> None:
+        if not self._server_checked:
+            await asyncio.to_thread(self.check_server)
 
     def async_client(self) -> aredis.Redis:
         """The redis.asyncio client of the running event loop (one per loop, made on first use
@@ -132,18 +124,14 @@ class RedisStore:
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
             return self._scripts[name](keys=keys, args=args)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
-        except redis.ResponseError as e:
-            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            raise ledger_error(e, self.url, f"the {name} script") from e
 
     async def ascript(self, name: str, keys: list[str], args: list[Any]) -> Any:
         try:
             return await self._async()[1][name](keys=keys, args=args)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise LedgerUnavailableError(f"Redis unreachable ({e}); the step was not run") from e
-        except redis.ResponseError as e:
-            raise LedgerError(f"Redis refused the {name} script: {e}") from e
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            raise ledger_error(e, self.url, f"the {name} script") from e
 
     def script_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
                          before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
@@ -174,7 +162,7 @@ class RedisStore:
                     self.redis.script_load(self._scripts[name].script)
                     return attempt()
             except redis.ResponseError as e:
-                raise LedgerError(f"Redis refused the {name} script: {e}") from e
+                raise ledger_error(e, self.url, f"the {name} script") from e
 
     async def ascript_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
                                 before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
@@ -202,7 +190,7 @@ class RedisStore:
                     await client.script_load(scripts[name].script)
                     return await attempt()
             except redis.ResponseError as e:
-                raise LedgerError(f"Redis refused the {name} script: {e}") from e
+                raise ledger_error(e, self.url, f"the {name} script") from e
 
     @contextmanager
     def redis_errors(self) -> Iterator[None]:
@@ -210,8 +198,9 @@ class RedisStore:
         for adapters that read or write keys of their own."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise LedgerUnavailableError(f"Redis unreachable: {e}") from e
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException,
+                redis.exceptions.NoPermissionError) as e:
+            raise ledger_error(e, self.url) from e
 
     def close(self) -> None:
         if self._owns_client:
