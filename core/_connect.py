@@ -104,7 +104,8 @@ class ConnectSettings:
     def for_lease(cls, lease_ms: int, retries: int, connect_timeout_s: float | None = None,
                   socket_timeout_s: float | None = None) -> ConnectSettings:
         lease_s = lease_ms / 1000
-        read = socket_timeout_s if socket_timeout_s is not None else max(0.5, lease_s / 10)
+        # At least 1 s: a worker blocks on its queue for half a second per read.
+        read = socket_timeout_s if socket_timeout_s is not None else max(1.0, lease_s / 10)
         conn = connect_timeout_s if connect_timeout_s is not None else max(0.5, lease_s / 10)
         return cls(conn, read, max(read, lease_s / 2 - read - conn), retries)
 

@@ -105,7 +105,7 @@ class Ledger(RedisStore):
         redis_retries: retries (with backoff) before a call fails closed with
             LedgerUnavailableError; all of a call's tries end within half the lease.
         connect_timeout_s, socket_timeout_s: per-attempt timeouts of the clients built from a
-            url (default: a tenth of the lease, at least 0.5 s), so a hung Redis fails the
+            url (default: a tenth of the lease, at least 1 s to read and 0.5 s to connect), so a hung Redis fails the
             step closed before the lease lets another process take the run over. A client
             passed in keeps its own timeouts.
         allow_evicting_redis: accept a Redis whose maxmemory-policy is allkeys-* (it may
