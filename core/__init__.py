@@ -12,6 +12,7 @@ from ._context import (
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
+    EmbeddedRedisError,
     FencedOutError,
     InDoubtStepError,
     LedgerError,
@@ -50,6 +51,7 @@ __all__ = [
     "Codec",
     "CorruptRecordError",
     "Decision",
+    "EmbeddedRedisError",
     "FencedOutError",
     "InDoubtPolicy",
     "InDoubtStepError",

@@ -1,20 +1,51 @@
-"""The ``agentledger`` command: look at runs and steps, decide approvals, clean up."""
+"""The ``agentledger`` command: look at runs and steps, decide approvals, clean up.
+
+Whatever a user can get wrong (a URL, a password, a port, a missing binary) ends in one line on
+stderr, ``agentledger: ...``, and a non-zero status; never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from . import _cli_worker
+import redis
+
+from . import _cli_worker, _embedded
+from ._display import how_text, outcome_text, plain, preview_text
 from ._errors import LedgerError
-from ._ledger import Ledger
+from ._ledger import Ledger, PendingApproval
 from ._records import RunRecord
+from ._suggest import command
 
 __all__ = ["main"]
+
+# Options every command takes, before or after the command's name (`agentledger runs --json`).
+_GLOBAL_DEFAULTS: dict[str, Any] = {"url": None, "prefix": "agentledger", "json": False,
+                                    "home": None}
+
+APPROVE_HELP = """\
+Record a person's decision on a waiting step; the run continues when started again.
+
+An approval (agentledger.approval / a LangGraph interrupt): approve it, or --reject it;
+--payload is the edited arguments or the resume value.
+
+An in-doubt step (it started, the process died, nobody knows if its effect happened) means
+one of three things:
+  approve               the effect did not happen: run the step again
+  approve --payload V   the effect happened and V (JSON) is its result: record it, do not re-run
+  approve --reject      fail the step (the run sees StepRejected)
+"""
+
+
+class CliError(LedgerError):
+    """A user error the command reports in one line."""
 
 
 def _ms(ts: int) -> str:
@@ -57,8 +88,7 @@ def _cmd_runs(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
 def _cmd_show(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
     run = ledger.get_run(a.run_id)
     if run is None:
-        print(f"no run {a.run_id!r}", file=sys.stderr)
-        return 1
+        raise CliError(f"no run {a.run_id!r} under prefix {a.prefix!r}")
     steps = ledger.steps(a.run_id)
     if a.json:
         print(json.dumps({"run": run.model_dump(mode="json"),
@@ -73,13 +103,14 @@ def _cmd_show(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
     rows = []
     for s in steps:
         dur = f"{s.duration_ms} ms" if s.duration_ms is not None else "-"
-        how = "executed" if s.attempts <= 1 else f"executed x{s.attempts}"
-        if s.replays:
-            how += f", replayed x{s.replays}"
         rows.append([str(s.seq), str(s.kind), _short(s.name, 28), str(s.status), str(s.attempts),
-                     dur, how, _short(s.preview, 36), _short(s.outcome_text(), 44)])
+                     dur, how_text(s), _short(preview_text(s), 36), _short(outcome_text(s), 44)])
     _table(rows, ["#", "KIND", "NAME", "STATUS", "ATT", "DURATION", "HOW", "INPUTS", "RESULT"], out)
     return 0
+
+
+def _what(p: PendingApproval) -> str:
+    return "in doubt" if p.doubt or p.status == "running" else str(p.kind)
 
 
 def _cmd_approvals(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
@@ -88,11 +119,15 @@ def _cmd_approvals(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
         print(json.dumps([p.model_dump(mode="json") for p in pending], indent=2, default=str),
               file=out)
         return 0
-    rows = [[p.run_id, p.key, "in doubt" if p.doubt or p.status == "running" else str(p.kind),
-             _ms(p.started), _short(json.dumps(p.payload, ensure_ascii=False, default=str)
-                                    if p.payload is not None else p.preview, 60)]
+    rows = [[p.run_id, p.key, _what(p), _ms(p.started),
+             _short(json.dumps(plain(p.payload), ensure_ascii=False, default=str)
+                    if p.payload is not None else preview_text(p), 60),
+             command("approve", positional=(p.run_id, p.key), prefix=a.prefix)]
             for p in pending]
-    _table(rows, ["RUN", "STEP", "WHAT", "SINCE", "PAYLOAD"], out)
+    _table(rows, ["RUN", "STEP", "WHAT", "SINCE", "PAYLOAD", "DECIDE WITH"], out)
+    if any(_what(p) == "in doubt" for p in pending):
+        print("\nin doubt: approve = run it again; approve --payload JSON = it happened, JSON is "
+              "its result; approve --reject = fail it", file=out)
     return 0
 
 
@@ -102,8 +137,7 @@ def _cmd_approve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
         try:
             payload = json.loads(a.payload)
         except ValueError as e:
-            print(f"--payload is not JSON: {e}", file=sys.stderr)
-            return 2
+            raise CliError(f"--payload is not JSON: {e}") from None
     key = ledger.decide(a.run_id, a.step, approved=not a.reject, by=a.by, note=a.note,
                         payload=payload)
     verdict = "rejected" if a.reject else "approved"
@@ -128,55 +162,17 @@ def _cmd_gc(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _cmd_server(a: argparse.Namespace, out: TextIO) -> int:
-    from ._embedded import embedded_url, stop_embedded
-
-    if a.action == "stop":
-        print("stopped" if stop_embedded() else "the embedded Redis was not running", file=out)
-    else:
-        print(embedded_url(), file=out)
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="agentledger",
-                                description="Look at durable runs and steps; decide approvals.")
-    p.add_argument("--url", help="Redis URL (default: AGENTLEDGER_URL, else the embedded Redis)")
-    p.add_argument("--prefix", default="agentledger", help="key prefix (default: agentledger)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("runs", help="list runs, newest first")
-    r.add_argument("--status", choices=["running", "waiting", "completed", "failed", "stalled"])
-    r.add_argument("--limit", type=int, default=50)
-    s = sub.add_parser("show", help="a run's step timeline")
-    s.add_argument("run_id")
-    ap = sub.add_parser("approvals", help="steps waiting for a person")
-    ap.add_argument("run_id", nargs="?")
-    a = sub.add_parser("approve", help="record a decision on a waiting step")
-    a.add_argument("run_id")
-    a.add_argument("step", nargs="?", help="step key (default: the run's only waiting step)")
-    a.add_argument("--reject", action="store_true")
-    a.add_argument("--by", help="who decides")
-    a.add_argument("--note", help="a note, or the human feedback text")
-    a.add_argument("--payload", help="JSON: edited arguments / the resume value")
-    d = sub.add_parser("delete", help="delete everything a run wrote")
-    d.add_argument("run_id")
-    sub.add_parser("gc", help="drop expired runs from the index")
-    w = sub.add_parser("serve", help="a read-only web page of runs, steps and approvals")
-    w.add_argument("--host", default="127.0.0.1")
-    w.add_argument("--port", type=int, default=8765)
-    sv = sub.add_parser("server", help="the embedded Redis: start (print its URL) or stop")
-    sv.add_argument("action", choices=["start", "stop"])
-    _cli_worker.add_commands(sub)
-    return p
-
-
 def _cmd_serve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
     from ._web import make_server
 
-    server = make_server(ledger, a.host, a.port)
-    print(f"agentledger: serving http://{a.host}:{server.server_address[1]}/ (Ctrl-C stops)",
-          file=out, flush=True)
+    try:
+        server = make_server(ledger, a.host, a.port, allow_hosts=a.allow_host)
+    except OSError as e:
+        why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise CliError(f"cannot serve on {a.host}:{a.port}: {why} (choose another with --port)"
+                       ) from None
+    print(f"agentledger: serving http://{server.display_host}:{server.server_address[1]}/ "
+          "(Ctrl-C stops)", file=out, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -186,25 +182,153 @@ def _cmd_serve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"serve": _cmd_serve, "runs": _cmd_runs, "show": _cmd_show, "approvals": _cmd_approvals,
-             "approve": _cmd_approve, "delete": _cmd_delete, "gc": _cmd_gc}
+def _cmd_server(a: argparse.Namespace, out: TextIO) -> int:
+    if a.action == "start":
+        home = _embedded.find_home(a.home) or _embedded.new_home(a.home)
+        print(_embedded.embedded_url(home), file=out)
+        return 0
+    found = _embedded.find_home(a.home)
+    if found is None:
+        raise CliError(_embedded.not_found_message(a.home))
+    if a.action == "stop":
+        print("stopped" if _embedded.stop_embedded(found)
+              else f"the embedded Redis in {found} was not running", file=out)
+        return 0
+    status = _embedded.server_status(found)
+    if a.json:
+        print(json.dumps(status, indent=2), file=out)
+    else:
+        for name, value in status.items():
+            print(f"{name + ':':<10} {value if value is not None else '-'}", file=out)
+    return 0 if status["running"] else 1
+
+
+_COMMANDS: dict[str, Callable[[Ledger, argparse.Namespace, TextIO], int]] = {
+    "serve": _cmd_serve, "runs": _cmd_runs, "show": _cmd_show, "approvals": _cmd_approvals,
+    "approve": _cmd_approve, "delete": _cmd_delete, "gc": _cmd_gc}
+
+
+def _global_options(top: bool) -> argparse.ArgumentParser:
+    # On the subcommands the defaults are SUPPRESS, so that an option given before the command
+    # is not reset by the subcommand's own default.
+    p = argparse.ArgumentParser(add_help=False)
+    d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--url", default=d(None),
+                   help="Redis URL (default: AGENTLEDGER_URL, else the embedded Redis)")
+    p.add_argument("--prefix", default=d("agentledger"), help="key prefix (default: agentledger)")
+    p.add_argument("--home", default=d(None),
+                   help="the embedded ledger's folder (default: AGENTLEDGER_HOME, else the "
+                        "nearest .agentledger/ in this folder or its parents)")
+    p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _global_options(top=False)
+    p = argparse.ArgumentParser(prog="agentledger", parents=[_global_options(top=True)],
+                                description="Look at durable runs and steps; decide approvals.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common], **kw)
+
+    r = add("runs", "list runs, newest first")
+    r.add_argument("--status", choices=["running", "waiting", "completed", "failed", "stalled"])
+    r.add_argument("--limit", type=int, default=50)
+    add("show", "a run's step timeline").add_argument("run_id")
+    add("approvals", "steps waiting for a person").add_argument("run_id", nargs="?")
+    a = add("approve", "record a decision on a waiting step", description=APPROVE_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("run_id")
+    a.add_argument("step", nargs="?", help="step key (default: the run's only waiting step)")
+    a.add_argument("--reject", action="store_true", help="fail the step")
+    a.add_argument("--by", help="who decides")
+    a.add_argument("--note", help="a note, or the human feedback text")
+    a.add_argument("--payload", help="JSON: edited arguments / the resume value / the result "
+                   "of an in-doubt step whose effect happened")
+    add("delete", "delete everything a run wrote").add_argument("run_id")
+    add("gc", "drop expired runs from the index")
+    w = add("serve", "a read-only web page of runs, steps and approvals")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=8765)
+    w.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this Host name (repeatable)")
+    sv = add("server", "the embedded Redis: start (print its URL), stop, status")
+    sv.add_argument("action", choices=["start", "stop", "status"])
+    _cli_worker.add_commands(_WithGlobalOptions(sub, common))
+    return p
+
+
+class _WithGlobalOptions:
+    """Subcommands added by other modules take the global options after their name too."""
+
+    def __init__(self, sub: Any, common: argparse.ArgumentParser) -> None:
+        self._sub, self._common = sub, common
+
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, parents=[self._common], **kw)
+        return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    for name, default in _GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def _url(a: argparse.Namespace) -> str:
+    """The URL to read: --url, AGENTLEDGER_URL, else an existing embedded ledger (never a new
+    one: these commands read what a program recorded)."""
+    url = a.url or os.environ.get("AGENTLEDGER_URL") or None
+    if url is not None:
+        return str(url)
+    home = _embedded.find_home(a.home)
+    if home is None:
+        raise CliError(_embedded.not_found_message(a.home))
+    return _embedded.embedded_url(home)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, redis.AuthenticationError):
+        return f"authentication failed: {text}"
+    if isinstance(e, redis.ResponseError | redis.exceptions.RedisClusterException):
+        return f"Redis refused: {text}"
+    return text or type(e).__name__
+
+
+def _stdout_closed() -> int:
+    # The reader went away (`agentledger show --json RUN | head`): say nothing, as cat and git
+    # do, and keep the interpreter from complaining when it flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    args = _parser().parse_args(argv)
-    if args.command == "server":
-        return _cmd_server(args, out)
-    if args.command in _cli_worker.COMMANDS:
-        return _cli_worker.run_command(args, out, _table)
+    args = _parse(argv)
     try:
-        ledger = Ledger.from_url(args.url, prefix=args.prefix, redis_retries=2)
+        if args.command == "server":
+            return _cmd_server(args, out)
+        if args.command in _cli_worker.COMMANDS:
+            if args.command != "worker":  # a worker records; the others read what exists
+                args.url = _url(args)
+            return _cli_worker.run_command(args, out, _table)
+        ledger = Ledger.from_url(_url(args), prefix=args.prefix, redis_retries=2)
         try:
             return _COMMANDS[args.command](ledger, args, out)
         finally:
             ledger.close()
-    except (LedgerError, ValueError) as e:
-        print(f"agentledger: {e}", file=sys.stderr)
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        return 130
+    except (LedgerError, redis.RedisError, redis.exceptions.RedisClusterException, OSError,
+            ValueError) as e:
+        print(f"agentledger: {_one_line(e)}", file=sys.stderr)
         return 1
 
 

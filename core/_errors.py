@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._suggest import command
+
 __all__ = [
     "ApprovalPending",
     "CorruptRecordError",
+    "EmbeddedRedisError",
     "FencedOutError",
     "InDoubtStepError",
     "LedgerError",
@@ -49,6 +52,11 @@ class RedisAuthError(LedgerError):
 
 class RedisConfigError(LedgerError):
     """The Redis server, or the URL used to reach it, cannot hold a ledger as configured."""
+
+
+class EmbeddedRedisError(LedgerUnavailableError):
+    """The embedded Redis cannot be used: no binary, a broken one, or a socket or folder that is
+    not the user's own (refused before any record is written)."""
 
 
 class CorruptRecordError(LedgerError):
@@ -135,7 +143,8 @@ class InDoubtStepError(LedgerError):
             f"step {key!r} is in doubt: attempt {attempts} started and recorded no outcome, "
             "so nobody knows whether its side effect happened. Its in-doubt policy is 'fail'. "
             f"Check the effect (idempotency key {idempotency_key!r}), then resolve it with "
-            "`agentledger approve RUN_ID STEP` (re-run) or `--reject`."
+            "`agentledger approve RUN_ID STEP` (it did not happen: re-run it), "
+            "`--payload JSON` (it happened: JSON is its result) or `--reject` (fail it)."
         )
         self.key = key
         self.attempts = attempts
@@ -157,7 +166,7 @@ class ApprovalPending(LedgerError):
     def __init__(self, run_id: str, step_key: str, payload: Any = None) -> None:
         super().__init__(
             f"run {run_id!r} waits for a decision on step {step_key!r} "
-            f"(`agentledger approve {run_id} {step_key!r}`)"
+            f"(`{command('approve', positional=(run_id, step_key))}`)"
         )
         self.run_id = run_id
         self.step_key = step_key

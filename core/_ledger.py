@@ -69,8 +69,8 @@ class Ledger(RedisStore):
     """Runs and their steps in Redis.
 
     Build one with :meth:`from_url` (``redis://``, ``rediss://``, ``unix://``,
-    ``redis[s]+cluster://``, ``redis[s]+sentinel://``; no URL and no
-    ``AGENTLEDGER_URL``: the embedded Redis in ``./.agentledger/``) or hand it a redis-py
+    ``redis[s]+cluster://``, ``redis[s]+sentinel://``; no URL and no ``AGENTLEDGER_URL``: the
+    embedded Redis of the nearest ``.agentledger/``, see ``from_url``) or hand it a redis-py
     client (the pool stays yours to close). One ``Ledger`` serves threads and event loops.
     """
 
@@ -130,7 +130,9 @@ class Ledger(RedisStore):
     @classmethod
     def from_url(cls, url: str | None = None, *, prefix: str = "agentledger", **options: Any) -> Ledger:
         """A ledger on ``url``; ``None`` reads ``AGENTLEDGER_URL``, and if that is unset too,
-        starts (or joins) the embedded Redis in ``./.agentledger/``."""
+        starts (or joins) the embedded Redis of the ledger folder: ``AGENTLEDGER_HOME``, else
+        the nearest ``.agentledger/`` in the working directory or its parents, else a new
+        ``./.agentledger/``."""
         url = url or os.environ.get("AGENTLEDGER_URL") or None
         if url is None:
             from ._embedded import embedded_url

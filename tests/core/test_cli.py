@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import subprocess
@@ -91,3 +92,29 @@ def test_unreachable_redis_is_a_clear_error(capsys: pytest.CaptureFixture[str]) 
     code = main(["--url", "redis://127.0.0.1:1/0", "runs"])
     assert code == 1
     assert "Redis unreachable" in capsys.readouterr().err
+
+
+def test_show_prints_values_as_written_and_a_waiting_step_as_waiting(
+        ledger: Ledger, redis_url: str, prefix: str) -> None:
+    @agentledger.step
+    def when(order: str) -> tuple[str, dt.date]:
+        return (order, dt.date(2026, 1, 2))
+
+    with pytest.raises(ApprovalPending), ledger.run("refund-8"):
+        when("8")
+        agentledger.approval("refund", {"order": "8"})
+    code, text = cli(redis_url, prefix, "show", "refund-8")
+    assert code == 0 and "$al" not in text and '["8", "2026-01-02"]' in text
+    approval_row = next(line for line in text.splitlines() if "approval" in line)
+    assert "waiting for a person" in approval_row and "executed" not in approval_row
+    code, text = cli(redis_url, prefix, "approvals")
+    assert f"agentledger approve --prefix {prefix} refund-8 'approval:refund#1'" in text
+
+
+def test_approve_help_says_what_each_decision_means() -> None:
+    proc = subprocess.run([sys.executable, "-m", "agentledger._cli", "approve", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    text = " ".join(proc.stdout.split())
+    assert "the effect did not happen: run the step again" in text
+    assert "the effect happened and V (JSON) is its result" in text
+    assert "--reject fail the step" in text
