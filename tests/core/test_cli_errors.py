@@ -51,6 +51,18 @@ def secured_redis() -> Iterator[RedisServer]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def test_wrong_password_says_authentication_failed(secured_redis: RedisServer) -> None:
+    url = f"redis://:wrong-secret@127.0.0.1:{secured_redis.port}/0"
+    line = assert_one_line_error(agentledger_cli("runs", "--url", url), "authentication failed")
+    assert "wrong-secret" not in line
+
+
+def test_tls_url_to_a_plain_port_fails_fast(redis_url: str) -> None:
+    port = redis_url.split(":")[2].split("/")[0]
+    assert_one_line_error(agentledger_cli("runs", "--url", f"rediss://127.0.0.1:{port}/0",
+                                          timeout=60))
+
+
 @pytest.mark.parametrize("why", ["not a cluster", "nothing listens"])
 def test_cluster_url_to_a_non_cluster_or_dead_node(redis_url: str, why: str) -> None:
     port = redis_url.split(":")[2].split("/")[0] if why == "not a cluster" else str(free_cluster_port())
