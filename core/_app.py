@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from ._errors import CorruptRecordError, LedgerError
 from ._keys import check_run_id
 from ._ledger import Ledger
-from ._queue import DEFAULT_SHARDS, RunQueue, app_key
+from ._queue import DEFAULT_SHARDS, RunQueue, app_key, is_outage
 from ._records import parse_outcome
 
 __all__ = ["App", "Pipeline"]
@@ -142,7 +142,12 @@ class App:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:
-            raw = self.queue.outcome(run_id)
+            try:
+                raw = self.queue.outcome(run_id)
+            except Exception as e:  # ride out a Redis restart or a failover until the deadline
+                if not is_outage(e) or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+                raw = ""
             if raw is None:
                 raise LedgerError(f"run {run_id!r} was never submitted to a pipeline")
             if raw:
@@ -156,7 +161,12 @@ class App:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:
-            raw = await self.queue.aoutcome(run_id)
+            try:
+                raw = await self.queue.aoutcome(run_id)
+            except Exception as e:
+                if not is_outage(e) or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+                raw = ""
             if raw is None:
                 raise LedgerError(f"run {run_id!r} was never submitted to a pipeline")
             if raw:

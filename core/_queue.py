@@ -26,11 +26,11 @@ from typing import Any, cast
 
 import redis
 
-from ._errors import LedgerError
+from ._errors import LedgerError, LedgerUnavailableError
 from ._keys import RunKeys
 from ._store import RedisStore, _s
 
-__all__ = ["GROUP", "QueueEntry", "RunQueue", "WorkerInfo", "app_key"]
+__all__ = ["GROUP", "QueueEntry", "RunQueue", "WorkerInfo", "app_key", "is_outage"]
 
 GROUP = "workers"
 DEFAULT_SHARDS = 8
@@ -67,6 +67,24 @@ for _, run in ipairs(due) do
 end
 return #due
 """
+
+
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+            redis.exceptions.TryAgainError, redis.exceptions.RedisClusterException,
+            LedgerUnavailableError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis (or a cluster node) was unreachable or failing over: not the pipeline's fault,
+    and worth trying again later."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, _OUTAGES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def app_key(prefix: str, run_id: str) -> str:

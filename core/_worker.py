@@ -36,6 +36,7 @@ from ._context import restart_numbering
 from ._errors import ApprovalPending, FencedOutError, LedgerUnavailableError, RunBusyError
 from ._keys import RunKeys
 from ._queue import QueueEntry, WorkerInfo
+from ._queue import is_outage as _is_outage
 from ._records import SCHEMA_VERSION, RunRecord, RunStatus, StepStatus
 from ._session import RunSession
 from ._store import _s
@@ -43,6 +44,10 @@ from ._store import _s
 __all__ = ["Worker"]
 
 log = logging.getLogger("agentledger.worker")
+
+
+class _Outage(Exception):
+    """Raised inside a worker to leave a run as it is: its lease lapses, its entry stays."""
 
 
 @dataclass(slots=True)
@@ -137,7 +142,9 @@ class Worker:
     def _read(self, count: int) -> list[QueueEntry]:
         try:
             return self.queue.read(self.id, count, block_ms=500)
-        except LedgerUnavailableError as e:
+        except Exception as e:
+            if not _is_outage(e):
+                raise
             log.warning("worker %s: cannot read the queue: %s", self.id, e)
             time.sleep(0.5)
             return []
@@ -164,7 +171,9 @@ class Worker:
     def _pipeline_of(self, entry: QueueEntry) -> Pipeline | None:
         try:
             name = self.queue.app_record(entry.run_id).get("pipeline", "")
-        except LedgerUnavailableError:
+        except Exception as e:
+            if not _is_outage(e):
+                raise
             return None
         return self.app.pipelines.get(name)
 
@@ -176,7 +185,9 @@ class Worker:
     def _ack(self, entry: QueueEntry) -> None:
         try:
             self.queue.ack(entry)
-        except LedgerUnavailableError as e:  # the entry comes back to somebody; harmless
+        except Exception as e:  # the entry comes back to somebody; harmless
+            if not _is_outage(e):
+                raise
             log.warning("worker %s: could not acknowledge %s: %s", self.id, entry.entry_id, e)
 
     # ---- one run --------------------------------------------------------------------------
@@ -244,10 +255,9 @@ class Worker:
             except FencedOutError:
                 if session.finish(RunStatus.RUNNING):  # drained: hand the run on at once
                     q.enqueue(entry.run_id, "drain")
-            except LedgerUnavailableError:
-                session.stop_renewing()
-                raise
             except Exception as exc:
+                if _is_outage(exc):
+                    raise _Outage(str(exc)) from exc
                 fields, delay = self._failure_fields(pipeline, rec, exc)
                 if q.write(entry.run_id, session.fence, fields):
                     if delay is not None:
@@ -263,13 +273,11 @@ class Worker:
                     q.retire(entry.run_id)
             finally:
                 session.deactivate(token)
+                if not session.finished:  # let the lease lapse: the run is recovered
+                    session.stop_renewing()
             self._ack(entry)
-        except LedgerUnavailableError as e:
-            # Nothing more can be written; the entry stays pending and comes back.
-            log.warning("worker %s: run %r stopped, Redis unavailable: %s", self.id,
-                        entry.run_id, e)
-        except Exception:
-            log.exception("worker %s: run %r", self.id, entry.run_id)
+        except Exception as e:
+            self._not_done(entry, e)
 
     async def _aexecute(self, slot: _Slot) -> None:
         entry, q, led = slot.entry, self.queue, self.ledger
@@ -295,10 +303,9 @@ class Worker:
             except FencedOutError:
                 if await session.afinish(RunStatus.RUNNING):
                     await q.aenqueue(entry.run_id, "drain")
-            except LedgerUnavailableError:
-                session.stop_renewing()
-                raise
             except Exception as exc:
+                if _is_outage(exc):
+                    raise _Outage(str(exc)) from exc
                 fields, delay = self._failure_fields(pipeline, rec, exc)
                 if await q.awrite(entry.run_id, session.fence, fields):
                     if delay is not None:
@@ -312,12 +319,20 @@ class Worker:
                     await q.aretire(entry.run_id)
             finally:
                 session.deactivate(token)
+                if not session.finished:
+                    session.stop_renewing()
             await asyncio.to_thread(self._ack, entry)
-        except LedgerUnavailableError as e:
-            log.warning("worker %s: run %r stopped, Redis unavailable: %s", self.id,
-                        entry.run_id, e)
-        except Exception:
-            log.exception("worker %s: run %r", self.id, entry.run_id)
+        except Exception as e:
+            self._not_done(entry, e)
+
+    def _not_done(self, entry: QueueEntry, exc: Exception) -> None:
+        # Nothing more can be written: the entry stays pending and comes back (XAUTOCLAIM),
+        # and a run left running is recovered once its lease lapses.
+        if _is_outage(exc):
+            log.warning("worker %s: run %r left for later, Redis unavailable: %s", self.id,
+                        entry.run_id, exc)
+        else:
+            log.exception("worker %s: run %r", self.id, entry.run_id, exc_info=exc)
 
     # ---- the background duties ------------------------------------------------------------
     def _beat_loop(self) -> None:
@@ -325,10 +340,10 @@ class Worker:
             for duty in (self._heartbeat, self._reclaim, self._look_after_shards):
                 try:
                     duty()
-                except LedgerUnavailableError as e:
-                    log.warning("worker %s: %s", self.id, e)
-                    break
-                except Exception:  # the heartbeat must outlive any surprise
+                except Exception as e:  # the heartbeat must outlive any surprise
+                    if _is_outage(e):
+                        log.warning("worker %s: %s", self.id, e)
+                        break
                     log.exception("worker %s: background duty failed", self.id)
 
     def _heartbeat(self) -> None:

@@ -7,58 +7,19 @@ The pipelines (tests/core/children/worker_app.py) log every step's side effect t
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _workers import CHILDREN, Workers, assert_effects_once, effects, wait_for
+from worker_app import build
 
-from _support import OFFLINE_ENV, REPO
+from _support import OFFLINE_ENV
 from agentledger import App, Ledger, RunStatus
-
-CHILDREN = REPO / "tests" / "core" / "children"
-sys.path.insert(0, str(CHILDREN))
-from worker_app import build  # noqa: E402
-
-
-class Workers:
-    """Worker processes of one test, stopped by pid at the end."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agentledger", "worker", "worker_app:app", *args],
-            env={**self.env, **env}, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agentledger", "--url", self.env["AL_URL"],
-                               "--prefix", self.env["AL_PREFIX"], *args],
-                              env=self.env, cwd=str(REPO), capture_output=True, text=True,
-                              timeout=60)
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:]
-                         for p in sorted(self.logs.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
 
 
 @pytest.fixture
@@ -76,34 +37,6 @@ def workers(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Workers]:
 @pytest.fixture
 def app(ledger: Ledger) -> App:
     return build(ledger)
-
-
-def effects(w: Workers, phase: str = "start") -> list[dict[str, Any]]:
-    path = Path(w.env["AL_EFFECTS"])
-    if not path.exists():
-        return []
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [x for x in lines if x["phase"] == phase]
-
-
-def wait_for(cond: Any, timeout: float, what: str, w: Workers) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{w.log()}")
-        time.sleep(0.05)
-
-
-def assert_effects_once(w: Workers, in_flight_allowed: int = 0) -> None:
-    """Every step's effect happened once; at most ``in_flight_allowed`` steps twice, and
-    then with the same idempotency key (the step in flight when a worker died)."""
-    by_step: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for e in effects(w):
-        by_step[(e["run"], e["step"])].append(e["key"])
-    twice = {k: v for k, v in by_step.items() if len(v) > 1}
-    assert len(twice) <= in_flight_allowed, twice
-    for keys in twice.values():
-        assert len(keys) == 2 and len(set(keys)) == 1, keys
 
 
 def test_a_sigkilled_workers_runs_are_finished_by_another(workers: Workers, app: App) -> None:

@@ -1,0 +1,98 @@
+"""A Redis Cluster of the test's own: 3 masters and 3 replicas on free loopback ports, made
+with ``redis-server --cluster-enabled yes`` and ``redis-cli --cluster create``, stopped by pid."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from _support import RedisServer, free_cluster_port
+
+
+@dataclass
+class Cluster:
+    base: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        live = [n for n in self.nodes if n.proc is not None]
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in live[:1])
+
+    def start(self, masters: int = 3, node_timeout_ms: int = 1000,
+              appendfsync: str = "everysec") -> Cluster:
+        for i in range(masters * 2):
+            d = self.base / str(i)
+            node = RedisServer(d, appendonly=True, appendfsync=appendfsync,
+                               port=free_cluster_port(),
+                               extra=["--cluster-enabled", "yes",
+                                      "--cluster-config-file", str(d / "nodes.conf"),
+                                      "--cluster-node-timeout", str(node_timeout_ms),
+                                      "--repl-diskless-sync-delay", "0"])
+            self.nodes.append(node.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("the cluster tests need redis-cli (apt-get install redis-tools)")
+        made = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
+            timeout=60)
+        if made.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{made.stdout}{made.stderr}")
+        self.wait_ok()
+        return self
+
+    def _client(self, node: RedisServer) -> redis.Redis:
+        return redis.Redis(port=node.port, socket_timeout=2)
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        """Until every live node says the cluster is ok and knows three masters with slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                live = [n for n in self.nodes if n.proc is not None]
+                if (all(self._client(n).execute_command("CLUSTER INFO")["cluster_state"] == "ok"
+                        for n in live) and len(self.masters()) == 3
+                        and all(self._client(n).info("replication").get("master_link_status",
+                                                                          "up") == "up"
+                                for n in live)):
+                    return
+            except (redis.RedisError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster is not ok")
+            time.sleep(0.1)
+
+    def roles(self) -> dict[int, str]:
+        """port -> 'master' | 'slave', as the live nodes see themselves."""
+        out = {}
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            role = self._client(n).execute_command("ROLE")[0]
+            out[n.port] = role.decode() if isinstance(role, bytes) else str(role)
+        return out
+
+    def masters(self) -> list[RedisServer]:
+        roles = self.roles()
+        return [n for n in self.nodes if roles.get(n.port) == "master"
+                and self._client(n).execute_command("CLUSTER INFO")["cluster_slots_assigned"]]
+
+    def node_of(self, key: str) -> RedisServer:
+        """The master serving ``key``'s slot now."""
+        slot = int(self._client(self.masters()[0]).execute_command("CLUSTER KEYSLOT", key))
+        for n in self.masters():
+            for lo, hi, *_ in self._client(n).execute_command("CLUSTER SLOTS"):
+                if lo <= slot <= hi:
+                    master_port = _[0][1]
+                    return next(x for x in self.nodes if x.port == master_port)
+        raise RuntimeError(f"no master serves {key!r}")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.kill()
