@@ -10,7 +10,7 @@ through cjson's float formatting.
 from __future__ import annotations
 
 __all__ = ["ACQUIRE_RUN", "CLAIM_STEP", "COMPLETE_STEP", "DECIDE_STEP", "DELETE_RUN",
-           "FINISH_RUN", "PUT_BLOB", "RENEW_LEASE"]
+           "FINISH_RUN", "PUT_BLOB", "RENEW_LEASE", "SUSPEND_STEP"]
 
 _NOW = """
 local __t = redis.call('TIME')
@@ -247,5 +247,21 @@ else
   redis.call('SET', KEYS[3], ARGV[2])
   redis.call('SADD', KEYS[2], KEYS[3])
 end
+return 1
+"""
+
+# KEYS[1] run hash, KEYS[2] steps hash; ARGV[1] step key, ARGV[2] fence
+# -> 1 | 0 (fenced out, or not this lease's running attempt)
+# A step whose body stopped to wait for an approval asked inside it: not in doubt (we know
+# where it stopped), so the next start runs it again whatever its in-doubt policy.
+SUSPEND_STEP = _DECODE_META + """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
+local mkey = 'm:' .. ARGV[1]
+local raw = redis.call('HGET', KEYS[2], mkey)
+if not raw then return 0 end
+local m = decode_meta(raw)
+if not m or m.status ~= 'running' or tostring(m.fence) ~= ARGV[2] then return 0 end
+m.status = 'retry'
+redis.call('HSET', KEYS[2], mkey, cjson.encode(m))
 return 1
 """

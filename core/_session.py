@@ -28,6 +28,7 @@ from ._errors import (
     FencedOutError,
     InDoubtStepError,
     LedgerError,
+    LedgerUnavailableError,
     NonDeterminismError,
     PayloadTooLargeError,
     UnrecordableValueError,
@@ -51,7 +52,7 @@ from ._records import (
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["RunSession", "StepCall", "StepStart"]
+__all__ = ["RunSession", "StepCall", "StepStart", "is_control_flow"]
 
 log = logging.getLogger("agentledger")
 T = TypeVar("T")
@@ -405,9 +406,21 @@ class RunSession:
         self._meta[start.key] = reply[1]
         self._outcomes[start.key] = reply[2]
 
+    def _suspend_args(self, start: StepStart) -> list[Any]:
+        return [[self.keys.run, self.keys.steps], [start.key, self._fence_arg]]
+
     def record(self, start: StepStart, value: Any = None, error: BaseException | None = None) -> None:
         """Record the outcome of a live step: its value, or the error it raised. A value
-        that cannot be recorded is recorded as the failure saying why, which is raised."""
+        that cannot be recorded is recorded as the failure saying why, which is raised.
+
+        The ledger's own control flow is no outcome and is not recorded: an
+        :class:`ApprovalPending` from inside the body suspends the step (it runs again after
+        the decision), and after a lost lease or Redis, cancellation, KeyboardInterrupt or
+        SystemExit the step stays in doubt."""
+        if error is not None and is_control_flow(error):
+            if isinstance(error, ApprovalPending) and (start.call is None or start.call.intent):
+                self._hot.call("suspend", *self._suspend_args(start))
+            return
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
         self._after_complete(start, args, self._hot.call("complete", *args))
@@ -417,6 +430,10 @@ class RunSession:
 
     async def arecord(self, start: StepStart, value: Any = None,
                       error: BaseException | None = None) -> None:
+        if error is not None and is_control_flow(error):
+            if isinstance(error, ApprovalPending) and (start.call is None or start.call.intent):
+                await self._hot.acall("suspend", *self._suspend_args(start))
+            return
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
         self._after_complete(start, args, await self._hot.acall("complete", *args))
@@ -524,6 +541,14 @@ def _preview(inputs: Any, text: str) -> str:
     text = text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
     # For people, and written as UTF-8: a lone surrogate becomes '?'.
     return text.encode("utf-8", "replace").decode()
+
+
+def is_control_flow(exc: BaseException) -> bool:
+    """True for what stops a step without being its outcome: the ledger's own signals
+    (waiting for a person, a lost lease, Redis unreachable) and everything that is not an
+    ``Exception`` (cancellation, KeyboardInterrupt, SystemExit)."""
+    return not isinstance(exc, Exception) or isinstance(
+        exc, ApprovalPending | FencedOutError | LedgerUnavailableError)
 
 
 def _text_of(e: BaseException) -> str:

@@ -37,6 +37,7 @@ _SCRIPTS = {
     "decide": lua.DECIDE_STEP,
     "delete": lua.DELETE_RUN,
     "put_blob": lua.PUT_BLOB,
+    "suspend": lua.SUSPEND_STEP,
 }
 
 
