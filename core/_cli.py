@@ -106,6 +106,9 @@ def _cmd_show(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
         rows.append([str(s.seq), str(s.kind), _short(s.name, 28), str(s.status), str(s.attempts),
                      dur, how_text(s), _short(preview_text(s), 36), _short(outcome_text(s), 44)])
     _table(rows, ["#", "KIND", "NAME", "STATUS", "ATT", "DURATION", "HOW", "INPUTS", "RESULT"], out)
+    for s in steps:
+        if s.conflict:
+            print(f"CONFLICT #{s.seq} {s.key}: {s.conflict_text()}", file=out)
     return 0
 
 

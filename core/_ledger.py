@@ -372,9 +372,11 @@ class Ledger(RedisStore):
             if scope is not None and not (meta.scope == scope or meta.scope.startswith(scope + "/")):
                 continue
             outcome = fields.get("r:" + name)
+            conflict = fields.get("c:" + name)
             request = fields.get("a:" + name)
             replays = fields.get("p:" + name)
             out.append(StepRecord(**meta.model_dump(), outcome=_s(outcome) if outcome else None,
+                                  conflict=_s(conflict) if conflict else None,
                                   request=_s(request) if request else None,
                                   replays=int(replays) if replays else 0))
         out.sort(key=lambda r: r.seq)

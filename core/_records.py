@@ -84,6 +84,9 @@ class StepRecord(StepMeta):
     """A step as read back: metadata plus its outcome (raw JSON, decoded on demand)."""
 
     outcome: str | None = None  # the ``r:<key>`` payload
+    # ``c:<key>``: an outcome that arrived after the step was decided or taken over, from the
+    # executor that had lost the run: {"v", "status", "fence", "at", "outcome"}.
+    conflict: str | None = None
     request: str | None = None  # the ``a:<key>`` payload of an approval request
     replays: int = 0  # how many times a restarted run answered this step from its record
 
@@ -93,18 +96,34 @@ class StepRecord(StepMeta):
 
     def outcome_text(self) -> str:
         """The outcome for people: the value as JSON, or ``ERROR type: message``."""
-        if not self.outcome:
+        return _outcome_text(self.outcome)
+
+    def conflict_text(self) -> str:
+        """The late outcome kept as a conflict, for people ('' if none)."""
+        if not self.conflict:
             return ""
         try:
-            data = json.loads(self.outcome)
-        except ValueError:
-            return "<unreadable>"
-        if not isinstance(data, dict):
-            return "<unreadable>"
-        if data.get("ok"):
-            return json.dumps(data.get("value"), ensure_ascii=False)
-        err = data.get("error") or {}
-        return f"ERROR {err.get('type', '?')}: {err.get('message', '')}"
+            data = json.loads(self.conflict)
+            outcome = json.dumps(data["outcome"])
+            return (f"{data['status']} by the executor fenced out (fence {data['fence']}) after "
+                    f"the step was decided or taken over: {_outcome_text(outcome)}")
+        except (ValueError, KeyError, TypeError):
+            return "<unreadable conflict>"
+
+
+def _outcome_text(outcome: str | None) -> str:
+    if not outcome:
+        return ""
+    try:
+        data = json.loads(outcome)
+    except ValueError:
+        return "<unreadable>"
+    if not isinstance(data, dict):
+        return "<unreadable>"
+    if data.get("ok"):
+        return json.dumps(data.get("value"), ensure_ascii=False)
+    err = data.get("error") or {}
+    return f"ERROR {err.get('type', '?')}: {err.get('message', '')}"
 
 
 class Decision(BaseModel):

@@ -146,10 +146,22 @@ return {'CLAIMED', raw, 1}
 # KEYS[1] run hash, KEYS[2] steps hash
 # ARGV[1] step key, ARGV[2] fence, ARGV[3] 'completed' | 'failed', ARGV[4] outcome JSON,
 # ARGV[5] metadata JSON for a step recorded without an intent (one round trip per LLM call)
-# -> {'OK', meta} | {'FENCED', fence} | {'CORRUPT', raw} | {'DONE', meta, outcome}
+# -> {'OK', meta} | {'FENCED', fence} | {'CONFLICT', fence} | {'CORRUPT', raw}
+#    | {'DONE', meta, outcome}
+# CONFLICT: fenced out, but the step's latest attempt is this executor's (it was decided, or
+# the run taken over, while the body ran): its outcome is kept in 'c:<key>', never dropped.
 COMPLETE_STEP = _NOW + _DECODE_META + """
 local fence = redis.call('HGET', KEYS[1], 'fence')
-if fence ~= ARGV[2] then return {'FENCED', fence or ''} end
+if fence ~= ARGV[2] then
+  local held = redis.call('HGET', KEYS[2], 'm:' .. ARGV[1])
+  local hm = held and decode_meta(held)
+  if hm and tostring(hm.fence) == ARGV[2] then
+    redis.call('HSET', KEYS[2], 'c:' .. ARGV[1], '{"v":1,"status":"' .. ARGV[3] .. '","fence":'
+               .. ARGV[2] .. ',"at":' .. now .. ',"outcome":' .. ARGV[4] .. '}')
+    return {'CONFLICT', fence or ''}
+  end
+  return {'FENCED', fence or ''}
+end
 local mkey = 'm:' .. ARGV[1]
 local raw = redis.call('HGET', KEYS[2], mkey)
 local m
@@ -226,6 +238,9 @@ raw = cjson.encode(m)
 redis.call('HSET', KEYS[2], mkey, raw)
 if outcome ~= '' then redis.call('HSET', KEYS[2], 'r:' .. key, outcome) end
 redis.call('HSET', KEYS[1], 'updated', now)
+-- Nobody holds the run: fence out whoever held it before (a worker paused past its lease
+-- still inside this step), so it cannot write over the decision.
+if not live then redis.call('HINCRBY', KEYS[1], 'fence', 1) end
 return {'OK', key, raw}
 """
 

@@ -400,6 +400,12 @@ class RunSession:
             self.fenced = True
             raise FencedOutError(f"run {self.run_id!r} was taken over while step "
                                  f"{start.key!r} ran; its outcome was not recorded here")
+        if tag == "CONFLICT":
+            self.fenced = True
+            raise FencedOutError(
+                f"run {self.run_id!r} was decided or taken over while step {start.key!r} ran; "
+                "its outcome was kept as a conflict beside the step's record "
+                f"(`agentledger show {self.run_id}`), and this process stops")
         if tag == "CORRUPT":
             raise CorruptRecordError(f"{self.keys.steps} m:{start.key}", "unreadable metadata")
         # DONE: another attempt recorded first; keep its outcome, the one the run will see.

@@ -167,6 +167,10 @@ class _Handler(BaseHTTPRequestHandler):
                 f"updated {_when(run.updated)}</p>")
         if run.last_error:
             head += f"<p class='failed'>last error: {_esc(run.last_error, 400)}</p>"
+        for s in self.ledger.steps(run_id):
+            if s.conflict:
+                head += (f"<p class='failed'>conflict on step #{s.seq} <code>{_esc(s.key, 80)}"
+                         f"</code>: {_esc(s.conflict_text(), 400)}</p>")
         return _page(f"run {run_id}", head + "<table><tr><th>#</th><th>kind</th><th>step</th>"
                      "<th>status</th><th>attempts</th><th>duration</th><th>how</th><th>inputs</th>"
                      f"<th>result</th></tr>{''.join(rows)}</table>")
