@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 # Options every command takes, before or after the command's name (`agentledger runs --json`).
 _GLOBAL_DEFAULTS: dict[str, Any] = {"url": None, "prefix": "agentledger", "json": False,
-                                    "home": None}
+                                    "home": None, "url_file": None}
 
 APPROVE_HELP = """\
 Record a person's decision on a waiting step; the run continues when started again.
@@ -152,7 +152,7 @@ def _cmd_approve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_delete(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
-    n = ledger.delete_run(a.run_id)
+    n = ledger.delete_run(a.run_id, force=a.force)
     print(json.dumps({"deleted_keys": n}) if a.json else f"deleted {n} keys of run {a.run_id!r}",
           file=out)
     return 0 if n else 1
@@ -217,7 +217,11 @@ def _global_options(top: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     p.add_argument("--url", default=d(None),
-                   help="Redis URL (default: AGENTLEDGER_URL, else the embedded Redis)")
+                   help="Redis URL (default: AGENTLEDGER_URL, else the embedded Redis); one with "
+                        "a password is better given by --url-file or AGENTLEDGER_URL, which "
+                        "`ps` does not show")
+    p.add_argument("--url-file", default=d(None), metavar="PATH",
+                   help="read the Redis URL from the first line of this file")
     p.add_argument("--prefix", default=d("agentledger"), help="key prefix (default: agentledger)")
     p.add_argument("--home", default=d(None),
                    help="the embedded ledger's folder (default: AGENTLEDGER_HOME, else the "
@@ -249,7 +253,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--note", help="a note, or the human feedback text")
     a.add_argument("--payload", help="JSON: edited arguments / the resume value / the result "
                    "of an in-doubt step whose effect happened")
-    add("delete", "delete everything a run wrote").add_argument("run_id")
+    de = add("delete", "delete everything a run wrote")
+    de.add_argument("run_id")
+    de.add_argument("--force", action="store_true",
+                    help="delete even while a process holds the run (it is fenced out)")
     add("gc", "drop expired runs from the index")
     w = add("serve", "a read-only web page of runs, steps and approvals")
     w.add_argument("--host", default="127.0.0.1")
@@ -284,13 +291,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _url(a: argparse.Namespace) -> str:
     """The URL to read: --url, AGENTLEDGER_URL, else an existing embedded ledger (never a new
     one: these commands read what a program recorded)."""
-    url = a.url or os.environ.get("AGENTLEDGER_URL") or None
+    url = a.url or _url_from_file(a.url_file) or os.environ.get("AGENTLEDGER_URL") or None
     if url is not None:
         return str(url)
     home = _embedded.find_home(a.home)
     if home is None:
         raise CliError(_embedded.not_found_message(a.home))
     return _embedded.embedded_url(home)
+
+
+def _url_from_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() or None
+    except OSError as e:
+        raise CliError(f"cannot read --url-file: {e}") from None
 
 
 def _one_line(e: BaseException) -> str:
@@ -320,8 +337,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             if args.command != "worker":  # a worker records; the others read what exists
                 args.url = _url(args)
             return _cli_worker.run_command(args, out, _table)
-        ledger = Ledger.from_url(_url(args), prefix=args.prefix, redis_retries=2)
+        # Reading an evicting Redis is allowed (with a warning); a wrong password, or a URL
+        # that does not fit the server, fails here at once and by name.
+        ledger = Ledger.from_url(_url(args), prefix=args.prefix, redis_retries=2,
+                                 allow_evicting_redis=True)
         try:
+            ledger.check_server()
             return _COMMANDS[args.command](ledger, args, out)
         finally:
             ledger.close()

@@ -110,11 +110,10 @@ class FencedOutError(LedgerError):
 class RunBusyError(LedgerError):
     """Another live process holds the run's lease."""
 
-    def __init__(self, run_id: str, owner: str, remaining_ms: int) -> None:
-        super().__init__(
-            f"run {run_id!r} is held by {owner!r} for another {remaining_ms} ms "
-            "(pass on_busy='wait' to wait for it, or wait until the lease expires)"
-        )
+    def __init__(self, run_id: str, owner: str, remaining_ms: int, hint: str = "") -> None:
+        hint = hint or "pass on_busy='wait' to wait for it, or wait until the lease expires"
+        super().__init__(f"run {run_id!r} is held by {owner!r} for another {remaining_ms} ms "
+                         f"({hint})")
         self.run_id = run_id
         self.owner = owner
         self.remaining_ms = remaining_ms

@@ -485,20 +485,32 @@ class Ledger(RedisStore):
         with self.redis_errors():
             await cast(Awaitable[int], self._async()[0].sadd(self.keys(run_id).keyset, key))
 
-    def delete_run(self, run_id: str) -> int:
-        """Delete everything the run wrote; return the number of keys removed."""
+    def delete_run(self, run_id: str, *, force: bool = False) -> int:
+        """Delete everything the run wrote; return the number of keys removed. A run whose
+        lease is live is refused (its holder would carry on): ``force`` deletes it anyway,
+        and its holder is fenced out, since fencing tokens never restart."""
         k = self.keys(run_id)
-        n = int(self.script("delete", [k.run, k.steps, k.keyset], []))
+        reply = self.script("delete", [k.run, k.steps, k.keyset], ["1" if force else "0"])
+        n = self._after_delete(run_id, reply)
         with self.redis_errors():
             self.redis.zrem(runs_index(self.prefix), run_id)
         return n
 
-    async def adelete_run(self, run_id: str) -> int:
+    async def adelete_run(self, run_id: str, *, force: bool = False) -> int:
         k = self.keys(run_id)
-        n = int(await self.ascript("delete", [k.run, k.steps, k.keyset], []))
+        reply = await self.ascript("delete", [k.run, k.steps, k.keyset], ["1" if force else "0"])
+        n = self._after_delete(run_id, reply)
         with self.redis_errors():
             await self._async()[0].zrem(runs_index(self.prefix), run_id)
         return n
+
+    @staticmethod
+    def _after_delete(run_id: str, reply: list[Any]) -> int:
+        if _s(reply[0]) == "LIVE":
+            raise RunBusyError(run_id, _s(reply[1]), int(reply[2]),
+                               hint="delete it once it ends, or pass force=True (--force): "
+                                    "its holder is then fenced out")
+        return int(reply[1])
 
     def gc(self) -> int:
         """Drop index entries of runs whose keys expired; return how many."""

@@ -30,7 +30,10 @@ local lease_until = tonumber(redis.call('HGET', run, 'lease_until') or '0') or 0
 if owner and owner ~= '' and owner ~= ARGV[1] and lease_until > now and ARGV[3] ~= '1' then
   return {'BUSY', owner, lease_until - now}
 end
-local fence = redis.call('HINCRBY', run, 'fence', 1)
+-- Fencing tokens grow for the life of the prefix: never below the server clock in ms, so a run
+-- whose keys vanished (deleted, evicted, flushed) does not hand an old holder's token out again.
+local fence = math.max((tonumber(redis.call('HGET', run, 'fence') or '0') or 0) + 1, now)
+redis.call('HSET', run, 'fence', string.format('%d', fence))
 if not v then
   redis.call('HSET', run, 'v', '1', 'run_id', ARGV[5], 'kind', ARGV[4], 'created', now,
              'steps_total', 0, 'steps_done', 0, 'seq', 0)
@@ -55,10 +58,14 @@ return 1
 """
 
 # KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set
-# ARGV[1] fence, ARGV[2] status, ARGV[3] last error, ARGV[4] ttl ms (0: none)
+# ARGV[1] fence, ARGV[2] status, ARGV[3] last error, ARGV[4] ttl ms (0: none),
+# ARGV[5..] step keys this session replayed (their replay counters go up by one)
 # -> 1 | 0 fenced out
 FINISH_RUN = _NOW + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+-- The owner is cleared only here: a retried finish (lost reply, NOSCRIPT) counts nothing twice.
+if redis.call('HGET', KEYS[1], 'owner') == '' then return 1 end
+for i = 5, #ARGV do redis.call('HINCRBY', KEYS[2], 'p:' .. ARGV[i], 1) end
 local status = ARGV[2]
 redis.call('HSET', KEYS[1], 'status', status, 'updated', now, 'owner', '', 'lease_until', 0,
            'last_error', ARGV[3])
@@ -147,7 +154,7 @@ return {'CLAIMED', raw, 1}
 # ARGV[1] step key, ARGV[2] fence, ARGV[3] 'completed' | 'failed', ARGV[4] outcome JSON,
 # ARGV[5] metadata JSON for a step recorded without an intent (one round trip per LLM call)
 # -> {'OK', meta} | {'FENCED', fence} | {'CONFLICT', fence} | {'CORRUPT', raw}
-#    | {'DONE', meta, outcome}
+#    | {'DONE', meta, outcome} | {'MISSING'} (the intent record vanished while the step ran)
 # CONFLICT: fenced out, but the step's latest attempt is this executor's (it was decided, or
 # the run taken over, while the body ran): its outcome is kept in 'c:<key>', never dropped.
 COMPLETE_STEP = _NOW + _DECODE_META + """
@@ -172,6 +179,8 @@ if raw then
     if tostring(m.fence) == fence then return {'OK', raw} end  -- a retried write
     return {'DONE', raw, redis.call('HGET', KEYS[2], 'r:' .. ARGV[1]) or ''}
   end
+elseif ARGV[5] == '' then
+  return {'MISSING'}  -- the intent record vanished while the step ran
 else
   m = cjson.decode(ARGV[5])
   m.seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -244,11 +253,17 @@ if not live then redis.call('HINCRBY', KEYS[1], 'fence', 1) end
 return {'OK', key, raw}
 """
 
-# KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set -> number of keys deleted
-DELETE_RUN = """
+# KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set; ARGV[1] '1' to delete a run whose
+# lease is live -> {'OK', number of keys deleted} | {'LIVE', owner, remaining ms}
+DELETE_RUN = _NOW + """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+local lease_until = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') or 0
+if owner and owner ~= '' and lease_until > now and ARGV[1] ~= '1' then
+  return {'LIVE', owner, lease_until - now}
+end
 local n = 0
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do n = n + redis.call('DEL', k) end
-return n + redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return {'OK', n + redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])}
 """
 
 # KEYS[1] run hash, KEYS[2] key set, KEYS[3] the blob's key; ARGV[1] fence, ARGV[2] value

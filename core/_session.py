@@ -149,7 +149,8 @@ class RunSession:
         ttl = self.ttl_s
         err = "" if error is None else f"{type(error).__name__}: {error}"[:1000]
         return ([self.keys.run, self.keys.steps, self.keys.keyset],
-                [self._fence_arg, str(RunStatus(status)), err, int(ttl * 1000) if ttl else 0])
+                [self._fence_arg, str(RunStatus(status)), err, int(ttl * 1000) if ttl else 0,
+                 *self._replayed_keys])
 
     def finish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         """Record how the run ended (or that it waits) and release the lease. False if this
@@ -166,7 +167,8 @@ class RunSession:
             return False
 
     def _replay_counts(self) -> list[tuple[str, ...]]:
-        return [("HINCRBY", self.keys.steps, "p:" + key, "1") for key in self._replayed_keys]
+        # Counted inside the finish script, which a retry cannot apply twice.
+        return []
 
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
@@ -299,6 +301,11 @@ class RunSession:
         self._replayed_keys.append(start.key)
         return start
 
+    def _vanished(self, reply: list[Any]) -> None:
+        if not _s(reply[1]):  # no fencing token at all: the run record itself is gone
+            raise CorruptRecordError(self.keys.run, "the run record vanished while this process "
+                                     "held its lease (deleted, evicted or flushed); stopping")
+
     def _check_fingerprint(self, meta: StepMeta, start: StepStart) -> None:
         if meta.fp and meta.fp != start.fingerprint and self.ledger.on_mismatch == "raise":
             raise NonDeterminismError(start.key, meta.preview or meta.fp, start.preview or start.fingerprint)
@@ -313,6 +320,7 @@ class RunSession:
             return start
         if tag == "FENCED":
             self.fenced = True
+            self._vanished(reply)
             raise FencedOutError(f"run {self.run_id!r} was taken over (fence {_s(reply[1])} > "
                                  f"{self.fence}); this process may not write to it")
         if tag == "CORRUPT":
@@ -396,8 +404,13 @@ class RunSession:
             self._outcomes[start.key] = args[1][3]
             self.executed += 1
             return
+        if tag == "MISSING":
+            raise CorruptRecordError(f"{self.keys.steps} m:{start.key}",
+                                     "the step's intent record vanished while it ran (deleted, "
+                                     "evicted or flushed); its outcome was not recorded")
         if tag == "FENCED":
             self.fenced = True
+            self._vanished(reply)
             raise FencedOutError(f"run {self.run_id!r} was taken over while step "
                                  f"{start.key!r} ran; its outcome was not recorded here")
         if tag == "CONFLICT":

@@ -45,7 +45,7 @@ def test_round_trips_per_step_counted_by_the_server(own_redis: RedisServer) -> N
         assert s.replayed == 8
     replay = command_counts(client)
     assert replay.get("evalsha") == 2  # the lease (records loaded with it) and the finish
-    assert replay.get("hincrby") == 8 + 1  # replay counters (with the finish), the fence (lease)
+    assert replay.get("hincrby") == 8  # the replay counters, inside the finish script
     ledger.close()
 
 
