@@ -415,6 +415,7 @@ class RunSession:
                                  f"{start.key!r} ran; its outcome was not recorded here")
         if tag == "CONFLICT":
             self.fenced = True
+            self._vanished(reply)
             raise FencedOutError(
                 f"run {self.run_id!r} was decided or taken over while step {start.key!r} ran; "
                 "its outcome was kept as a conflict beside the step's record "

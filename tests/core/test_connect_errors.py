@@ -241,3 +241,24 @@ def test_keepalive_is_on_for_tcp() -> None:
     if hasattr(socket, "TCP_KEEPIDLE"):
         assert opts[socket.TCP_KEEPIDLE] >= 1
     ledger.close()
+
+
+def test_the_cli_reads_the_url_from_a_file_or_the_environment_and_never_prints_a_password(
+        server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentledger._cli import main
+
+    with_password(server)
+    good = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    url_file = tmp_path / "url"
+    url_file.write_text(good + "\n")
+    assert main(["runs", "--url-file", str(url_file), "--prefix", "p"]) == 0
+    monkeypatch.setenv("AGENTLEDGER_URL", good)
+    assert main(["runs", "--prefix", "p"]) == 0
+    url_file.write_text(good.replace(PASSWORD, "not-" + PASSWORD) + "\n")
+    assert main(["runs", "--url-file", str(url_file)]) != 0
+    bad_port = good.replace(str(server.port), "notaport")
+    assert main(["runs", "--url", bad_port]) != 0
+    out = capsys.readouterr()
+    assert "authentication failed" in out.err
+    assert PASSWORD not in out.out + out.err
