@@ -16,6 +16,7 @@ redis-py SET round trip measured in the same run. Prints a markdown section.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import statistics
@@ -123,6 +124,40 @@ def measure(saver: DurableCheckpointer, client: redis.Redis, kind: str) -> dict[
             "set_in_node": med["set"] - med["plain"]}
 
 
+def chain(saver: DurableCheckpointer, nodes: int, stamps: list[float]) -> Any:
+    """``nodes`` tasks in a row that make no call; each notes when it starts."""
+    def node(state: State) -> dict[str, Any]:
+        stamps.append(time.perf_counter())
+        return {"n": state["n"] + 1}
+
+    g = StateGraph(State)
+    prev = START
+    for i in range(nodes):
+        g.add_node(f"t{i}", node)
+        g.add_edge(prev, f"t{i}")
+        prev = f"t{i}"
+    return g.compile(checkpointer=saver)
+
+
+def task_overhead_us(saver: DurableCheckpointer, nodes: int = 21) -> dict[str, float]:
+    """What recording adds to each task (node run) that makes no call: the time from one
+    task's start to the next one's (LangGraph's step, the checkpoint, the task wrapper),
+    recorded minus plain, medians of every gap. The checkpointer is the same in both
+    variants, and the run's opening and finishing fall outside the gaps."""
+    gaps: dict[str, list[float]] = {"plain": [], "recorded": []}
+    for i in range(ROUNDS + 3):
+        for variant in gaps:
+            (_recording.install if variant == "recorded" else _recording.uninstall)()
+            stamps: list[float] = []
+            invoke_us(chain(saver, nodes, stamps),
+                      f"bench-tasks-{variant}-{i}-{uuid.uuid4().hex[:6]}")
+            if i >= 3:
+                gaps[variant] += [b - a for a, b in itertools.pairwise(stamps)]
+    _recording.install()
+    med = {v: statistics.median(g) * 1e6 for v, g in gaps.items()}
+    return {"per_task": med["recorded"] - med["plain"], "plain_task": med["plain"]}
+
+
 def protocol_us(ledger: Ledger, intent: bool, n: int = 1000) -> float:
     """The step protocol alone (begin + record, no graph, no LangChain): median µs per step."""
     from langchain_core.messages import AIMessage
@@ -169,6 +204,7 @@ def main() -> None:
         SET_SAMPLES.clear()  # warm-up
         llm = measure(saver, client, "llm")
         tools = measure(saver, client, "tool")
+        tasks = task_overhead_us(saver)
         proto_llm, proto_tool = protocol_us(ledger, False), protocol_us(ledger, True)
         run_us = open_finish_us(ledger)
         sample_set(client, 1000)
@@ -198,6 +234,8 @@ def main() -> None:
     print(row("for reference: one raw SET made in the node next to each unrecorded call",
               llm["set_in_node"], "—"))
     print(row("the same, next to each unrecorded tool call", tools["set_in_node"], "—"))
+    print(row("per task (node run) that makes no call: the task wrapper", tasks["per_task"],
+              "—"))
     print(row("per graph invocation: open + finish the run (measured alone)", run_us, "—"))
     print(row("the step protocol alone, no graph: one LLM step (begin + record)", proto_llm,
               "—"))
@@ -205,7 +243,9 @@ def main() -> None:
               "—"))
     print()
     print(f"For scale, without recording one fake-model call costs {llm['plain_call']:.0f} µs "
-          f"and one tool call {tools['plain_call']:.0f} µs (LangChain's own overhead).")
+          f"and one tool call {tools['plain_call']:.0f} µs (LangChain's own overhead), and one "
+          f"task of a {DURABILITY!r} graph {tasks['plain_task']:.0f} µs (LangGraph and the "
+          "checkpointer).")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
@@ -142,7 +141,9 @@ class Ledger(RedisStore):
 
     # ---- runs -----------------------------------------------------------------------------
     def _owner(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # os.urandom, not uuid4: an app or test that seeds or mocks uuid4 must not see its ids
+        # shifted by the ledger's draws.
+        return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
     def _acquire_args(self, run_id: str, kind: str, force: bool) -> tuple[list[str], list[Any]]:
         k = self.keys(run_id)

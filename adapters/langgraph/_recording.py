@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from agentledger import Ledger, RunSession, RunStatus, _context, restart_numbering
@@ -84,9 +84,12 @@ def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str, Any] | None:
 
 
 def _opened(session: RunSession, checkpointer: Any) -> RunSession:
-    # The run's step records expire with the thread's checkpoints.
-    if hasattr(checkpointer, "ttl") and hasattr(session, "ttl_s"):
-        session.ttl_s = checkpointer.ttl
+    # One retention rule: an ended run's keys (its steps and the thread's checkpoints, all in
+    # its key set) expire after the ledger's completed_ttl_s, or after the checkpointer's own
+    # ttl when it has one. No ttl must not mean "keep forever".
+    ttl = getattr(checkpointer, "ttl", None)
+    if ttl is not None:
+        session.ttl_s = ttl
     mark(session)
     return session
 
@@ -121,75 +124,113 @@ def _release(session: RunSession) -> None:
     _interrupts.waiting_sessions.discard(id(session))
 
 
+def _untouched(graph: Any) -> bool:
+    """A graph on another checkpointer, invoked outside any durable run: it gets the original
+    stream object itself, so closing, cancellation, exceptions and timing are the framework's."""
+    return _ledger_of(graph) is None and current_task.get() is None
+
+
 def _stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
     def stream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
-        plan = _open_plan(self, config)
-        if plan is None:
-            outer = current_task.get()
-            inner = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
-            try:
-                yield from original(self, input, config, **kwargs)
-            finally:
-                _reset(graph_scope, inner)
-            return
-        ledger, thread, saver = plan
-        adopted = _adoptable(thread)
-        session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver)
-        token = session.activate()
-        scope_token = graph_scope.set("")
-        error: BaseException | None = None
-        try:
-            yield from original(self, input, config, **kwargs)
-        except BaseException as e:
-            error = _stopped(e)
-            raise
-        finally:
-            try:
-                if adopted is None:
-                    session.finish(_end_status(session, error), error)
-            finally:
-                _release(session)
-                _reset(graph_scope, scope_token)
-                _reset(_context._session, token)
+        if _untouched(self):
+            return original(self, input, config, **kwargs)
+        return _durable_stream(original, self, input, config, kwargs)
 
     return stream
 
 
-def _astream(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def astream(self: Any, input: Any, config: Any = None, **kwargs: Any
-                      ) -> AsyncIterator[Any]:
-        plan = _open_plan(self, config)
-        if plan is None:
-            outer = current_task.get()
-            inner = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
-            try:
-                async for chunk in original(self, input, config, **kwargs):
-                    yield chunk
-            finally:
-                _reset(graph_scope, inner)
-            return
+def _durable_stream(original: Callable[..., Iterator[Any]], graph: Any, input: Any,
+                    config: Any, kwargs: dict[str, Any]) -> Iterator[Any]:
+    plan = _open_plan(graph, config)
+    if plan is None:  # a subgraph of a durable run: it runs under the invoking task's scope
+        outer = current_task.get()
+        inner = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
+        try:
+            # yield from passes send/throw/close straight to the graph's generator.
+            return (yield from original(graph, input, config, **kwargs))
+        finally:
+            _reset(graph_scope, inner)
+    ledger, thread, saver = plan
+    adopted = _adoptable(thread)
+    session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver)
+    token = session.activate()
+    scope_token = graph_scope.set("")
+    error: BaseException | None = None
+    try:
+        return (yield from original(graph, input, config, **kwargs))
+    except BaseException as e:
+        error = _stopped(e)
+        raise
+    finally:
+        try:
+            if adopted is None:
+                session.finish(_end_status(session, error), error)
+        finally:
+            _release(session)
+            _reset(graph_scope, scope_token)
+            _reset(_context._session, token)
+
+
+def _astream(original: Callable[..., AsyncGenerator[Any, Any]]
+             ) -> Callable[..., AsyncGenerator[Any, Any]]:
+    def astream(self: Any, input: Any, config: Any = None, **kwargs: Any
+                ) -> AsyncGenerator[Any, Any]:
+        if _untouched(self):
+            return original(self, input, config, **kwargs)
+        return _durable_astream(original, self, input, config, kwargs)
+
+    return astream
+
+
+async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], graph: Any,
+                           input: Any, config: Any, kwargs: dict[str, Any]
+                           ) -> AsyncGenerator[Any, Any]:
+    plan = _open_plan(graph, config)
+    session: RunSession | None = None
+    adopted: RunSession | None = None
+    token: Any = None
+    if plan is None:  # a subgraph of a durable run: it runs under the invoking task's scope
+        outer = current_task.get()
+        scope_token = graph_scope.set(outer.scope if outer is not None else graph_scope.get())
+    else:
         ledger, thread, saver = plan
         adopted = _adoptable(thread)
         session = adopted or _opened(await ledger.aopen_run(thread, kind="langgraph"), saver)
         token = session.activate()
         scope_token = graph_scope.set("")
-        error: BaseException | None = None
+    error: BaseException | None = None
+    inner = original(graph, input, config, **kwargs)
+    try:
+        # What ``yield from`` does for a sync generator: asend/athrow reach the graph's
+        # generator, and closing this one closes it at once (``async for`` would leave it
+        # to the garbage collector, and the graph's running nodes would be cancelled late).
+        chunk = await anext(inner)
+        while True:
+            try:
+                sent = yield chunk
+            except GeneratorExit:
+                raise
+            except BaseException as e:
+                chunk = await inner.athrow(e)
+            else:
+                chunk = await inner.asend(sent)
+    except StopAsyncIteration:
+        pass
+    except BaseException as e:
+        error = _stopped(e)
+        raise
+    finally:
         try:
-            async for chunk in original(self, input, config, **kwargs):
-                yield chunk
-        except BaseException as e:
-            error = _stopped(e)
-            raise
+            await inner.aclose()
         finally:
             try:
-                if adopted is None:
+                if session is not None and adopted is None:
                     await session.afinish(_end_status(session, error), error)
             finally:
-                _release(session)
+                if session is not None:
+                    _release(session)
+                    _reset(_context._session, token)
                 _reset(graph_scope, scope_token)
-                _reset(_context._session, token)
-
-    return astream
 
 
 def _reset(var: Any, token: Any) -> None:
