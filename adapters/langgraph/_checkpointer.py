@@ -68,9 +68,10 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     ``DurableCheckpointer(ledger)`` or ``DurableCheckpointer.from_url(url)`` (no URL and no
     ``AGENTLEDGER_URL``: the embedded Redis). ``ttl`` (seconds) expires a thread — its
-    checkpoints and its recorded steps — that long after its last checkpoint write. A run
-    that finishes is also expired by its ledger (``Ledger(completed_ttl_s=...)``, which
-    ``from_url`` sets to ``ttl``); the later of the two writes wins.
+    checkpoints and its recorded steps — that long after its last checkpoint write. A graph
+    run that ends (completed or failed; not one waiting for a person) expires with its
+    thread after ``ttl``, or without ``ttl`` after the ledger's ``completed_ttl_s`` (7 days
+    by default; ``None`` keeps it).
     Values are read and written by a :class:`StrictSerializer`: LangGraph's msgpack format
     for the types LangGraph's state is made of plus ``allowed_types`` (your pydantic models,
     dataclasses, enums: classes or ``(module, name)`` pairs); any other type is refused with
@@ -86,7 +87,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                              "serde, give it the allow-list (StrictSerializer(allowed_types))")
         super().__init__(serde=codec.check_serde(serde or StrictSerializer(allowed_types)))
         if ttl is not None and ttl <= 0:
-            raise ValueError("ttl must be a positive number of seconds (or None: no expiry)")
+            raise ValueError("ttl must be a positive number of seconds (or None: the ledger's retention)")
         self._owns_ledger = ledger is None
         self.ledger: Ledger = ledger if ledger is not None else Ledger.from_url()
         if self.ledger.redis.connection_pool.connection_kwargs.get("decode_responses"):
@@ -113,9 +114,10 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         """A checkpointer on its own :class:`Ledger` (``Ledger.from_url`` rules for ``url``).
 
         The thread is the run, so unless ``completed_ttl_s`` is given the ledger expires a
-        finished run after ``ttl`` too (``None``: never), instead of its 7-day default.
+        finished run after ``ttl`` too; without ``ttl``, after the ledger's default (7 days).
         """
-        ledger_options.setdefault("completed_ttl_s", ttl)
+        if ttl is not None:
+            ledger_options.setdefault("completed_ttl_s", ttl)
         saver = cls(Ledger.from_url(url, prefix=prefix, **ledger_options), ttl=ttl, serde=serde,
                     allowed_types=allowed_types)
         saver._owns_ledger = True

@@ -201,11 +201,7 @@ def test_lg_checkpointer_ttl_set_and_refreshed(redis_url: str, client: redis.Red
     saver.close()
     with pytest.raises(ValueError):
         DurableCheckpointer.from_url(redis_url, prefix=prefix, ttl=0)
-    # Without a ttl nothing expires.
-    plain = DurableCheckpointer.from_url(redis_url, prefix=prefix)
-    chat_graph(plain).invoke(human(0), cfg("t-no-ttl"))
-    assert all(client.pttl(k) == -1 for k in thread_keys(client, prefix, "t-no-ttl"))
-    plain.close()
+    # Without a ttl the ended thread follows the ledger's retention (test_lg_retention.py).
 
 
 def test_lg_checkpointer_ttl_on_direct_puts(ledger: Ledger, client: redis.Redis,
