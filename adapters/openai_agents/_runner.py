@@ -34,6 +34,7 @@ from agentledger import (
     StepKind,
 )
 
+from ._memory import rewind_session
 from ._model import model_scope
 from ._patch import install
 from ._types import prepare_codec
@@ -44,7 +45,6 @@ log = logging.getLogger("agentledger.openai_agents")
 
 KIND = "openai-agents"
 STATE_KEY = "oa-state"
-SESSION_KEY = "oa-session"
 _STATE_VERSION = 1
 _default: Ledger | None = None
 # Starting agents of runs of this process that wait for a person, so that resume(run_id)
@@ -96,26 +96,6 @@ async def _aload_state(session: RunSession) -> dict[str, Any] | None:
 async def _has_state(ledger: Ledger, run_id: str) -> bool:
     with ledger.redis_errors():
         return bool(await ledger.async_client().exists(ledger.keys(run_id).extra(STATE_KEY)))
-
-
-async def _rewind_session(ledger: Ledger, run_id: str, memory: Any, round_no: int) -> None:
-    """Put the SDK session (conversation memory) back to its length when this round of the
-    run first started: a crashed attempt's items would otherwise come before the replay's and
-    change every model input."""
-    key = ledger.keys(run_id).extra(SESSION_KEY)
-    items = await memory.get_items()
-    pipe = ledger.async_client().pipeline(transaction=False)
-    pipe.hsetnx(key, str(round_no), str(len(items)))
-    pipe.hget(key, str(round_no))
-    pipe.sadd(ledger.keys(run_id).keyset, key)
-    with ledger.redis_errors():
-        reply = await pipe.execute()
-    try:
-        start_len = int(reply[1])
-    except (TypeError, ValueError):
-        raise LedgerError(f"{key}: session length of round {round_no} is unreadable") from None
-    for _ in range(len(items) - start_len):
-        await memory.pop_item()
 
 
 # ---- approvals ---------------------------------------------------------------------------
@@ -184,12 +164,17 @@ class DurableRunner:
         try:
             saved = await _aload_state(session)
             round_no = 0 if saved is None else int(saved.get("round", 1))
+            state = (None if saved is None
+                     else await RunState.from_json(starting_agent, saved["state"]))
             if kwargs.get("session") is not None:
-                await _rewind_session(led, run_id, kwargs["session"], round_no)
-            if saved is None:
+                context = kwargs.get("context")
+                if context is None and state is not None:
+                    context = state._context  # the resumed run's own context wrapper
+                await rewind_session(led, run_id, kwargs["session"], round_no,
+                                     context=context, run_config=kwargs.get("run_config"))
+            if state is None:
                 result = await Runner.run(starting_agent, input, **kwargs)
             else:
-                state = await RunState.from_json(starting_agent, saved["state"])
                 items = state.get_interruptions()
                 _apply(state, items, await _ask(session, items))
                 scope_token = model_scope.set(f"r{round_no}")
