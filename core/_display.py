@@ -81,6 +81,8 @@ def how_text(step: StepRecord) -> str:
     """How the step came to its state: executed (×n), replayed, or waiting for a person."""
     if str(step.status) == "waiting":
         return "in doubt: waiting for a person" if step.doubt else "waiting for a person"
+    if str(step.status) == "retry":
+        return "to run again when the run restarts"
     if str(step.status) == "running":
         return "running" if step.attempts <= 1 else f"running (attempt {step.attempts})"
     how = "executed" if step.attempts <= 1 else f"executed ×{step.attempts}"

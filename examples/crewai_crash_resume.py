@@ -100,7 +100,7 @@ def child(run_id: str) -> None:
     from agentledger import Ledger
     from agentledger.crewai import DurableCrewHandler
 
-    ledger = Ledger.from_url(prefix="crewai-demo")
+    ledger = Ledger.from_url()
     crew = build_crew()
     handler = DurableCrewHandler(run_id, ledger=ledger).attach(crew)
     out = crew.kickoff()
@@ -125,7 +125,7 @@ def main() -> None:
     print(f"  exit status {first.returncode} (-9 is SIGKILL)")
     from agentledger import Ledger
 
-    ledger = Ledger.from_url(prefix="crewai-demo")
+    ledger = Ledger.from_url()
     recorded = {s.key for s in ledger.steps(run_id) if s.status == "completed"}
     print(f"run {run_id}: second process, same run id")
     second = subprocess.run(cmd)

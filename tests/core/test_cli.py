@@ -118,3 +118,19 @@ def test_approve_help_says_what_each_decision_means() -> None:
     assert "the effect did not happen: run the step again" in text
     assert "the effect happened and V (JSON) is its result" in text
     assert "--reject fail the step" in text
+
+
+def test_approvals_say_what_deciding_an_in_doubt_step_means(
+        ledger: Ledger, redis_url: str, prefix: str) -> None:
+    @agentledger.step(in_doubt="fail")
+    def pay(order: str) -> str:
+        raise KeyboardInterrupt  # the process stops inside the body: no outcome recorded
+
+    with pytest.raises(KeyboardInterrupt), ledger.run("pay-1"):
+        pay("1")
+    code, text = cli(redis_url, prefix, "approvals")
+    assert code == 0 and "in doubt" in text
+    assert ("approve = run it again; approve --payload JSON = it happened, JSON is its result; "
+            "approve --reject = fail it") in text
+    code, text = cli(redis_url, prefix, "show", "pay-1")
+    assert "executed" not in text.splitlines()[-1]

@@ -30,6 +30,11 @@ def test_example_kills_mid_writer_and_sends_each_email_once() -> None:
         emails = [json.loads(line) for line in
                   (Path(work) / ".agentledger" / "crewai-outbox.jsonl").read_text().splitlines()]
         assert sorted(e["to"] for e in emails) == ["press@example.com", "team@example.com"]
+        # The example records under the default prefix, so `agentledger runs` lists it.
+        run_id = out.split("run ", 1)[1].split(":", 1)[0]
+        listed = subprocess.run([sys.executable, "-m", "agentledger._cli", "runs", "--json"],
+                                cwd=str(work), env=env, capture_output=True, text=True, timeout=60)
+        assert run_id in [r["run_id"] for r in json.loads(listed.stdout)], listed.stderr
     finally:
         subprocess.run([sys.executable, "-m", "agentledger._cli", "server", "stop"],
                        cwd=str(work), env=env, capture_output=True, timeout=60)
