@@ -48,6 +48,7 @@ from ._records import (
     parse_outcome,
     parse_step_meta,
 )
+from ._suggest import command
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -419,7 +420,8 @@ class RunSession:
             raise FencedOutError(
                 f"run {self.run_id!r} was decided or taken over while step {start.key!r} ran; "
                 "its outcome was kept as a conflict beside the step's record "
-                f"(`agentledger show {self.run_id}`), and this process stops")
+                f"(`{command('show', positional=(self.run_id,), prefix=self.ledger.prefix)}`), "
+                "and this process stops")
         if tag == "CORRUPT":
             raise CorruptRecordError(f"{self.keys.steps} m:{start.key}", "unreadable metadata")
         # DONE: another attempt recorded first; keep its outcome, the one the run will see.
