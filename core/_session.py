@@ -148,7 +148,7 @@ class RunSession:
         self.stop_renewing()
         self.finished = True
         ttl = self.ttl_s
-        err = "" if error is None else f"{type(error).__name__}: {error}"[:1000]
+        err = "" if error is None else f"{type(error).__name__}: {_text_of(error)}"[:1000]
         return ([self.keys.run, self.keys.steps, self.keys.keyset],
                 [self._fence_arg, str(RunStatus(status)), err, int(ttl * 1000) if ttl else 0,
                  *self._replayed_keys])

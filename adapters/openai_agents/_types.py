@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, cast
 
+from agents.exceptions import AgentsException, ModelBehaviorError, UserError
 from agents.items import ModelResponse
 from agents.tool import ToolOutputFileContent, ToolOutputImage, ToolOutputText
 from agents.usage import deserialize_usage, serialize_usage
@@ -98,4 +99,7 @@ def prepare_codec(codec: Codec) -> Codec:
                    lambda d: ToolOutcome(d["output"], bool(d["sdk_error"])))
     for cls in (ToolOutputText, ToolOutputImage, ToolOutputFileContent):
         codec.register_pydantic(cls, f"openai-agents:{cls.__name__}")
+    # The SDK's own errors a step can end with are raised again as themselves on replay.
+    for error in (AgentsException, UserError, ModelBehaviorError):
+        codec.register_error(error)
     return codec

@@ -23,12 +23,16 @@ from agents import (
     ModelSettings,
     Runner,
     Usage,
+    UserError,
+    function_tool,
     retry_policies,
     set_tracing_disabled,
 )
 from agents.models.interface import Model
 from agents.models.openai_responses import OpenAIResponsesModel
 from oa_http import FakeResponses, fake_responses
+from oa_world import ScriptedModel
+from oa_world import call as call_tool
 from openai import AsyncOpenAI
 from openai._models import construct_type
 from openai.types.responses import (
@@ -39,7 +43,7 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_output_item import ResponseOutputItem
 
-from agentledger import Ledger
+from agentledger import Ledger, RunStatus
 from agentledger.openai_agents import DurableRunner
 
 set_tracing_disabled(True)
@@ -182,3 +186,47 @@ async def test_an_item_openai_types_reject_but_the_sdk_takes_replays_as_it_was(
         assert result.final_output == plain.final_output == "loose"
         assert [type(i) for i in result.raw_responses[0].output] == [ResponseOutputMessage]
     assert model.calls == 0  # the second run replayed the recorded answer
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class RaisingModel(LooseItemModel):
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        raise Unprintable()
+
+
+async def test_an_error_whose_text_cannot_be_read_still_ends_the_run(ledger: Ledger) -> None:
+    with pytest.raises(Unprintable):
+        await DurableRunner.run(Agent(name="u", model=RaisingModel()), "go", run_id="unp",
+                                ledger=ledger)
+    run = ledger.get_run("unp")
+    assert run is not None and run.status == RunStatus.FAILED
+    assert run.last_error.startswith("Unprintable: ")
+
+
+async def test_a_recorded_sdk_user_error_replays_as_itself(ledger: Ledger) -> None:
+    calls: list[int] = []
+
+    @function_tool(failure_error_function=None)
+    def strict(order: int) -> str:
+        """Refuses."""
+        calls.append(order)
+        raise UserError(f"order {order} is not yours")
+
+    def agent() -> Agent[Any]:
+        def script(items: list[dict[str, Any]]) -> list[Any]:
+            return [call_tool("strict", order=4)]
+        return Agent(name="s", tools=[strict], model=ScriptedModel("s", script))
+
+    with pytest.raises(UserError) as plain:
+        await Runner.run(agent(), "go")
+    for _ in range(2):  # live, then replayed from the record
+        with pytest.raises(UserError) as durable:
+            await DurableRunner.run(agent(), "go", run_id="ue", ledger=ledger)
+        assert str(durable.value) == str(plain.value)
+        assert type(durable.value.__cause__) is type(plain.value.__cause__)
+        assert str(durable.value.__cause__) == str(plain.value.__cause__)
+    assert calls == [4, 4]  # the plain run, the live durable run; the replay ran nothing
