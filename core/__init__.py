@@ -6,6 +6,7 @@ from ._context import (
     current_idempotency_key,
     current_run,
     current_scope,
+    outside_run,
     restart_numbering,
     scope,
 )
@@ -18,12 +19,14 @@ from ._errors import (
     LedgerError,
     LedgerUnavailableError,
     NonDeterminismError,
+    NoRunContextError,
     PayloadTooLargeError,
     RecordedStepError,
     RedisAuthError,
     RedisConfigError,
     RunBusyError,
     StepRejected,
+    ThreadScopeError,
     UnknownSchemaVersionError,
     UnrecordableValueError,
     UnsupportedTypeError,
@@ -41,6 +44,7 @@ from ._records import (
 )
 from ._session import RunSession, StepCall, StepStart
 from ._step import aapproval, approval, step
+from ._threads import in_thread
 from ._worker import Worker
 
 __version__ = "0.1.0"
@@ -58,6 +62,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LedgerUnavailableError",
+    "NoRunContextError",
     "NonDeterminismError",
     "PayloadTooLargeError",
     "PendingApproval",
@@ -75,6 +80,7 @@ __all__ = [
     "StepRejected",
     "StepStart",
     "StepStatus",
+    "ThreadScopeError",
     "UnknownSchemaVersionError",
     "UnrecordableValueError",
     "UnsupportedTypeError",
@@ -86,6 +92,8 @@ __all__ = [
     "current_idempotency_key",
     "current_run",
     "current_scope",
+    "in_thread",
+    "outside_run",
     "restart_numbering",
     "scope",
     "step",

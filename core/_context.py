@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -10,11 +12,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._session import RunSession, StepStart
 
-__all__ = ["current_idempotency_key", "current_run", "current_scope", "restart_numbering",
-           "scope"]
+__all__ = ["current_idempotency_key", "current_run", "current_scope", "outside_run",
+           "restart_numbering", "scope"]
 
 _session: ContextVar[RunSession | None] = ContextVar("agentledger_session", default=None)
 _scope: ContextVar[str] = ContextVar("agentledger_scope", default="")
+# (scope, thread id) of the thread that entered the current scope: only it numbers steps there.
+_scope_owner: ContextVar[tuple[str, int] | None] = ContextVar("agentledger_scope_owner",
+                                                              default=None)
 _step: ContextVar[StepStart | None] = ContextVar("agentledger_step", default=None)
 
 
@@ -38,6 +43,45 @@ class Numbering:
 
 # Occurrence numbering; None: the session's own counters. See restart_numbering().
 _numbering: ContextVar[Numbering | None] = ContextVar("agentledger_numbering", default=None)
+# True inside outside_run(): steps here are plain calls even while a run is active elsewhere.
+_outside: ContextVar[bool] = ContextVar("agentledger_outside", default=False)
+
+# Sessions activated (RunSession.activate) and not yet finished, in this process: a step
+# called where no run is in context while one of these lives was most likely called from a
+# thread the run's context did not reach.
+_active: weakref.WeakKeyDictionary[RunSession, int] = weakref.WeakKeyDictionary()
+_active_lock = threading.Lock()
+
+
+def note_active(session: RunSession, delta: int) -> None:
+    with _active_lock:
+        n = _active.get(session, 0) + delta
+        if n > 0:
+            _active[session] = n
+        else:
+            _active.pop(session, None)
+
+
+def run_active_elsewhere() -> RunSession | None:
+    """A run active in this process although not in this context (None inside outside_run)."""
+    if _outside.get() or not _active:
+        return None
+    with _active_lock:
+        for session in _active:
+            if not session.finished and not session.fenced:
+                return session
+    return None
+
+
+@contextmanager
+def outside_run() -> Iterator[None]:
+    """Call steps inside as plain functions, on purpose, while a run is active in another
+    thread of this process (otherwise such a call raises :class:`NoRunContextError`)."""
+    token = _outside.set(True)
+    try:
+        yield
+    finally:
+        _outside.reset(token)
 
 
 def current_run() -> RunSession | None:
@@ -63,11 +107,20 @@ def scope(name: str) -> Iterator[str]:
     if not isinstance(name, str) or not name:
         raise ValueError("a scope name must be a non-empty str")
     outer = _scope.get()
-    full = f"{outer}/{name}" if outer else name
+    with scope_as(f"{outer}/{name}" if outer else name) as full:
+        yield full
+
+
+@contextmanager
+def scope_as(full: str) -> Iterator[str]:
+    """Set the current scope to ``full`` as it is (not joined to the outer one), owned by
+    this thread."""
     token = _scope.set(full)
+    owner = _scope_owner.set((full, threading.get_ident()))
     try:
         yield full
     finally:
+        _scope_owner.reset(owner)
         _scope.reset(token)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "InDoubtStepError",
     "LedgerError",
     "LedgerUnavailableError",
+    "NoRunContextError",
     "NonDeterminismError",
     "PayloadTooLargeError",
     "RecordedStepError",
@@ -32,6 +33,7 @@ __all__ = [
     "RedisConfigError",
     "RunBusyError",
     "StepRejected",
+    "ThreadScopeError",
     "UnknownSchemaVersionError",
     "UnrecordableValueError",
     "UnsupportedTypeError",
@@ -101,6 +103,39 @@ class UnsupportedTypeError(LedgerError, TypeError):
 class UnrecordableValueError(LedgerError, ValueError):
     """A value cannot be recorded as JSON: it nests too deep (or contains itself), or encoding
     it failed. A step whose result is such a value records this error as its outcome."""
+
+
+class NoRunContextError(LedgerError):
+    """A step was called where no run is in context while a run is active in this process:
+    most likely from a thread the run's context did not reach. It would not be recorded."""
+
+    def __init__(self, step: str, run_id: str) -> None:
+        super().__init__(
+            f"step {step!r} was called with no run in its context while run {run_id!r} is "
+            "active in this process (a thread the run's context did not reach?), so it would "
+            "not be recorded. Submit the work as agentledger.in_thread(fn) (it carries the "
+            "run and a scope of its own), or wrap the call in agentledger.outside_run() to "
+            "call it unrecorded on purpose."
+        )
+        self.step = step
+        self.run_id = run_id
+
+
+class ThreadScopeError(LedgerError):
+    """Two threads numbered steps in one scope: their keys would depend on thread timing."""
+
+    def __init__(self, run_id: str, scope: str, step: str) -> None:
+        where = f"scope {scope!r}" if scope else "the run's root scope"
+        super().__init__(
+            f"step {step!r} of run {run_id!r} was called from a second thread in {where}. "
+            "Steps numbered by several threads in one scope get keys that depend on thread "
+            "timing, so a replay could hand one thread another's result. Give each thread a "
+            "scope of its own: submit agentledger.in_thread(fn), or wrap the thread's work in "
+            "agentledger.scope(name) with a name fixed by its input."
+        )
+        self.run_id = run_id
+        self.scope = scope
+        self.step = step
 
 
 class FencedOutError(LedgerError):

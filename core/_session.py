@@ -31,6 +31,7 @@ from ._errors import (
     LedgerUnavailableError,
     NonDeterminismError,
     PayloadTooLargeError,
+    ThreadScopeError,
     UnrecordableValueError,
     UnsupportedTypeError,
 )
@@ -123,6 +124,7 @@ class RunSession:
         # No step was recorded before this session took the lease: a fresh run.
         self.is_new = not self._meta
         self._counters: dict[str, int] = {}
+        self._root: tuple[str, int] | None = None  # (scope, thread) where it was activated
         self._lock = threading.Lock()
         self._fence_arg = str(fence)
         self._hot = StepConnection(ledger)
@@ -138,9 +140,12 @@ class RunSession:
 
     def activate(self) -> Token[RunSession | None]:
         """Make this the session that steps in this context record into."""
+        _context.note_active(self, 1)
+        self._root = (_context._scope.get(), threading.get_ident())
         return _context._session.set(self)
 
     def deactivate(self, token: Token[RunSession | None]) -> None:
+        _context.note_active(self, -1)
         _context._session.reset(token)
 
     def _finish_args(self, status: RunStatus | str, error: BaseException | None
@@ -193,9 +198,24 @@ class RunSession:
             return f"{base}@{call.call_id}"
         numbering = _context._numbering.get()
         counters, attempt = (self._counters, 1) if numbering is None else numbering.current()
+        thread = threading.get_ident()
+        if call.scope is None:
+            # The scope came from the context: the thread that entered it (or activated the
+            # run in it) numbers its steps; another thread there would race it.
+            entered = _context._scope_owner.get()
+            if entered is None or entered[0] != scope:
+                entered = self._root
+            if entered is not None and entered[0] == scope and entered[1] != thread:
+                raise ThreadScopeError(self.run_id, scope, f"{call.kind}:{call.name}")
         with self._lock:
-            n = counters.get(base, 0) + 1
-            counters[base] = n
+            # And the first thread to number a step of a scope owns its counter (two threads
+            # that each entered a scope of the same name).
+            first = counters.setdefault("\0" + base, thread)
+            if first == thread:
+                n = counters.get(base, 0) + 1
+                counters[base] = n
+        if first != thread:
+            raise ThreadScopeError(self.run_id, scope, f"{call.kind}:{call.name}")
         key = f"{base}#{n}"
         return key if attempt <= 1 else self._attempt_key(key, attempt)
 

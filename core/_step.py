@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from . import _context
-from ._errors import LedgerError
+from ._errors import LedgerError, NoRunContextError
 from ._records import Decision, InDoubtPolicy, StepKind
 from ._session import StepCall
 
@@ -57,7 +57,10 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
             @functools.wraps(f)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = _context._session.get()
-                if session is None or _context._step.get() is not None:
+                if session is None:
+                    _check_no_run(step_name)
+                    return await f(*args, **kwargs)
+                if _context._step.get() is not None:
                     return await f(*args, **kwargs)
                 return await session.acall(describe(args, kwargs), f, *args, **kwargs)
 
@@ -66,14 +69,25 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             session = _context._session.get()
+            if session is None:
+                _check_no_run(step_name)
+                return f(*args, **kwargs)
             # A step called inside another step is part of that step's body.
-            if session is None or _context._step.get() is not None:
+            if _context._step.get() is not None:
                 return f(*args, **kwargs)
             return session.call(describe(args, kwargs), f, *args, **kwargs)
 
         return wrapper
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _check_no_run(step_name: str) -> None:
+    """Outside any run a step is a plain call, unless a run is active in this process: then
+    this context most likely lost the run's (a thread), and silence would lose the step."""
+    active = _context.run_active_elsewhere()
+    if active is not None:
+        raise NoRunContextError(step_name, active.run_id)
 
 
 def approval(name: str, payload: Any = None) -> Decision:
