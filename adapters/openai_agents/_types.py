@@ -87,6 +87,17 @@ def _decode_response(d: dict[str, Any]) -> ModelResponse:
                          raw_usage=d.get("raw_usage"))
 
 
+def _register_codex(codec: Codec) -> None:
+    """The result of the SDK's Codex tool (an experimental extension) and its usage."""
+    try:
+        from agents.extensions.experimental.codex.codex_tool import CodexToolResult
+        from agents.extensions.experimental.codex.events import Usage as CodexUsage
+    except ImportError:  # an SDK without the extension
+        return
+    codec.register_dataclass(CodexUsage, "openai-agents:codex.Usage")
+    codec.register_dataclass(CodexToolResult, "openai-agents:CodexToolResult")
+
+
 def prepare_codec(codec: Codec) -> Codec:
     """Allow the SDK types a DurableRunner records (idempotent)."""
     if codec.knows(ModelResponse):
@@ -99,6 +110,7 @@ def prepare_codec(codec: Codec) -> Codec:
                    lambda d: ToolOutcome(d["output"], bool(d["sdk_error"])))
     for cls in (ToolOutputText, ToolOutputImage, ToolOutputFileContent):
         codec.register_pydantic(cls, f"openai-agents:{cls.__name__}")
+    _register_codex(codec)
     # The SDK's own errors a step can end with are raised again as themselves on replay.
     for error in (AgentsException, UserError, ModelBehaviorError):
         codec.register_error(error)

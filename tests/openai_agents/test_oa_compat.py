@@ -28,10 +28,12 @@ from agents import (
     retry_policies,
     set_tracing_disabled,
 )
+from agents.extensions.experimental.codex import CodexToolResult
+from agents.extensions.experimental.codex import Usage as CodexUsage
 from agents.models.interface import Model
 from agents.models.openai_responses import OpenAIResponsesModel
 from oa_http import FakeResponses, fake_responses
-from oa_world import ScriptedModel
+from oa_world import ScriptedModel, say
 from oa_world import call as call_tool
 from openai import AsyncOpenAI
 from openai._models import construct_type
@@ -230,3 +232,50 @@ async def test_a_recorded_sdk_user_error_replays_as_itself(ledger: Ledger) -> No
         assert type(durable.value.__cause__) is type(plain.value.__cause__)
         assert str(durable.value.__cause__) == str(plain.value.__cause__)
     assert calls == [4, 4]  # the plain run, the live durable run; the replay ran nothing
+
+
+def one_tool_agent(tool: Any) -> Agent[Any]:
+    def script(items: list[dict[str, Any]]) -> list[Any]:
+        seen = [i for i in items if i.get("type") == "function_call_output"]
+        return [call_tool(tool.name)] if not seen else [say("tool said " + str(seen[0]["output"]))]
+    return Agent(name="t", tools=[tool], model=ScriptedModel("t", script))
+
+
+async def test_the_sdks_codex_tool_result_is_recorded_and_replayed(ledger: Ledger) -> None:
+    calls: list[int] = []
+
+    @function_tool
+    def codex() -> CodexToolResult:
+        """Ask Codex."""
+        calls.append(1)
+        return CodexToolResult(thread_id="th_1", response="patched",
+                               usage=CodexUsage(input_tokens=3, cached_input_tokens=0,
+                                                output_tokens=2))
+
+    plain = await Runner.run(one_tool_agent(codex), "go")
+    for _ in range(2):
+        result = await DurableRunner.run(one_tool_agent(codex), "go", run_id="codex",
+                                         ledger=ledger)
+        assert result.final_output == plain.final_output
+        (output,) = [i.output for i in result.new_items if i.type == "tool_call_output_item"]
+        assert output == CodexToolResult("th_1", "patched", CodexUsage(3, 0, 2))
+    assert calls == [1, 1]
+
+
+async def test_a_cyclic_tool_output_ends_as_a_recorded_failure(ledger: Ledger) -> None:
+    calls: list[int] = []
+
+    @function_tool(failure_error_function=None)
+    def loop() -> Any:
+        """Returns a list that holds itself."""
+        calls.append(1)
+        out: list[Any] = []
+        out.append(out)
+        return out
+
+    for _ in range(2):
+        with pytest.raises(UserError) as caught:
+            await DurableRunner.run(one_tool_agent(loop), "go", run_id="cyc", ledger=ledger)
+        assert not isinstance(caught.value.__cause__, RecursionError)
+    assert calls == [1]  # the second run raised the recorded failure
+    assert {s.status for s in ledger.steps("cyc")} <= {"completed", "failed"}
