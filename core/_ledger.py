@@ -97,7 +97,8 @@ class Ledger(RedisStore):
         lease_ms: how long a run's lease lasts without renewal (renewed every third of it);
             a crashed process's run is taken over after this (at once on the same host).
         completed_ttl_s: the TTL set on a run's keys when it ends; None keeps them.
-        max_payload_bytes: the largest outcome recorded; larger is PayloadTooLargeError.
+        max_payload_bytes: the largest outcome, approval request or decision recorded
+            (encoded JSON); larger is PayloadTooLargeError.
         in_doubt: the default policy for a step that started and recorded no outcome.
         on_mismatch: 'raise' NonDeterminismError when a replayed call differs from the
             recorded one, or 'replay' the recorded result anyway.
@@ -208,7 +209,8 @@ class Ledger(RedisStore):
             if on_busy == "fail" or time.monotonic() > deadline:
                 raise RunBusyError(run_id, _s(reply[1]), int(reply[2]))
             return None
-        return RunSession(self, run_id, owner=owner, fence=int(reply[1]), steps=reply[3], kind=kind)
+        return RunSession(self, run_id, owner=owner, fence=int(reply[1]), steps=reply[3], kind=kind,
+                          prior_status=_s(reply[4]) if len(reply) > 4 else "")
 
     @contextmanager
     def run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",

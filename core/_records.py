@@ -173,7 +173,7 @@ def parse_step_meta(key: str, raw: str | bytes) -> StepMeta:
     """Parse ``m:<step>`` read from ``key``; raise a clear error naming it if it is bad."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptRecordError(key, f"not JSON ({e})") from None
     return _validate_versioned(key, data, StepMeta)
 
@@ -182,7 +182,7 @@ def parse_outcome(key: str, raw: str | bytes) -> dict[str, Any]:
     """Parse the outcome envelope ``{"v": 1, "ok": bool, "value"|"error": ...}``."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptRecordError(key, f"outcome is not JSON ({e})") from None
     if not isinstance(data, dict):
         raise CorruptRecordError(key, "outcome is not a JSON object")

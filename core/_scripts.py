@@ -20,7 +20,8 @@ local now = tonumber(__t[1]) * 1000 + math.floor(tonumber(__t[2]) / 1000)
 # KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set
 # ARGV[1] owner, ARGV[2] lease ms, ARGV[3] '1' to take over a live lease, ARGV[4] kind,
 # ARGV[5] run id, ARGV[6] '1' to return the run's step records
-# -> {'BUSY', owner, remaining ms} | {'VERSION', v} | {'OK', fence, now, {field, value, ...}}
+# -> {'BUSY', owner, remaining ms} | {'VERSION', v}
+#    | {'OK', fence, now, {field, value, ...}, status before this acquire ('' for a new run)}
 ACQUIRE_RUN = _NOW + """
 local run = KEYS[1]
 local v = redis.call('HGET', run, 'v')
@@ -34,6 +35,7 @@ end
 -- whose keys vanished (deleted, evicted, flushed) does not hand an old holder's token out again.
 local fence = math.max((tonumber(redis.call('HGET', run, 'fence') or '0') or 0) + 1, now)
 redis.call('HSET', run, 'fence', string.format('%d', fence))
+local prior = redis.call('HGET', run, 'status') or ''
 if not v then
   redis.call('HSET', run, 'v', '1', 'run_id', ARGV[5], 'kind', ARGV[4], 'created', now,
              'steps_total', 0, 'steps_done', 0, 'seq', 0)
@@ -47,7 +49,7 @@ redis.call('PERSIST', KEYS[3])
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do redis.call('PERSIST', k) end
 local steps = {}
 if ARGV[6] == '1' then steps = redis.call('HGETALL', KEYS[2]) end
-return {'OK', fence, now, steps}
+return {'OK', fence, now, steps, prior}
 """
 
 # KEYS[1] run hash; ARGV[1] fence, ARGV[2] lease ms -> 1 renewed | 0 fenced out

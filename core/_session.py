@@ -99,9 +99,10 @@ class RunSession:
     """The lease on one run held by this process. Made by ``Ledger.open_run``/``run``."""
 
     def __init__(self, ledger: Ledger, run_id: str, *, owner: str, fence: int,
-                 steps: list[Any], kind: str = "") -> None:
+                 steps: list[Any], kind: str = "", prior_status: str = "") -> None:
         self.ledger = ledger
         self.run_id = run_id
+        self.prior_status = prior_status  # the run's status before this session took it
         self.kind = kind
         self.owner = owner
         self.fence = fence
@@ -152,6 +153,11 @@ class RunSession:
                      ) -> tuple[list[str], list[Any]]:
         self.stop_renewing()
         self.finished = True
+        if (str(status) == RunStatus.FAILED and self.prior_status == RunStatus.COMPLETED
+                and isinstance(error, NonDeterminismError)):
+            # A second opener asked something else of a completed run: its own mistake. The
+            # run's recorded history is whole; it stays completed.
+            status, error = RunStatus.COMPLETED, None
         ttl = self.ttl_s
         err = "" if error is None else f"{type(error).__name__}: {_text_of(error)}"[:1000]
         return ([self.keys.run, self.keys.steps, self.keys.keyset],
