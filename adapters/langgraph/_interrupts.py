@@ -14,7 +14,6 @@ given directly still works and settles the recorded approval with ``v`` as its p
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 from contextvars import ContextVar
@@ -32,6 +31,7 @@ from agentledger import (
 )
 
 from ._lg_scope import TaskScope
+from ._seams import scratchpad, with_scratchpad
 
 __all__ = ["hook_scratchpad", "record_interrupts", "resume_value", "waiting_sessions"]
 
@@ -72,9 +72,8 @@ def _decided(session: RunSession, task: TaskScope, index: int) -> Decision | Non
 
 def hook_scratchpad(config: dict[str, Any], session: RunSession, task: TaskScope) -> None:
     """Let ``interrupt()`` in this task find a recorded decision as its resume value."""
-    conf = config.get("configurable") or {}
-    pad = conf.get("__pregel_scratchpad")
-    if pad is None or getattr(pad, "_agentledger", False):
+    pad = scratchpad(config)
+    if pad is None:
         return
     counter, null_resume = pad.interrupt_counter, pad.get_null_resume
 
@@ -95,8 +94,8 @@ def hook_scratchpad(config: dict[str, Any], session: RunSession, task: TaskScope
         decision = _decided(session, task, index)
         return None if decision is None else resume_value(decision)
 
-    conf["__pregel_scratchpad"] = dataclasses.replace(
-        pad, interrupt_counter=interrupt_counter, get_null_resume=get_null_resume)
+    with_scratchpad(config, pad, interrupt_counter=interrupt_counter,
+                    get_null_resume=get_null_resume)
 
 
 def _settle(session: RunSession, task: TaskScope, index: int, value: Any) -> None:

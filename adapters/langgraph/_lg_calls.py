@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -27,10 +27,11 @@ from langchain_core.messages import (
     RemoveMessage,
     SystemMessage,
     ToolMessage,
+    convert_to_messages,
     message_chunk_to_message,
 )
 from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.prompt_values import PromptValue, StringPromptValue
+from langchain_core.prompt_values import ChatPromptValue, PromptValue, StringPromptValue
 from langchain_core.runnables.config import get_config_list
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
@@ -103,11 +104,23 @@ def _model_name(model: BaseChatModel) -> str:
     return type(model).__name__
 
 
+def _to_prompt(input: Any) -> PromptValue:
+    # What BaseChatModel does with its input, from public parts (its _convert_input is private).
+    if isinstance(input, PromptValue):
+        return input
+    if isinstance(input, str):
+        return StringPromptValue(text=input)
+    if isinstance(input, Sequence):
+        return ChatPromptValue(messages=convert_to_messages(input))
+    raise ValueError(f"Invalid input type {type(input)}. "
+                     "Must be a PromptValue, str, or list of BaseMessages.")
+
+
 def _model_step(model: BaseChatModel, task: TaskScope, session: RunSession, input: Any,
                 stop: list[str] | None, config: Any) -> tuple[StepCall, PromptValue]:
     """The step of a model call, and its input converted once: the original call is given the
     ``PromptValue``, which its own conversion passes through unchanged."""
-    prompt = model._convert_input(input)
+    prompt = _to_prompt(input)
     task = _in_batch(task, config)
     name = _model_name(model)
     inputs: dict[str, Any] = {"messages": _prompt_messages(prompt)}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentledger import RunSession, StepStatus, _context
-from langgraph.config import get_config
+from langgraph.runtime import get_runtime
 
 __all__ = ["TaskScope", "active", "current_task", "graph_scope", "recording_sessions"]
 
@@ -119,8 +119,7 @@ def active() -> tuple[RunSession, TaskScope] | None:
 def node_attempt() -> int:
     """The retry attempt of the running node (1 on the first run)."""
     try:
-        conf = get_config()["configurable"]
+        info = get_runtime().execution_info
     except RuntimeError:  # called outside a runnable
         return 1
-    info = getattr(conf.get("__pregel_runtime"), "execution_info", None)
     return int(getattr(info, "node_attempt", 1) or 1)

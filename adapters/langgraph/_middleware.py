@@ -48,13 +48,18 @@ def _prepare(codec: Codec) -> None:
 def _task_of_config(session: RunSession) -> TaskScope | None:
     """A task scope from the node's config, for runs that the graph lifecycle did not open."""
     from langgraph.config import get_config
+    from langgraph.runtime import get_runtime
 
     try:
         config = get_config()
     except RuntimeError:
         return None
     meta = config.get("metadata") or {}
-    task_id = str((config.get("configurable") or {}).get("__pregel_task_id", ""))
+    try:
+        info = get_runtime().execution_info
+    except RuntimeError:
+        info = None
+    task_id = str(getattr(info, "task_id", "") or "")
     segment = task_segment(str(meta.get("langgraph_node", "?")),
                            meta.get("langgraph_step", "?"),
                            tuple(meta.get("langgraph_path", ())))

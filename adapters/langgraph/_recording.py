@@ -26,6 +26,7 @@ from typing import Any
 
 from agentledger import Ledger, RunSession, RunStatus, _context, restart_numbering
 from agentledger._keys import check_run_id
+from langgraph.errors import GraphInterrupt
 
 from . import _interrupts
 from . import _lg_calls as calls
@@ -39,6 +40,7 @@ from ._lg_scope import (
     task_segment,
     unmark,
 )
+from ._seams import probe_reached, runner_module, self_check
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -256,6 +258,7 @@ def _enter(task: Any) -> tuple[RunSession, TaskScope] | None:
 
 def _run_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
     def run_with_retry(task: Any, *args: Any, **kwargs: Any) -> Any:
+        probe_reached("run_with_retry")
         entered = _enter(task)
         if entered is None:
             return original(task, *args, **kwargs)
@@ -266,9 +269,8 @@ def _run_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
             # replays what earlier attempts recorded and re-runs what failed.
             with restart_numbering(node_attempt):
                 return original(task, *args, **kwargs)
-        except Exception as e:
-            if type(e).__name__ == "GraphInterrupt":
-                _interrupts.record_interrupts(session, scope, e)
+        except GraphInterrupt as e:
+            _interrupts.record_interrupts(session, scope, e)
             raise
         finally:
             _context._scope.reset(scope_token)
@@ -279,6 +281,7 @@ def _run_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _arun_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
     async def arun_with_retry(task: Any, *args: Any, **kwargs: Any) -> Any:
+        probe_reached("arun_with_retry")
         entered = _enter(task)
         if entered is None:
             return await original(task, *args, **kwargs)
@@ -287,9 +290,8 @@ def _arun_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             with restart_numbering(node_attempt):
                 return await original(task, *args, **kwargs)
-        except Exception as e:
-            if type(e).__name__ == "GraphInterrupt":
-                _interrupts.record_interrupts(session, scope, e)
+        except GraphInterrupt as e:
+            _interrupts.record_interrupts(session, scope, e)
             raise
         finally:
             _context._scope.reset(scope_token)
@@ -303,8 +305,9 @@ def _targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.tools import BaseTool
 
-    from langgraph.pregel import Pregel, _runner
+    from langgraph.pregel import Pregel
 
+    _runner = runner_module()
     return [
         (Pregel, "stream", _stream),
         (Pregel, "astream", _astream),
@@ -336,14 +339,25 @@ def install() -> None:
             wrapped.__wrapped__ = original
             wrapped.__doc__ = original.__doc__
             setattr(owner, name, wrapped)
+        try:
+            # A LangGraph release that bypasses a wrapped call site fails here, loudly, not
+            # by recording nothing.
+            self_check()
+        except BaseException:
+            _restore()
+            raise
 
 
 def uninstall() -> None:
     """Put the original entry points back (idempotent)."""
     with _lock:
-        for (owner, name), original in _originals.items():
-            if original is None:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
-        _originals.clear()
+        _restore()
+
+
+def _restore() -> None:
+    for (owner, name), original in _originals.items():
+        if original is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
+    _originals.clear()
