@@ -155,3 +155,46 @@ def test_state_of_langgraph_and_langchain_types_round_trips(ledger: Ledger) -> N
     _graph(DurableCheckpointer(ledger), value).invoke({}, _cfg("t-lg"))
     assert _graph(DurableCheckpointer(ledger), None).get_state(
         _cfg("t-lg")).values["note"] == value
+
+
+def test_langgraph_strict_mode_adds_the_state_schemas_types(redis_url: str, prefix: str) -> None:
+    # LANGGRAPH_STRICT_MSGPACK=true: compile() hands the schema's types to with_allowlist.
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import enum
+        from typing import TypedDict
+        from pydantic import BaseModel
+        from agentledger import Ledger
+        from agentledger.langgraph import DurableCheckpointer
+        from langgraph.graph import StateGraph, START, END
+
+        class Mood(enum.Enum):
+            CALM = "calm"
+
+        class Ticket(BaseModel):
+            number: int
+            mood: Mood
+
+        class S(TypedDict, total=False):
+            ticket: Ticket
+
+        def graph():
+            b = StateGraph(S)
+            b.add_node("w", lambda s: {{"ticket": Ticket(number=3, mood=Mood.CALM)}})
+            b.add_edge(START, "w")
+            b.add_edge("w", END)
+            return b.compile(checkpointer=DurableCheckpointer(
+                Ledger.from_url({redis_url!r}, prefix={prefix!r})))
+
+        cfg = {{"configurable": {{"thread_id": "t-strict"}}}}
+        graph().invoke({{}}, cfg)
+        print(graph().get_state(cfg).values["ticket"])
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "LANGGRAPH_STRICT_MSGPACK": "true"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "number=3 mood=<Mood.CALM: 'calm'>"
