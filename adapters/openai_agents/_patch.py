@@ -1,12 +1,26 @@
-"""Where the Agents SDK's run loop is intercepted. The SDK has no hook that can replace a
-model or tool call with a recorded result, so three names inside its run loop are wrapped:
+"""Where the Agents SDK's run loop is intercepted: every private SDK seam the adapter uses is
+here. The SDK has no hook that can replace a model or tool call with a recorded result
+(``RunHooks`` observe, ``call_model_input_filter`` edits the input, a ``ModelProvider`` misses
+``Agent(model=<Model>)``), so three names inside its run loop are wrapped:
 
-- ``get_model`` (run loop): the model an agent resolved to - from the provider,
-  ``RunConfig(model=...)`` or an ``Agent(model=<Model>)`` - comes back as a :class:`DurableModel`;
-- ``_invoke_function_tool_with_metadata`` (tool execution): every function tool call - plain,
-  agent-as-tool, MCP - is a step keyed by the model's tool call id;
-- ``get_handoffs`` (run loop, turn resolution): each handoff comes back as a copy whose
-  ``on_invoke_handoff`` is a step.
+- ``get_model`` (``agents.run_internal.run_loop``): the model an agent resolved to - from the
+  provider, ``RunConfig(model=...)`` or an ``Agent(model=<Model>)`` - comes back as a
+  :class:`DurableModel`;
+- ``_invoke_function_tool_with_metadata`` (``agents.run_internal.tool_execution``): every
+  function tool call - plain, agent-as-tool, MCP - is a step keyed by the model's tool call id;
+- ``get_handoffs`` (``run_loop`` and ``turn_resolution``): each handoff comes back as a copy
+  whose ``on_invoke_handoff`` is a step.
+
+Version notes: verified against openai-agents 0.24.0, where each of those modules calls the
+name through its own globals (``from .turn_preparation import get_model`` and so on). Other
+private names read elsewhere: ``agents.tool._FunctionToolInvocationResult`` (what the tool
+seam returns), ``Handoff._agent_ref``, ``RunState._context`` (the resumed run's context for a
+context-aware session), ``RunResultStreaming._stored_exception``.
+
+A moved seam fails loudly instead of recording nothing: :func:`install` checks that each module
+still calls the name it wraps (a global lookup in one of its functions), and
+:func:`check_reached` raises after a run whose model answered although the model and handoff
+seams were never reached.
 
 :func:`install` / :func:`uninstall` are idempotent, and each wrapper calls straight through
 when no agentledger run is active, so plain ``Runner.run`` behaves as before. The user's agents,
@@ -17,9 +31,13 @@ the call site.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import agents.run_internal.run_loop as _run_loop
@@ -31,12 +49,12 @@ from agents.tool import FunctionTool
 from agents.tool_context import ToolContext
 
 import agentledger
-from agentledger import InDoubtPolicy, StepCall, StepKind
+from agentledger import InDoubtPolicy, LedgerError, StepCall, StepKind
 
 from ._model import DurableModel
 from ._types import ToolOutcome
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["check_reached", "install", "installed", "seams_watched", "uninstall"]
 
 _lock = threading.Lock()
 _originals: dict[tuple[Any, str], Any] = {}
@@ -63,10 +81,72 @@ def install() -> None:
                 raise RuntimeError(
                     f"agentledger.openai_agents: {module.__name__}.{name} is missing; this "
                     "openai-agents version is not supported (tested with 0.24)")
+            if not _called_in(module, name):
+                raise RuntimeError(
+                    f"agentledger.openai_agents: no function of {module.__name__} calls "
+                    f"{name} any more, so wrapping it would record nothing; this "
+                    "openai-agents version is not supported (tested with 0.24)")
         for module, name, wrap in targets:
             original = getattr(module, name)
             _originals[(module, name)] = original
             setattr(module, name, wrap(original))
+
+
+def _code_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_names(const)
+
+
+def _called_in(module: Any, name: str) -> bool:
+    """Whether a function defined in ``module`` looks ``name`` up in its globals (which is
+    what a wrapper set on the module replaces)."""
+    def functions(namespace: dict[str, Any]) -> Iterator[Any]:
+        for value in namespace.values():
+            value = getattr(value, "__func__", value)  # static and class methods
+            if inspect.isfunction(value) and value.__module__ == module.__name__:
+                yield value
+            elif isinstance(value, type) and value.__module__ == module.__name__:
+                yield from functions(dict(vars(value)))
+
+    return any(name in _code_names(f.__code__) for f in functions(dict(vars(module))))
+
+
+# ---- the self-check at run time ----------------------------------------------------------
+@dataclasses.dataclass
+class SeamsReached:
+    model: int = 0
+    handoffs: int = 0
+
+
+_reached: ContextVar[SeamsReached | None] = ContextVar("agentledger_oa_seams", default=None)
+
+
+@contextmanager
+def seams_watched() -> Iterator[SeamsReached]:
+    """Count, for one durable run, how often the model and handoff seams were reached."""
+    reached = SeamsReached()
+    token = _reached.set(reached)
+    try:
+        yield reached
+    finally:
+        _reached.reset(token)
+
+
+def check_reached(reached: SeamsReached, model_responses: int) -> None:
+    """Raise if the run's model answered but the run loop never went through the seams: the
+    SDK calls its model elsewhere now, and nothing of the run was recorded."""
+    if model_responses and not reached.model:
+        missed = "agents.run_internal.run_loop.get_model"
+    elif model_responses and not reached.handoffs:
+        missed = "agents.run_internal.run_loop.get_handoffs"
+    else:
+        return
+    raise LedgerError(
+        f"agentledger.openai_agents: the run got {model_responses} model response(s) but the "
+        f"SDK never called {missed}, where agentledger records them: this openai-agents "
+        "version calls its model elsewhere, and the run was not recorded (tested with 0.24)")
 
 
 def uninstall() -> None:
@@ -81,7 +161,12 @@ def uninstall() -> None:
 def _wrap_get_model(original: Callable[..., Any]) -> Callable[..., Any]:
     def get_model(agent: Any, run_config: Any) -> Any:
         model = original(agent, run_config)
-        if agentledger.current_run() is None or isinstance(model, DurableModel):
+        if agentledger.current_run() is None:
+            return model
+        reached = _reached.get()
+        if reached is not None:
+            reached.model += 1
+        if isinstance(model, DurableModel):
             return model
         return DurableModel(model, agent.name)
 
@@ -169,6 +254,9 @@ def _wrap_get_handoffs(original: Callable[..., Any]) -> Callable[..., Any]:
         found: list[Handoff[Any, Any]] = await original(agent, context_wrapper)
         if agentledger.current_run() is None:
             return found
+        reached = _reached.get()
+        if reached is not None:
+            reached.handoffs += 1
         return [_durable_handoff(h) for h in found]
 
     return get_handoffs

@@ -36,7 +36,7 @@ from agentledger import (
 
 from ._memory import rewind_session
 from ._model import model_scope
-from ._patch import install
+from ._patch import SeamsReached, check_reached, install, seams_watched
 from ._types import prepare_codec
 
 __all__ = ["DurableRunner"]
@@ -172,16 +172,18 @@ class DurableRunner:
                     context = state._context  # the resumed run's own context wrapper
                 await rewind_session(led, run_id, kwargs["session"], round_no,
                                      context=context, run_config=kwargs.get("run_config"))
-            if state is None:
-                result = await Runner.run(starting_agent, input, **kwargs)
-            else:
-                items = state.get_interruptions()
-                _apply(state, items, await _ask(session, items))
-                scope_token = model_scope.set(f"r{round_no}")
-                try:
-                    result = await Runner.run(starting_agent, state, **kwargs)
-                finally:
-                    model_scope.reset(scope_token)
+            with seams_watched() as reached:
+                if state is None:
+                    result = await Runner.run(starting_agent, input, **kwargs)
+                else:
+                    items = state.get_interruptions()
+                    _apply(state, items, await _ask(session, items))
+                    scope_token = model_scope.set(f"r{round_no}")
+                    try:
+                        result = await Runner.run(starting_agent, state, **kwargs)
+                    finally:
+                        model_scope.reset(scope_token)
+            check_reached(reached, len(result.raw_responses))
             if result.interruptions:
                 # Written under the lease's fencing token, expired and deleted with the run.
                 await session.aput_blob(STATE_KEY, _state_blob(result, round_no + 1))
@@ -258,7 +260,8 @@ class DurableRunner:
                 raise LedgerError(f"run {run_id!r} waited for an approval; continue it with "
                                   "DurableRunner.resume(run_id)")
             # The run loop task copies this context, so its calls record into the session.
-            streamed = Runner.run_streamed(starting_agent, input, **kwargs)
+            with seams_watched() as reached:
+                streamed = Runner.run_streamed(starting_agent, input, **kwargs)
         except BaseException as e:
             session.finish(RunStatus.FAILED, error=e)
             raise
@@ -269,12 +272,14 @@ class DurableRunner:
             session.finish(RunStatus.FAILED, error=LedgerError("the SDK started no run loop"))
             raise LedgerError("Runner.run_streamed started no run loop task")
         task.add_done_callback(
-            lambda t: _finish_streamed(session, led, run_id, starting_agent, streamed, t))
+            lambda t: _finish_streamed(session, led, run_id, starting_agent, streamed, t,
+                                       reached))
         return streamed
 
 
 def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str, agent: Agent[Any],
-                     streamed: RunResultStreaming, task: asyncio.Task[Any]) -> None:
+                     streamed: RunResultStreaming, task: asyncio.Task[Any],
+                     reached: SeamsReached) -> None:
     """Record how a streamed run ended (a done callback: one synchronous round trip)."""
     try:
         error: BaseException | None
@@ -282,6 +287,14 @@ def _finish_streamed(session: RunSession, ledger: Ledger, run_id: str, agent: Ag
             error = asyncio.CancelledError("the streamed run was cancelled")
         else:
             error = task.exception() or streamed._stored_exception
+        if error is None:
+            try:
+                check_reached(reached, len(streamed.raw_responses))
+            except LedgerError as e:
+                # Nothing else reports from a done callback: the caller sees it in the log
+                # and in the run's record.
+                log.error("%s", e)
+                error = e
         if error is not None:
             session.finish(RunStatus.FAILED, error=error)
         elif streamed.interruptions:
