@@ -42,7 +42,7 @@ SUITES = {
     "crewai": ["tests/crewai"],
 }
 BENCHES = {
-    "core": ["benchmarks/bench_core.py"],
+    "core": ["benchmarks/bench_core.py", "benchmarks/bench_workers.py"],
     "langgraph": ["benchmarks/bench_langgraph_checkpointer.py", "benchmarks/bench_langgraph_calls.py"],
     "openai-agents": ["benchmarks/bench_openai_agents.py"],
     "crewai": ["benchmarks/bench_crewai.py"],
@@ -105,6 +105,12 @@ def bench(session: nox.Session, extra: str) -> None:
     _install(session, extra)
     if BENCH_DEPS.get(extra):
         session.install(*BENCH_DEPS[extra])
+    if extra == "core":
+        # DBOS queues on PostgreSQL, measured by bench_workers.py in an environment of their own.
+        dbos = ".venv-dbos"
+        session.run("python3", "-m", "venv", dbos, external=True)
+        session.run(f"{dbos}/bin/pip", "install", "-q", "-e", ".", "dbos", "psycopg[binary]",
+                    external=True)
     if extra == "openai-agents":
         # dbos-openai-agents, measured as a child in an environment of its own.
         dbos = ".venv-oa-dbos"
@@ -113,3 +119,11 @@ def bench(session: nox.Session, extra: str) -> None:
                     "dbos-openai-agents", external=True)
     for script in BENCHES[extra]:
         session.run("python", script, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Chaos soak of workers: SIGKILLed workers, a restarted Redis, a cluster failover.
+    Bounded (``-- --minutes 8``); not among the default sessions."""
+    _install(session, "core")
+    session.run("python", "benchmarks/soak_workers.py", *session.posargs, env=OFFLINE)

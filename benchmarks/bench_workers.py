@@ -1,0 +1,237 @@
+"""Worker throughput: recorded calls per second against the number of worker processes.
+
+The same pipeline on both sides: a run of STEPS steps, each a recorded call that returns a
+small value. agentledger: `agentledger worker` processes (concurrency 4 each) on one Redis
+(append-only file, fsync always) and on a 3+3 Redis Cluster of our own; DBOS 3.4: processes
+listening to a DBOS queue (worker concurrency 4) on PostgreSQL 15 (fsync on commit), runs
+enqueued with DBOSClient. Both sides: runs submitted at once, clock stopped when the last ends.
+
+    python benchmarks/bench_workers.py [--runs 200] [--steps 20] [--procs 1,2,4]
+    (DBOS: pip install dbos 'psycopg[binary]' in .venv-dbos; BENCH_PG_URL, default
+     postgresql://postgres@127.0.0.1:5432/test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DBOS_PYTHON = REPO / ".venv-dbos" / "bin" / "python"
+CONCURRENCY = 4
+
+
+# ---- the pipeline, agentledger side (imported by the worker processes) ----------------------
+def make_app() -> Any:
+    import agentledger
+    from agentledger import App, Ledger
+
+    ledger = Ledger.from_url(os.environ["AL_URL"], prefix=os.environ["AL_PREFIX"])
+    app = App(ledger)
+
+    @agentledger.step
+    def call(i: int) -> dict[str, int]:
+        return {"i": i, "sq": i * i}
+
+    @app.pipeline("bench")
+    def bench(steps: int, run: Any) -> int:
+        return sum(call(i)["sq"] for i in range(steps))
+
+    return app
+
+
+if os.environ.get("AL_BENCH_WORKER"):
+    app = make_app()
+
+
+def _wait_all(done: Any, n: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while done() < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done()} of {n} runs ended")
+        time.sleep(0.02)
+
+
+REDIS_CPU: dict[int, float] = {}  # processes -> recorded calls per second of Redis CPU
+
+
+def _redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def agentledger_rate(url: str, procs: int, runs: int, steps: int) -> float:
+    import redis
+
+    from agentledger import App, Ledger
+
+    prefix = f"bw{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "AL_URL": url, "AL_PREFIX": prefix, "AL_BENCH_WORKER": "1",
+           "PYTHONPATH": str(REPO / "benchmarks")}
+    workers = [subprocess.Popen([sys.executable, "-m", "agentledger", "worker", "bench_workers:app",
+                                 "--concurrency", str(CONCURRENCY)], env=env, cwd=str(REPO),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(procs)]
+    ledger = Ledger.from_url(url, prefix=prefix)
+    app = App(ledger)
+    app.pipeline("bench")(lambda steps, run: None)  # only its name is needed to submit
+    try:
+        _wait_all(lambda: len(app.queue.workers()), procs, 120)
+        ids = [f"r{i}" for i in range(runs)]
+        cpu0 = None if ledger.cluster else _redis_cpu(ledger.redis)
+        t0 = time.perf_counter()
+        for rid in ids:
+            app.submit("bench", steps, run_id=rid)
+        active = [app.queue.active(s) for s in range(app.queue.shards)]
+        r: Any = ledger.redis
+        _wait_all(lambda: runs - sum(int(r.zcard(k)) for k in active), runs)
+        elapsed = time.perf_counter() - t0
+        if cpu0 is not None:
+            REDIS_CPU[procs] = runs * steps / (_redis_cpu(ledger.redis) - cpu0)
+        assert app.result(ids[-1], timeout=5) == sum(i * i for i in range(steps))
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGKILL)
+            w.wait(10)
+        if not ledger.cluster:
+            client = redis.Redis.from_url(url)
+            for k in client.scan_iter(match=f"{prefix}:*", count=1000):
+                client.delete(k)
+        ledger.close()
+    return runs * steps / elapsed
+
+
+# ---- DBOS side (runs in .venv-dbos) --------------------------------------------------------
+def dbos_worker(schema: str) -> None:
+    from dbos import DBOS
+
+    DBOS(config={"name": "albench", "system_database_url": PG_URL, "dbos_system_schema": schema})
+
+    @DBOS.step()
+    def call(i: int) -> dict[str, int]:
+        return {"i": i, "sq": i * i}
+
+    @DBOS.workflow(name="bench")
+    def bench(steps: int) -> int:
+        return sum(call(i)["sq"] for i in range(steps))
+
+    DBOS.launch()
+    DBOS.register_queue("bench", worker_concurrency=CONCURRENCY, polling_interval_sec=0.05)
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def dbos_rate(procs: int, runs: int, steps: int) -> float:
+    import psycopg
+    from dbos import DBOS, DBOSClient, EnqueueOptions
+
+    schema = f"albench_{uuid.uuid4().hex[:6]}"
+    DBOS(config={"name": "albench", "system_database_url": PG_URL, "dbos_system_schema": schema})
+    DBOS.launch()  # creates the schema; this process runs no queue
+    DBOS.destroy()
+    workers = [subprocess.Popen([sys.executable, __file__, "--dbos-worker", schema],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+               for _ in range(procs)]
+    client = DBOSClient(system_database_url=PG_URL, dbos_system_schema=schema)
+    try:
+        for w in workers:
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+        t0 = time.perf_counter()
+        handles = [client.enqueue(EnqueueOptions(workflow_name="bench", queue_name="bench"), steps)
+                   for _ in range(runs)]
+        results = [h.get_result() for h in handles]
+        elapsed = time.perf_counter() - t0
+        assert results[-1] == sum(i * i for i in range(steps))
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGKILL)
+            w.wait(10)
+        client.destroy()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return runs * steps / elapsed
+
+
+# ---- report ------------------------------------------------------------------------------
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--procs", default="1,2,4")
+    p.add_argument("--dbos-worker")
+    p.add_argument("--dbos", action="store_true", help="(internal) measure the DBOS side")
+    p.add_argument("--no-cluster", action="store_true")
+    a = p.parse_args()
+    if a.dbos_worker:
+        dbos_worker(a.dbos_worker)
+        return 0
+    procs = [int(x) for x in a.procs.split(",")]
+    if a.dbos:
+        print("DBOS " + json.dumps({n: dbos_rate(n, a.runs, a.steps) for n in procs}))
+        return 0
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from _cluster import Cluster
+
+    from _support import RedisServer, tmpdir
+
+    rows: dict[str, dict[int, float] | str] = {}
+    server = RedisServer(tmpdir("albench-workers-"), appendfsync="always").start()
+    try:
+        rows["agentledger, one Redis (AOF fsync always)"] = {
+            n: agentledger_rate(server.url, n, a.runs, a.steps) for n in procs}
+    finally:
+        server.kill()
+        shutil.rmtree(server.dir, ignore_errors=True)
+    if not a.no_cluster:
+        cluster = Cluster(tmpdir("albench-cluster-")).start(appendfsync="always")
+        try:
+            rows["agentledger, Redis Cluster 3+3 (AOF fsync always)"] = {
+                n: agentledger_rate(cluster.url, n, a.runs, a.steps) for n in procs}
+        finally:
+            cluster.stop()
+            shutil.rmtree(cluster.base, ignore_errors=True)
+    if DBOS_PYTHON.exists():
+        proc = subprocess.run([str(DBOS_PYTHON), __file__, "--dbos", "--runs", str(a.runs),
+                               "--steps", str(a.steps), "--procs", a.procs],
+                              capture_output=True, text=True, timeout=1800, cwd=str(REPO))
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("DBOS ")]
+        rows["DBOS 3.4 queue, PostgreSQL 15"] = (
+            {int(k): v for k, v in json.loads(lines[-1][5:]).items()} if lines
+            else f"failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}")
+    else:
+        rows["DBOS 3.4 queue, PostgreSQL 15"] = f"not run: {DBOS_PYTHON} is missing"
+
+    print(f"\n{a.runs} runs x {a.steps} recorded calls, {CONCURRENCY} runs at once per process; "
+          "recorded calls per second")
+    print("| setup | " + " | ".join(f"{n} process{'es' if n > 1 else ''}" for n in procs) + " |")
+    print("|---|" + "---:|" * len(procs))
+    for name, r in rows.items():
+        cells = [f"{r[n]:,.0f}" for n in procs] if isinstance(r, dict) else [r] + [""] * (len(procs) - 1)
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if REDIS_CPU:
+        print("\nrecorded calls per second of Redis CPU (one Redis; its INFO cpu, submits and "
+              "queue traffic included): "
+              + ", ".join(f"{n} process{'es' if n > 1 else ''}: {v:,.0f}"
+                          for n, v in REDIS_CPU.items()))
+    dbos = rows["DBOS 3.4 queue, PostgreSQL 15"]
+    mine = rows["agentledger, one Redis (AOF fsync always)"]
+    if isinstance(dbos, dict) and isinstance(mine, dict):
+        print("\nratio agentledger (one Redis) / DBOS: "
+              + ", ".join(f"{n}: {mine[n] / dbos[n]:.1f}x" for n in procs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
