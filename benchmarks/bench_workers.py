@@ -111,6 +111,37 @@ def agentledger_rate(url: str, procs: int, runs: int, steps: int) -> float:
     return runs * steps / elapsed
 
 
+def bytes_per_call(server: Any, calls: int = 2000) -> dict[str, float]:
+    """Memory and append-only file bytes per recorded call of the bench pipeline's step."""
+    import redis
+
+    import agentledger
+    from agentledger import Ledger
+
+    ledger = Ledger.from_url(server.url, prefix="bytes")
+    client = redis.Redis.from_url(server.url)
+
+    @agentledger.step
+    def call(i: int) -> dict[str, int]:
+        return {"i": i, "sq": i * i}
+
+    def aof() -> int:
+        return sum(f.stat().st_size for f in (server.dir / "appendonlydir").iterdir())
+
+    mem0, aof0 = int(client.info("memory")["used_memory"]), aof()
+    for r in range(10):
+        with ledger.run(f"bytes-{r}"):
+            for i in range(calls // 10):
+                call(i)
+    out = {"memory": (int(client.info("memory")["used_memory"]) - mem0) / calls,
+           "steps hash": int(client.memory_usage(ledger.keys("bytes-0").steps, samples=0) or 0)
+           / (calls // 10),
+           "AOF": (aof() - aof0) / calls}
+    ledger.close()
+    client.close()
+    return out
+
+
 # ---- DBOS side (runs in .venv-dbos) --------------------------------------------------------
 def dbos_worker(schema: str) -> None:
     from dbos import DBOS
@@ -189,6 +220,8 @@ def main() -> int:
     rows: dict[str, dict[int, float] | str] = {}
     server = RedisServer(tmpdir("albench-workers-"), appendfsync="always").start()
     try:
+        sizes = bytes_per_call(server)
+        print("bytes per recorded call: " + ", ".join(f"{k} {v:.0f}" for k, v in sizes.items()))
         rows["agentledger, one Redis (AOF fsync always)"] = {
             n: agentledger_rate(server.url, n, a.runs, a.steps) for n in procs}
     finally:
