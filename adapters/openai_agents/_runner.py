@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Any
 
-from agents import Agent, Runner, RunResult, RunResultStreaming, RunState
+from agents import Agent, Runner, RunResult, RunResultStreaming, RunState, UserError
 from agents.items import ToolApprovalItem
 
 from agentledger import (
@@ -184,10 +184,22 @@ class DurableRunner:
                     finally:
                         model_scope.reset(scope_token)
             check_reached(reached, len(result.raw_responses))
+            unsaved: LedgerError | None = None
             if result.interruptions:
-                # Written under the lease's fencing token, expired and deleted with the run.
-                await session.aput_blob(STATE_KEY, _state_blob(result, round_no + 1))
-                await _ask(session, list(result.interruptions))
+                try:
+                    blob = _state_blob(result, round_no + 1)
+                except (UserError, TypeError, ValueError) as e:
+                    # The SDK hands the interrupted result back whether or not its state can
+                    # be serialised; so do we, but this run cannot wait in Redis for a person.
+                    unsaved = LedgerError(
+                        f"run {run_id!r} stopped for an approval, but its RunState cannot be "
+                        f"saved ({type(e).__name__}: {e}); make the run's context "
+                        "JSON-serialisable to resume it with DurableRunner")
+                    log.warning("%s", unsaved)
+                else:
+                    # Written under the lease's fencing token, expired and deleted with the run.
+                    await session.aput_blob(STATE_KEY, blob)
+                    await _ask(session, list(result.interruptions))
         except ApprovalPending:
             await session.afinish(RunStatus.WAITING)
             raise
@@ -196,7 +208,9 @@ class DurableRunner:
             raise
         finally:
             session.deactivate(token)
-        if result.interruptions:
+        if unsaved is not None:
+            await session.afinish(RunStatus.FAILED, error=unsaved)
+        elif result.interruptions:
             _agents[(led.prefix, run_id)] = starting_agent
             await session.afinish(RunStatus.WAITING)
         else:

@@ -33,7 +33,7 @@ from agents.extensions.experimental.codex import Usage as CodexUsage
 from agents.models.interface import Model
 from agents.models.openai_responses import OpenAIResponsesModel
 from oa_http import FakeResponses, fake_responses
-from oa_world import ScriptedModel, say
+from oa_world import ScriptedModel, agent_for, say
 from oa_world import call as call_tool
 from openai import AsyncOpenAI
 from openai._models import construct_type
@@ -279,3 +279,22 @@ async def test_a_cyclic_tool_output_ends_as_a_recorded_failure(ledger: Ledger) -
         assert not isinstance(caught.value.__cause__, RecursionError)
     assert calls == [1]  # the second run raised the recorded failure
     assert {s.status for s in ledger.steps("cyc")} <= {"completed", "failed"}
+
+
+class Connection:
+    """A context value that is not JSON."""
+
+
+async def test_an_approval_whose_state_cannot_be_saved_returns_the_interrupted_result(
+        ledger: Ledger, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AL_EFFECTS", str(tmp_path / "effects"))
+    context = {"db": Connection()}
+    plain = await Runner.run(agent_for("approval"), "go", context=context)
+    durable = await DurableRunner.run(agent_for("approval"), "go", run_id="unsaved",
+                                      ledger=ledger, context=context)
+    assert [i.name for i in durable.interruptions] == [i.name for i in plain.interruptions]
+    assert len(durable.interruptions) == 1
+    run = ledger.get_run("unsaved")
+    assert run is not None and run.status == RunStatus.FAILED
+    assert "cannot be saved" in run.last_error
+    assert ledger.pending_approvals("unsaved") == []  # no request that could never resume
