@@ -75,7 +75,7 @@ class DurableModel(Model):
         # The step key of a call that failed: the SDK retries a request on the model it got
         # for the turn (this object), and the retry must take the same key, or a restarted
         # run would ask the model again under the first key and get another answer.
-        self._failed_key: str | None = None
+        self._failed: StepStart | None = None
 
     def __getattr__(self, name: str) -> Any:
         # What the SDK probes a model for beyond the Model interface (a capability such as
@@ -108,10 +108,14 @@ class DurableModel(Model):
                         preview=f"{self.agent_name}: {count} input item(s), {digest[:12]}")
 
     async def _begin(self, session: RunSession, call: StepCall) -> StepStart:
-        failed = self._failed_key
-        if failed is None:
+        failed = self._failed
+        # Only the same question again is a retry of the failed call.
+        scope = call.scope if call.scope is not None else agentledger.current_scope()
+        if failed is None or failed.call is None or (
+                (failed.call.name, failed.call.inputs, failed.scope)
+                != (call.name, call.inputs, scope)):
             return await session.abegin(call)
-        with _numbered_as(session, call, failed):
+        with _numbered_as(session, call, failed.key):
             return await session.abegin(call)
 
     async def get_response(
@@ -149,9 +153,9 @@ class DurableModel(Model):
                 tracing, previous_response_id=previous_response_id,
                 conversation_id=conversation_id, prompt=prompt)
         except Exception:
-            self._failed_key = start.key
+            self._failed = start
             raise
-        self._failed_key = None
+        self._failed = None
         await session.arecord(start, response)
         return response
 
@@ -205,11 +209,11 @@ class DurableModel(Model):
                         # this turn can start before the record exists.
                         await session.arecord(start, event.response)
                         recorded = True
-                        self._failed_key = None
+                        self._failed = None
                     yield event
             except Exception:
                 if not recorded:
-                    self._failed_key = start.key
+                    self._failed = start
                 raise
         finally:
             await _close(live)
