@@ -26,6 +26,7 @@ import redis
 from ._display import how_text, outcome_text, plain, preview_text
 from ._errors import LedgerError
 from ._ledger import Ledger
+from ._queue import RunQueue, WorkerInfo
 from ._records import RunRecord
 from ._suggest import command
 
@@ -68,7 +69,7 @@ def _status(ledger: Ledger, run: RunRecord) -> str:
 def _page(title: str, body: str) -> bytes:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><nav><a href='/'>runs</a>"
-            f"<a href='/approvals'>approvals</a></nav><h1>{html.escape(title)}</h1>{body}"
+            f"<a href='/approvals'>approvals</a><a href='/workers'>workers</a></nav><h1>{html.escape(title)}</h1>{body}"
             "</body></html>").encode()
 
 
@@ -115,6 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, self._run(parts[1]), "text/html; charset=utf-8")
             elif parts == ["approvals"]:
                 self._send(200, self._approvals(), "text/html; charset=utf-8")
+            elif parts == ["workers"]:
+                self._send(200, self._workers(), "text/html; charset=utf-8")
             else:
                 self._send(404, _page("not found", ""), "text/html; charset=utf-8")
         except KeyError as e:
@@ -135,7 +138,23 @@ class _Handler(BaseHTTPRequestHandler):
                     "steps": [s.model_dump(mode="json") for s in self.ledger.steps(parts[1])]}
         if parts == ["approvals"]:
             return [p.model_dump(mode="json") for p in self.ledger.pending_approvals()]
+        if parts == ["workers"]:
+            return [{f: getattr(w, f) for f in w.__slots__} for w in self._live_workers()]
         raise KeyError("/".join(parts))
+
+    def _live_workers(self) -> list[WorkerInfo]:
+        return RunQueue(self.ledger, RunQueue.stored_shards(self.ledger)).workers()
+
+    def _workers(self) -> bytes:
+        rows = "".join(
+            f"<tr><td>{_esc(w.id)}</td><td>{_esc(w.state)}</td><td>{_esc(w.app or '-')}</td>"
+            f"<td>{len(w.runs)}/{w.concurrency}</td><td>{_when(w.started)}</td>"
+            f"<td>{_when(w.beat)}</td><td>"
+            + ", ".join(f"<a href='{_href(r)}'>{_esc(r)}</a>" for r in w.runs) + "</td></tr>"
+            for w in self._live_workers())
+        return _page("workers", "<table><tr><th>worker</th><th>state</th><th>app</th>"
+                     "<th>busy</th><th>started</th><th>heartbeat</th><th>runs</th></tr>"
+                     f"{rows}</table>")
 
     def _runs(self, status: str | None) -> bytes:
         rows = "".join(

@@ -4,6 +4,7 @@ thread (the subprocess tests are in test_workers.py)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,3 +84,29 @@ def test_a_shard_count_that_differs_from_the_queues_is_refused(app: App, ledger:
     app.queue.ensure_groups()
     with pytest.raises(LedgerError, match="needs the same number"):
         App(ledger, shards=3).queue.ensure_groups()
+
+
+def test_the_web_page_lists_workers_and_their_runs(app: App, worker: Worker) -> None:
+    import json
+    import urllib.request
+
+    from agentledger._web import make_server
+
+    server = make_server(app.ledger, port=0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the first heartbeat comes within heartbeat_s
+            with urllib.request.urlopen(base + "/api/workers", timeout=10) as r:
+                found = json.loads(r.read())
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [w["id"] for w in found] == [worker.id] and found[0]["concurrency"] == 2
+        with urllib.request.urlopen(base + "/workers", timeout=10) as r:
+            assert worker.id in r.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
