@@ -42,6 +42,16 @@ Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any], Any]
 
 
+def _how_to_register(t: type) -> str:
+    """The registration call that fits ``t``, for an error message."""
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return f"ledger.codec.register_pydantic({t.__name__})"
+    if dataclasses.is_dataclass(t):
+        return f"ledger.codec.register_dataclass({t.__name__})"
+    return (f"ledger.codec.register({t.__name__}, '<tag>', encode, decode) with encode "
+            "returning JSON-able data and decode rebuilding the value")
+
+
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -146,8 +156,7 @@ class Codec:
         if entry is None:
             raise UnsupportedTypeError(
                 f"cannot record a value of type {_qualname(t)}: it is not on the codec's "
-                "allow-list. Register it with ledger.codec.register_pydantic(...), "
-                "register_dataclass(...) or register(...)."
+                f"allow-list. Register it: {_how_to_register(t)}"
             )
         tag, enc = entry
         if tag in self._plain:

@@ -6,6 +6,7 @@ SDK's documented behaviour."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -298,3 +299,22 @@ async def test_an_approval_whose_state_cannot_be_saved_returns_the_interrupted_r
     assert run is not None and run.status == RunStatus.FAILED
     assert "cannot be saved" in run.last_error
     assert ledger.pending_approvals("unsaved") == []  # no request that could never resume
+
+
+@dataclasses.dataclass
+class Receipt:
+    number: int
+
+
+async def test_an_unknown_tool_output_type_says_how_to_register_it(ledger: Ledger) -> None:
+    @function_tool(failure_error_function=None)
+    def receipt() -> Receipt:
+        """Make a receipt."""
+        return Receipt(7)
+
+    with pytest.raises(UserError, match=r"ledger\.codec\.register_dataclass\(Receipt\)"):
+        await DurableRunner.run(one_tool_agent(receipt), "go", run_id="rcpt", ledger=ledger)
+    ledger.codec.register_dataclass(Receipt)
+    result = await DurableRunner.run(one_tool_agent(receipt), "go", run_id="rcpt2",
+                                     ledger=ledger)
+    assert result.final_output == "tool said Receipt(number=7)"
