@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from ._keys import RunKeys, check_run_id, runs_index
 
 __all__ = ["RedisStore"]
 
+log = logging.getLogger("agentledger")
+
 _SCRIPTS = {
     "acquire": lua.ACQUIRE_RUN,
     "renew": lua.RENEW_LEASE,
@@ -49,6 +52,15 @@ def _retry(settings: ConnectSettings) -> DeadlineRetry:
 
 def _retry_async(settings: ConnectSettings) -> AsyncDeadlineRetry:
     return AsyncDeadlineRetry(settings.retries, settings.budget_s)
+
+
+def _warn_without_timeout(client: redis.Redis | RedisCluster, settings: ConnectSettings) -> None:
+    kwargs = (client.nodes_manager.connection_kwargs if isinstance(client, RedisCluster)
+              else client.connection_pool.connection_kwargs)
+    if kwargs.get("socket_timeout") is None:
+        log.warning("agentledger: the given Redis client has no socket_timeout, so a hung Redis "
+                    "blocks steps and lease renewals for as long as it lasts; give it one "
+                    "(for this lease, %.1f s) or pass url= instead", settings.socket_timeout_s)
 
 
 def _s(b: bytes | str | None) -> str:
@@ -76,6 +88,8 @@ class RedisStore:
         if client is None:
             assert url is not None
             client = client_from_url(url, settings)
+        else:
+            _warn_without_timeout(client, settings)
         # A Redis Cluster client: every per-run script touches one slot (the run's hash tag);
         # the cluster refuses scripts inside pipelines, so those become sequential calls.
         self.cluster = isinstance(client, RedisCluster)

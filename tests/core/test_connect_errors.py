@@ -262,3 +262,11 @@ def test_the_cli_reads_the_url_from_a_file_or_the_environment_and_never_prints_a
     out = capsys.readouterr()
     assert "authentication failed" in out.err
     assert PASSWORD not in out.out + out.err
+
+
+def test_a_given_client_without_a_socket_timeout_is_warned_about(
+        server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "agentledger"):
+        Ledger(redis.Redis(port=server.port), prefix="p")
+        Ledger(redis.Redis(port=server.port, socket_timeout=2), prefix="p")
+    assert caplog.text.count("no socket_timeout") == 1
