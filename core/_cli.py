@@ -147,7 +147,7 @@ def _cmd_approve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
     if a.json:
         print(json.dumps({"run_id": a.run_id, "step": key, "decision": verdict}), file=out)
     else:
-        print(f"{verdict} {key!r} of run {a.run_id!r}; start the run again to continue", file=out)
+        print(f"{verdict} {key!r} of run {a.run_id!r}; a worker continues it (without workers, start the run again)", file=out)
     return 0
 
 
