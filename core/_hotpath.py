@@ -58,7 +58,11 @@ class StepConnection:
                     conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
                     return conn.read_response()
 
-            return self._retry().call_with_retry(send, lambda _e: conn.disconnect())
+            reply = self._retry().call_with_retry(send, lambda _e: conn.disconnect())
+            if self._ledger.wait_replicas:  # on this connection: WAIT counts its writes
+                conn.send_command(*self._ledger.wait_command())
+                self._ledger.check_replicated(conn.read_response(), f"the {name} script")
+            return reply
         except redis.RedisError as e:
             raise ledger_error(e, self._ledger.url, f"the {name} script") from e
         finally:
@@ -103,7 +107,12 @@ class StepConnection:
                 async def fail(_e: Exception) -> None:
                     await conn.disconnect()
 
-                return await _retry_async(self._ledger.settings).call_with_retry(send, fail)
+                reply = await _retry_async(self._ledger.settings).call_with_retry(send, fail)
+                if self._ledger.wait_replicas:
+                    await conn.send_command(*self._ledger.wait_command())
+                    self._ledger.check_replicated(await conn.read_response(),
+                                                  f"the {name} script")
+                return reply
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 

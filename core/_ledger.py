@@ -89,6 +89,8 @@ class Ledger(RedisStore):
         connect_timeout_s: float | None = None,
         socket_timeout_s: float | None = None,
         allow_evicting_redis: bool = False,
+        replicas: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
         """
         client: a redis-py ``Redis`` or ``RedisCluster`` (yours to close), or give ``url``.
@@ -111,12 +113,18 @@ class Ledger(RedisStore):
         allow_evicting_redis: accept a Redis whose maxmemory-policy is allkeys-* (it may
             evict live step records, and a lost record re-runs a side effect); refused by
             default with RedisConfigError.
+        replicas, replica_timeout_ms: durability "replicated": after each record, wait
+            (``WAIT``) until this many replicas have it, so a failover loses nothing
+            acknowledged; fewer within the timeout fails the call closed with
+            LedgerUnavailableError. 0 (default): replication is asynchronous. A standalone
+            Redis with replicas only, for now (not a Redis Cluster).
         """
         if lease_ms < 100:
             raise ValueError("lease_ms must be at least 100")
         settings = ConnectSettings.for_lease(int(lease_ms), redis_retries, connect_timeout_s,
                                              socket_timeout_s)
         super().__init__(client, url, prefix, settings, allow_evicting_redis)
+        self.require_replicas(replicas, replica_timeout_ms)
         if on_mismatch not in ("raise", "replay"):
             raise ValueError("on_mismatch must be 'raise' or 'replay'")
         self.codec = codec or Codec()

@@ -260,11 +260,16 @@ class RunQueue:
     def write(self, run_id: str, fence: int, fields: dict[str, str | int]) -> bool:
         """Update the app record under the run's fencing token; False if fenced out."""
         keys, args = self._write_args(run_id, fence, fields)
+        if self.store.wait_replicas:
+            return bool(self.store.eval_replicated(self._app_write, keys, args, "the app record"))
         with self.store.redis_errors():
             return bool(self._app_write(keys=keys, args=args))
 
     async def awrite(self, run_id: str, fence: int, fields: dict[str, str | int]) -> bool:
         keys, args = self._write_args(run_id, fence, fields)
+        if self.store.wait_replicas:
+            return bool(await self.store.aeval_replicated(self._app_write.sha, APP_WRITE, keys,
+                                                          args, "the app record"))
         with self.store.redis_errors():
             return bool(await self._aeval(APP_WRITE, self._app_write.sha, keys, args))
 

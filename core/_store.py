@@ -25,6 +25,7 @@ from ._connect import (
     client_from_url,
     ledger_error,
 )
+from ._errors import LedgerUnavailableError
 from ._keys import RunKeys, check_run_id, runs_index
 
 __all__ = ["RedisStore"]
@@ -96,6 +97,8 @@ class RedisStore:
         self.redis: redis.Redis = cast(redis.Redis, client)
         self._scripts: dict[str, Script] = {n: self.redis.register_script(s)
                                             for n, s in _SCRIPTS.items()}
+        self.wait_replicas = 0  # durability "replicated": see require_replicas()
+        self.wait_timeout_ms = 1000
         self._aclients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, AsyncScript]]
         ] = weakref.WeakKeyDictionary()
@@ -136,13 +139,80 @@ class RedisStore:
     def keys(self, run_id: str) -> RunKeys:
         return RunKeys(self.prefix, check_run_id(run_id))
 
+    # ---- durability "replicated" ------------------------------------------------------------
+    def require_replicas(self, replicas: int, timeout_ms: int = 1000) -> None:
+        """Wait after each record until ``replicas`` replicas have it (``WAIT``), so that a
+        failover loses nothing acknowledged. 0 turns it off."""
+        if replicas < 0 or timeout_ms < 1:
+            raise ValueError("replicas must be >= 0 and replica_timeout_ms >= 1")
+        if replicas and self.cluster:
+            raise ValueError("replicas= needs a standalone Redis with replicas; on a Redis "
+                             "Cluster it is not supported yet")
+        self.wait_replicas, self.wait_timeout_ms = int(replicas), int(timeout_ms)
+
+    def wait_command(self) -> tuple[str, int, int]:
+        return ("WAIT", self.wait_replicas, self.wait_timeout_ms)
+
+    def check_replicated(self, acked: Any, what: str) -> None:
+        """Fail closed when fewer replicas than required acknowledged a record."""
+        if int(acked) < self.wait_replicas:
+            raise LedgerUnavailableError(
+                f"{what}: {int(acked)} of {self.wait_replicas} replicas acknowledged the record "
+                f"within {self.wait_timeout_ms} ms; a failover could lose it")
+
+    def eval_replicated(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
+        """EVALSHA and WAIT on one connection (WAIT counts that connection's writes)."""
+        def attempt() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command(*self.wait_command())  # type: ignore[no-untyped-call]
+            return list(pipe.execute())
+
+        try:
+            try:
+                reply, acked = attempt()
+            except NoScriptError:
+                self.redis.script_load(script.script)
+                reply, acked = attempt()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            raise ledger_error(e, self.url, what) from e
+        self.check_replicated(acked, what)
+        return reply
+
+    async def aeval_replicated(self, sha: str, source: Any, keys: list[str], args: list[Any],
+                               what: str) -> Any:
+        client = self._async()[0]
+
+        async def attempt() -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.execute_command(*self.wait_command())
+            return list(await pipe.execute())
+
+        try:
+            try:
+                reply, acked = await attempt()
+            except NoScriptError:
+                await client.script_load(source)
+                reply, acked = await attempt()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            raise ledger_error(e, self.url, what) from e
+        self.check_replicated(acked, what)
+        return reply
+
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self.wait_replicas:
+            return self.eval_replicated(self._scripts[name], keys, args, f"the {name} script")
         try:
             return self._scripts[name](keys=keys, args=args)
         except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
             raise ledger_error(e, self.url, f"the {name} script") from e
 
     async def ascript(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self.wait_replicas:
+            script = self._scripts[name]
+            return await self.aeval_replicated(script.sha, script.script, keys, args,
+                                               f"the {name} script")
         try:
             return await self._async()[1][name](keys=keys, args=args)
         except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
@@ -168,7 +238,12 @@ class RedisStore:
                 # more round trip.
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
                 pipe.zadd(runs_index(self.prefix), stamp)
-                return pipe.execute()[-2]
+                if not self.wait_replicas:
+                    return pipe.execute()[-2]
+                pipe.execute_command(*self.wait_command())  # type: ignore[no-untyped-call]
+                *_, reply, _, acked = pipe.execute()
+                self.check_replicated(acked, f"the {name} script")
+                return reply
 
             try:
                 try:
@@ -196,7 +271,12 @@ class RedisStore:
                     pipe.execute_command(*cmd)
                 pipe.evalsha(scripts[name].sha, len(keys), *keys, *args)
                 pipe.zadd(runs_index(self.prefix), stamp)
-                return (await pipe.execute())[-2]
+                if not self.wait_replicas:
+                    return (await pipe.execute())[-2]
+                pipe.execute_command(*self.wait_command())
+                *_, reply, _, acked = await pipe.execute()
+                self.check_replicated(acked, f"the {name} script")
+                return reply
 
             try:
                 try:

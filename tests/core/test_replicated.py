@@ -1,0 +1,113 @@
+"""Durability "replicated" (``Ledger(replicas=1)``): every record is acknowledged by a replica
+before the call returns, so a failover to that replica loses nothing acknowledged; a replica
+that does not answer fails the call closed. The default (asynchronous replication) loses what
+the dead master acknowledged and had not sent. A master and a replica of the test's own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import agentledger
+from _support import RedisServer, tmpdir
+from agentledger import Ledger, LedgerUnavailableError
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
+    base = tmpdir("agentledger-replica-")
+    master = RedisServer(base / "m", appendonly=False,
+                         extra=["--repl-diskless-sync-delay", "0"]).start()
+    replica = RedisServer(base / "r", appendonly=False,
+                          extra=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    client = redis.Redis(port=replica.port)
+    deadline = time.monotonic() + 30
+    while client.info("replication").get("master_link_status") != "up":
+        assert time.monotonic() < deadline, "the replica did not sync"
+        time.sleep(0.05)
+    try:
+        yield master, replica
+    finally:
+        if replica.proc is not None:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        master.kill()
+        replica.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+effects: list[int] = []
+
+
+@agentledger.step
+def charge(n: int) -> int:
+    effects.append(n)
+    return n * 10
+
+
+def fail_over(master: RedisServer, replica: RedisServer) -> Ledger:
+    master.kill()  # SIGKILL
+    assert replica.proc is not None
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    redis.Redis(port=replica.port).execute_command("REPLICAOF", "NO", "ONE")
+    return Ledger.from_url(replica.url, prefix="rep", lease_ms=2000)
+
+
+def test_with_replicas_a_failover_loses_nothing_acknowledged(
+        pair: tuple[RedisServer, RedisServer]) -> None:
+    master, replica = pair
+    effects.clear()
+    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, lease_ms=2000)
+    session = ledger.open_run("r1")
+    token = session.activate()
+    assert [charge(i) for i in range(5)] == [0, 10, 20, 30, 40]
+    session.deactivate(token)
+    session.stop_renewing()  # the process "dies" here, the master right after it
+    promoted = fail_over(master, replica)
+    with promoted.run("r1") as s:  # the lease expired with the master's keys
+        assert [charge(i) for i in range(5)] == [0, 10, 20, 30, 40]
+        assert s.replayed == 5
+    assert effects == [0, 1, 2, 3, 4]  # no completed effect ran again
+    promoted.close()
+
+
+def test_a_replica_that_does_not_answer_fails_the_step_closed(
+        pair: tuple[RedisServer, RedisServer]) -> None:
+    master, replica = pair
+    effects.clear()
+    assert replica.proc is not None
+    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, replica_timeout_ms=200)
+    session = ledger.open_run("r2")  # the lease is replicated
+    token = session.activate()
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    with pytest.raises(LedgerUnavailableError, match="0 of 1 replicas"):
+        charge(1)
+    assert effects == []  # the body never ran: its intent was not replicated
+    session.deactivate(token)
+    session.stop_renewing()
+    os.kill(replica.proc.pid, signal.SIGCONT)
+
+
+def test_the_default_loses_what_the_master_had_not_sent(
+        pair: tuple[RedisServer, RedisServer]) -> None:
+    master, replica = pair
+    effects.clear()
+    assert replica.proc is not None
+    os.kill(replica.proc.pid, signal.SIGSTOP)  # the replica falls behind,
+    redis.Redis(port=master.port).client_kill_filter(_type="slave")  # its link is cut
+    ledger = Ledger.from_url(master.url, prefix="rep", lease_ms=2000)
+    with ledger.run("r3"):
+        charge(7)  # acknowledged by the master only
+    promoted = fail_over(master, replica)  # the master dies before the replica is back
+    assert promoted.get_run("r3") is None  # lost in the failover
+    promoted.close()
+
+
+def test_replicas_are_refused_on_a_cluster_client_and_checked() -> None:
+    with pytest.raises(ValueError, match="replicas must be"):
+        Ledger(url="redis://127.0.0.1:1/0", replicas=-1)
