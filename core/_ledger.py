@@ -13,6 +13,7 @@ from typing import Any, cast
 import redis
 from redis.cluster import RedisCluster
 
+from . import _otel
 from ._codec import Codec, json_bytes
 from ._connect import ConnectSettings
 from ._errors import (
@@ -479,12 +480,18 @@ class Ledger(RedisStore):
         """Record a person's decision on a waiting step (the run's only one if ``step`` is
         None) and return the step key. The run continues from there when started again."""
         keys, args = self._decide_args(run_id, step, approved, by, note, payload)
-        return self._after_decide(run_id, self.script("decide", keys, args))
+        key = self._after_decide(run_id, self.script("decide", keys, args))
+        if _otel.active is not None:
+            _otel.active.decided(self, run_id, key, approved, by)
+        return key
 
     async def adecide(self, run_id: str, step: str | None = None, *, approved: bool = True,
                       by: str | None = None, note: str | None = None, payload: Any = None) -> str:
         keys, args = self._decide_args(run_id, step, approved, by, note, payload)
-        return self._after_decide(run_id, await self.ascript("decide", keys, args))
+        key = self._after_decide(run_id, await self.ascript("decide", keys, args))
+        if _otel.active is not None:
+            _otel.active.decided(self, run_id, key, approved, by)
+        return key
 
     # ---- housekeeping ---------------------------------------------------------------------
     def track_key(self, run_id: str, key: str) -> None:

@@ -20,7 +20,7 @@ from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import _context
+from . import _context, _otel
 from ._codec import fingerprint_and_text, json_bytes
 from ._errors import (
     ApprovalPending,
@@ -93,6 +93,7 @@ class StepStart:
     scope: str = ""
     outcome: dict[str, Any] | None = field(default=None, repr=False)
     t0: float = 0.0
+    span: Any = field(default=None, repr=False)  # its OpenTelemetry span, when tracing is on
 
 
 class RunSession:
@@ -130,6 +131,9 @@ class RunSession:
         self._fence_arg = str(fence)
         self._hot = StepConnection(ledger)
         self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
+        self.otel: Any = None  # the run's span and attached contexts, when tracing is on
+        if _otel.active is not None:
+            _otel.active.run_opened(self)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start_renewing(self) -> None:
@@ -143,9 +147,14 @@ class RunSession:
         """Make this the session that steps in this context record into."""
         _context.note_active(self, 1)
         self._root = (_context._scope.get(), threading.get_ident())
-        return _context._session.set(self)
+        token = _context._session.set(self)
+        if _otel.active is not None:
+            _otel.active.run_activated(self, token)
+        return token
 
     def deactivate(self, token: Token[RunSession | None]) -> None:
+        if _otel.active is not None:
+            _otel.active.run_deactivated(self, token)
         _context.note_active(self, -1)
         _context._session.reset(token)
 
@@ -158,6 +167,8 @@ class RunSession:
             # A second opener asked something else of a completed run: its own mistake. The
             # run's recorded history is whole; it stays completed.
             status, error = RunStatus.COMPLETED, None
+        if _otel.active is not None:
+            _otel.active.run_finished(self, str(status), error)
         ttl = self.ttl_s
         err = "" if error is None else f"{type(error).__name__}: {_text_of(error)}"[:1000]
         return ([self.keys.run, self.keys.steps, self.keys.keyset],
@@ -359,6 +370,8 @@ class RunSession:
             self._outcomes[key] = reply[2]
             self._check_fingerprint(meta, start)
             return self._replay(start, meta)
+        if _otel.active is not None and tag in ("WAITING", "INDOUBT"):
+            _otel.active.step_stopped(self, start, meta)
         if tag == "WAITING":
             raise ApprovalPending(self.run_id, key, meta.preview)
         if tag == "INDOUBT":
@@ -374,6 +387,8 @@ class RunSession:
             start = self._after_claim(start, self._hot.call("claim", *args))
             crash_point("after_claim")
         start.t0 = time.perf_counter()
+        if _otel.active is not None:
+            _otel.active.step_begun(self, start)
         return start
 
     async def abegin(self, call: StepCall) -> StepStart:
@@ -383,6 +398,8 @@ class RunSession:
             start = self._after_claim(start, await self._hot.acall("claim", *args))
             crash_point("after_claim")
         start.t0 = time.perf_counter()
+        if _otel.active is not None:
+            _otel.active.step_begun(self, start)
         return start
 
     def _outcome_args(self, start: StepStart, value: Any, error: BaseException | None
@@ -468,11 +485,17 @@ class RunSession:
         if error is not None and is_control_flow(error):
             if isinstance(error, ApprovalPending) and (start.call is None or start.call.intent):
                 self._hot.call("suspend", *self._suspend_args(start))
+            if start.span is not None and _otel.active is not None:
+                _otel.active.step_recorded(self, start, error, 0.0)
             return
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
+        hooks = _otel.active
+        t = time.perf_counter() if hooks is not None else 0.0
         self._after_complete(start, args, self._hot.call("complete", *args))
         crash_point("after_record")
+        if hooks is not None:
+            hooks.step_recorded(self, start, raised or error, time.perf_counter() - t)
         if raised is not None:
             raise raised
 
@@ -481,11 +504,17 @@ class RunSession:
         if error is not None and is_control_flow(error):
             if isinstance(error, ApprovalPending) and (start.call is None or start.call.intent):
                 await self._hot.acall("suspend", *self._suspend_args(start))
+            if start.span is not None and _otel.active is not None:
+                _otel.active.step_recorded(self, start, error, 0.0)
             return
         args, raised = self._outcome_args(start, value, error)
         crash_point("before_record")
+        hooks = _otel.active
+        t = time.perf_counter() if hooks is not None else 0.0
         self._after_complete(start, args, await self._hot.acall("complete", *args))
         crash_point("after_record")
+        if hooks is not None:
+            hooks.step_recorded(self, start, raised or error, time.perf_counter() - t)
         if raised is not None:
             raise raised
 
