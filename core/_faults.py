@@ -3,8 +3,10 @@
 ``AGENTLEDGER_CRASH_AT=after_claim:3`` makes the process SIGKILL itself the third time any step
 reaches the point ``after_claim``. Points: ``before_claim`` (nothing recorded yet),
 ``after_claim`` (intent recorded, body not started), ``before_record`` (body done, outcome not
-recorded), ``after_record`` (outcome recorded, the framework has not seen it). Unset, this
-costs one global lookup per boundary.
+recorded), ``after_record`` (outcome recorded, the framework has not seen it). Savers that
+persist a framework's own state add theirs: ``before_checkpoint`` / ``after_checkpoint`` around
+a checkpoint write, ``before_writes`` / ``after_writes`` around a task's pending writes
+(LangGraph's ``put`` and ``put_writes``). Unset, this costs one global lookup per boundary.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import threading
 
 __all__ = ["POINTS", "crash_point"]
 
-POINTS = ("before_claim", "after_claim", "before_record", "after_record")
+POINTS = ("before_claim", "after_claim", "before_record", "after_record",
+          "before_checkpoint", "after_checkpoint", "before_writes", "after_writes")
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:

@@ -26,6 +26,7 @@ from langchain_core.runnables import RunnableConfig
 from redis.commands.core import AsyncScript, Script
 
 from agentledger import CorruptRecordError, Ledger, LedgerError, LedgerUnavailableError
+from agentledger._faults import crash_point
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseCheckpointSaver,
@@ -245,20 +246,24 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        crash_point("before_checkpoint")
         with self._io("put"):
             if not self._after_put(plan, self._scripts["put"](plan.keys.all, plan.args)):
                 plan = self._plan_put(config, checkpoint, metadata, new_versions, deltas=False)
                 self._after_put(plan, self._scripts["put"](plan.keys.all, plan.args))
+        crash_point("after_checkpoint")
         return plan.result
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
         scripts = self._aclient()[1]
+        crash_point("before_checkpoint")
         with self._io("put"):
             if not self._after_put(plan, await scripts["put"](plan.keys.all, plan.args)):
                 plan = self._plan_put(config, checkpoint, metadata, new_versions, deltas=False)
                 self._after_put(plan, await scripts["put"](plan.keys.all, plan.args))
+        crash_point("after_checkpoint")
         return plan.result
 
     # ---- put_writes ---------------------------------------------------------------------------
@@ -283,15 +288,19 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                    task_id: str, task_path: str = "") -> None:
         keys, args = self._plan_writes(config, writes, task_id, task_path)
         if len(args) > 1:
+            crash_point("before_writes")
             with self._io("put_writes"):
                 self._scripts["put_writes"](keys.all, args)
+            crash_point("after_writes")
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
         keys, args = self._plan_writes(config, writes, task_id, task_path)
         if len(args) > 1:
+            crash_point("before_writes")
             with self._io("put_writes"):
                 await self._aclient()[1]["put_writes"](keys.all, args)
+            crash_point("after_writes")
 
     # ---- reading ------------------------------------------------------------------------------
     def _tuple(self, keys: ThreadKeys, thread_id: Any, reply: list[Any],
