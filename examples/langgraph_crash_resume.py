@@ -31,7 +31,7 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 
 import agentledger
-from agentledger.langgraph import DurableCheckpointer
+from agentledger.langgraph import DurableCheckpointer, thread_progress
 
 THREAD = "demo-launch"
 # Next to the embedded Redis's data, so that the demo leaves nothing else behind.
@@ -119,8 +119,9 @@ def run_pipeline() -> None:
     """One process's go at the thread: start it, or resume it where the last process stopped."""
     graph = build(DurableCheckpointer.from_url())
     config = {"configurable": {"thread_id": THREAD}}
-    pending = graph.get_state(config).tasks  # a thread that stopped half-way has tasks left
-    result = graph.invoke(None if pending else {"topic": "the v2 launch", "sent": []}, config)
+    # "new": nothing saved yet, send the input; otherwise continue where it stopped.
+    fresh = thread_progress(graph, config).status == "new"
+    result = graph.invoke({"topic": "the v2 launch", "sent": []} if fresh else None, config)
     print(f"    editor: {result['final']}", flush=True)
 
 

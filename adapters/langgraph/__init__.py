@@ -17,11 +17,18 @@ require("langgraph", "langgraph")
 
 from ._checkpointer import DurableCheckpointer  # noqa: E402
 from ._ckpt_serde import StrictSerializer  # noqa: E402
+from ._progress import (  # noqa: E402
+    ThreadProgress,
+    ThreadStatus,
+    athread_progress,
+    thread_progress,
+)
 
 if TYPE_CHECKING:
     from ._middleware import DurableMiddleware
 
-__all__ = ["DurableCheckpointer", "DurableMiddleware", "StrictSerializer"]
+__all__ = ["DurableCheckpointer", "DurableMiddleware", "StrictSerializer", "ThreadProgress",
+           "ThreadStatus", "athread_progress", "thread_progress"]
 
 
 def __getattr__(name: str) -> Any:
