@@ -28,12 +28,7 @@ from langgraph.types import Command, interrupt
 
 from _support import killed, run_child, tmpdir
 from agentledger import Ledger
-from agentledger.langgraph import (
-    DurableCheckpointer,
-    ThreadStatus,
-    athread_progress,
-    thread_progress,
-)
+from agentledger.langgraph import DurableCheckpointer
 
 CHILD = Path(__file__).parent / "children" / "lg_resume_window.py"
 EFFECTS = ["charge|4200", "lookup|price", "lookup|stock", "notify|ops", "reserve|budget",
@@ -97,14 +92,14 @@ def test_never_done_before_end(redis_url: str, prefix: str, nodes: str, durabili
                      durability, points, delays, timeout=600)
     rows = _rows(proc)
     base, cases = rows[0], rows[1:]
-    assert base["first"] == 0 and base["seen"]["progress"] == "done", base
-    assert sorted(_by_effect(base["effects"])) == EFFECTS
+    assert base["first"] == 0 and sorted(_by_effect(base["effects"])) == EFFECTS, base
     killed_cases = [r for r in cases if r["first"] == -9]
     # Every point was hit at least once (the loop stops at the first k it no longer reaches).
     hit = {r["crash"][0] for r in killed_cases if "crash" in r}
     assert hit == {p.partition(":")[0] for p in points.split(",")}, hit
     for row in cases:
         _check(base, row)
+    assert base["seen"]["progress"] == "done", base["seen"]
     assert not killed(proc)
 
 
@@ -152,6 +147,8 @@ def _gated_graph(saver: Any, gate: threading.Event, started: threading.Event) ->
 
 
 def test_thread_progress_statuses(ledger: Ledger) -> None:
+    from agentledger.langgraph import ThreadStatus, athread_progress, thread_progress
+
     gate, started = threading.Event(), threading.Event()
     graph = _gated_graph(DurableCheckpointer(ledger), gate, started)
     config = {"configurable": {"thread_id": "gated-1"}}
