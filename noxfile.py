@@ -49,6 +49,8 @@ BENCHES = {
 }
 # What a suite needs beyond the extra: peers it compares with, the conformance suite.
 TEST_DEPS = {
+    # The console's browser test drives Debian's chromium (.ci/run installs it).
+    "core": ["playwright>=1.40"],
     "langgraph": ["langgraph-checkpoint-conformance>=0.0.2", "langgraph-checkpoint-sqlite>=3.0"],
 }
 # What a benchmark needs beyond the extra: the peers it measures against.

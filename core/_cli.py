@@ -7,7 +7,6 @@ stderr, ``agentledger: ...``, and a non-zero status; never a traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -166,22 +165,13 @@ def _cmd_gc(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_serve(ledger: Ledger, a: argparse.Namespace, out: TextIO) -> int:
-    from ._web import make_server
-
     try:
-        server = make_server(ledger, a.host, a.port, allow_hosts=a.allow_host)
-    except OSError as e:
-        why = "the port is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        raise CliError(f"cannot serve on {a.host}:{a.port}: {why} (choose another with --port)"
-                       ) from None
-    print(f"agentledger: serving http://{server.display_host}:{server.server_address[1]}/ "
-          "(Ctrl-C stops)", file=out, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        from .web._serve import serve
+    except ImportError as e:
+        raise CliError(f"the console needs the [web] extra ({e.name} is missing): "
+                       "pip install 'agentledger[web]'") from None
+    serve(ledger, out, host=a.host, port=a.port, allow_hosts=a.allow_host, token=a.token,
+          read_only=a.read_only)
     return 0
 
 
@@ -258,11 +248,15 @@ def _parser() -> argparse.ArgumentParser:
     de.add_argument("--force", action="store_true",
                     help="delete even while a process holds the run (it is fenced out)")
     add("gc", "drop expired runs from the index")
-    w = add("serve", "a read-only web page of runs, steps and approvals")
+    w = add("serve", "the operator console: runs, timelines, approvals (needs [web])")
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=8765)
     w.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests for this Host name (repeatable)")
+    w.add_argument("--token", default=None,
+                   help="the console token (default: AGENTLEDGER_CONSOLE_TOKEN, else a new one "
+                        "printed once)")
+    w.add_argument("--read-only", action="store_true", help="show runs; decide nothing")
     sv = add("server", "the embedded Redis: start (print its URL), stop, status")
     sv.add_argument("action", choices=["start", "stop", "status"])
     _cli_worker.add_commands(_WithGlobalOptions(sub, common))

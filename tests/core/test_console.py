@@ -1,0 +1,266 @@
+"""The operator console (agentledger.web) over real HTTP on loopback and in a real headless
+Chromium: runs list, a crashed-and-resumed run's timeline, a step's detail, approve and reject
+from the page, a wrong token refused, CSRF and Host checks, read-only mode, paging."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the console needs the [web] extra")
+import uvicorn
+
+import agentledger
+from _support import REPO, killed, run_child, tmpdir
+from agentledger import ApprovalPending, Ledger
+from agentledger._display import plain
+from agentledger.web import app
+from agentledger.web._query import RunFilter, page_runs
+from agentledger.web._serve import bind
+
+TOKEN = "test-token-123"
+SHOTS = REPO / "docs" / "console"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Console:
+    """A real uvicorn server of the console on a free loopback port, in a thread."""
+
+    def __init__(self, ledger: Ledger, **options: Any) -> None:
+        self.sock = bind("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        asgi = app(ledger, token=TOKEN, hosts=["127.0.0.1"], **options)
+        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> Console:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the console did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def http(url: str, *, token: str | None = TOKEN, data: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@agentledger.step
+def lookup(order: str) -> dict[str, Any]:
+    return {"order": order, "note": "<b>" + "x" * 400 + "</b>", "lines": list(range(60))}
+
+
+@agentledger.step
+def ship(order: str) -> str:
+    return f"shipped {order}"
+
+
+def order_pipeline(order: str) -> None:
+    lookup(order)
+    with agentledger.scope("review"):
+        decision = agentledger.approval("ship", {"order": order, "amount": 30})
+    ship(order if decision.approved else "none")
+
+
+def waiting_run(ledger: Ledger, run_id: str) -> None:
+    with pytest.raises(ApprovalPending), ledger.run(run_id, kind="order"):
+        order_pipeline(run_id)
+
+
+def test_api_needs_the_token_and_answers_runs_steps_approvals(ledger: Ledger) -> None:
+    with ledger.run("order-1", kind="order"):
+        lookup("1")
+    waiting_run(ledger, "refund <7>")
+    with Console(ledger) as c:
+        assert http(c.url + "/api/runs", token=None)[0] == 401
+        assert http(c.url + "/api/runs", token="wrong")[0] == 401
+        code, body = http(c.url + "/api/runs?status=completed")
+        assert code == 200 and [r["run_id"] for r in json.loads(body)["runs"]] == ["order-1"]
+        assert json.loads(http(c.url + "/api/counts")[1])["waiting"] == 1
+        code, body = http(c.url + "/api/run?id=order-1")
+        step = json.loads(body)["steps"][0]
+        assert step["result"]["order"] == "1" and step["idempotency_key"] and step["fingerprint"]
+        code, body = http(c.url + "/api/approvals")
+        assert json.loads(body)[0]["payload"] == {"order": "refund <7>", "amount": 30}
+        # The page escapes what runs recorded.
+        code, page = http(c.url + "/run?id=refund%20%3C7%3E")
+        assert code == 200 and "refund &lt;7&gt;" in page and "<b>x" not in page
+        spec = json.loads(http(c.url + "/api/openapi.json", token=None)[1])
+        assert "/api/runs" in spec["paths"] and "/api/decision" in spec["paths"]
+        # Host check: a rebound DNS name is refused before any ledger data.
+        assert http(c.url + "/api/runs", headers={"Host": "evil.example"})[0] == 403
+        # Decide through the API, with the bearer token, as `agentledger approve` does.
+        body_json = json.dumps({"by": "ops", "approved": True, "note": "ok"}).encode()
+        code, body = http(c.url + "/api/decision?run=refund%20%3C7%3E", data=body_json,
+                          headers={"Content-Type": "application/json"})
+        assert code == 200 and json.loads(body)["step"] == "review/approval:ship#1"
+        code, body = http(c.url + "/api/decision?run=refund%20%3C7%3E", data=body_json,
+                          headers={"Content-Type": "application/json"})
+        assert code == 409 and "no step waiting" in body
+
+
+def test_forms_need_csrf_and_read_only_decides_nothing(ledger: Ledger) -> None:
+    waiting_run(ledger, "r1")
+    form = b"run=r1&step=review%2Fapproval%3Aship%231&action=approve&by=eve&csrf=forged"
+    with Console(ledger) as c:
+        code, body = http(c.url + "/decide", data=form,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert code == 403 and "CSRF" in body
+    with Console(ledger, read_only=True) as c:
+        code, page = http(c.url + "/run?id=r1")
+        assert code == 200 and "read-only" in page and "<form method=\"post\" action=\"/decide\"" not in page
+        code, body = http(c.url + "/api/decision?run=r1", data=b'{"by": "eve"}',
+                          headers={"Content-Type": "application/json"})
+        assert code == 403 and "read-only" in body
+    assert ledger.steps("r1")[-1].status == "waiting"
+
+
+def test_pages_walk_every_run_once_with_filters(ledger: Ledger) -> None:
+    for i in range(130):
+        with ledger.run(f"run-{i:03d}", kind="even" if i % 2 == 0 else "odd"):
+            pass
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = page_runs(ledger, RunFilter(), cursor, limit=50)
+        seen += [r.run_id for r, _ in page.runs]
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert sorted(seen) == [f"run-{i:03d}" for i in range(130)] and len(seen) == 130
+    odd = page_runs(ledger, RunFilter(kind="odd", search="-1"), None, limit=500)
+    assert {r.run_id for r, _ in odd.runs} == {f"run-{i:03d}" for i in range(130)
+                                               if i % 2 and "-1" in f"run-{i:03d}"}
+
+
+# ---- the real browser ------------------------------------------------------------------------
+def _browser_or_skip() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: apt-get install -y chromium (.ci/run does this as root)")
+    return sync_playwright
+
+
+@pytest.fixture
+def crashed_run(ledger: Ledger, redis_url: str) -> Iterator[str]:
+    """A run whose process was SIGKILLed inside its third step, then resumed: two replayed
+    steps, one in-doubt step run again, two executed after it."""
+    d = tmpdir()
+    try:
+        args = (redis_url, ledger.prefix, "crashed-order", "sync", str(d / "effects"))
+        env = {"STEP_SLEEP": "0.05", "KILL_IN_BODY": "3"}
+        child = Path(__file__).parent / "children" / "pipeline_child.py"
+        assert killed(run_child(child, *args, env=env))
+        done = run_child(child, *args, env={"STEP_SLEEP": "0.05"})
+        assert done.returncode == 0, done.stderr
+        yield "crashed-order"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+
+    waiting_run(ledger, "approve-me")
+    waiting_run(ledger, "reject-me")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with Console(ledger) as c, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            # A wrong token is refused; nothing of the ledger is shown.
+            page.goto(c.url + "/")
+            page.fill("input[name=token]", "wrong")
+            page.click("button:has-text('sign in')")
+            expect(page.locator("#wrong-token")).to_be_visible()
+            assert "crashed-order" not in page.content()
+            assert context.request.get(c.url + "/api/runs").status == 401
+            page.fill("input[name=token]", TOKEN)
+            page.click("button:has-text('sign in')")
+            # The runs list, with counts per status; a run made meanwhile appears by itself.
+            expect(page.locator("#runs")).to_contain_text("crashed-order")
+            expect(page.locator(".count.waiting b")).to_have_text("2")
+            with ledger.run("arrived-later", kind="order"):
+                lookup("9")
+            expect(page.locator("#runs")).to_contain_text("arrived-later")
+            page.screenshot(path=str(SHOTS / "runs.png"))
+            # The crashed-and-resumed run: replayed steps and the in-doubt re-run are told apart.
+            page.click("text=crashed-order")
+            expect(page.locator("#timeline g.bar")).to_have_count(5)
+            expect(page.locator("#timeline g.bar.replayed")).to_have_count(2)
+            third = page.locator("#timeline g.bar").nth(2)
+            expect(third).to_contain_text("2 attempts")
+            third.locator("rect").click()
+            expect(page.locator("#detail-body")).to_contain_text("idempotency key")
+            expect(page.locator("#detail-body")).to_contain_text("fingerprint")
+            page.screenshot(path=str(SHOTS / "run-timeline.png"), full_page=True)
+            # A step of a waiting run: big values cut, with a way to see all.
+            page.goto(c.url + "/run?id=approve-me")
+            page.locator("#steps tr.step").first.click()
+            more = page.locator("#detail-body button.more").first
+            expect(more).to_be_visible()
+            more.click()
+            expect(page.locator("#detail-body")).to_contain_text("x" * 400)
+            page.screenshot(path=str(SHOTS / "step-detail.png"), full_page=True)
+            # Approve from the page; the run is resumed (as a worker would) and the page
+            # follows it to completed without a reload.
+            page.fill(".pending input[name=by]", "ops-alice")
+            page.fill(".pending input[name=note]", "looks right")
+            page.click(".pending button.approve")
+            expect(page.locator("#flash")).to_contain_text("approved")
+            with ledger.run("approve-me", kind="order"):
+                order_pipeline("approve-me")
+            expect(page.locator("#run-status")).to_have_text("completed")
+            page.screenshot(path=str(SHOTS / "run-approved.png"), full_page=True)
+            # Reject from the approvals page; a bad edited payload is caught in the page first.
+            page.goto(c.url + "/approvals")
+            card = page.locator(".pending", has_text="reject-me")
+            card.locator("summary").click()
+            card.locator("textarea").fill("{not json")
+            card.locator("input[name=by]").fill("ops-bob")
+            card.locator("button.approve-edited").click()
+            expect(card.locator(".json-error")).to_contain_text("not JSON")
+            page.screenshot(path=str(SHOTS / "approvals.png"), full_page=True)
+            card.locator("button.reject").click()
+            expect(page.locator("#flash")).to_contain_text("rejected")
+        finally:
+            browser.close()
+    decided = {s.name: s for s in ledger.steps("approve-me")}
+    assert decided["ship"].status == "completed" and "approve-me" in decided["ship"].outcome_text()
+    rejected = next(s for s in ledger.steps("reject-me") if s.kind == "approval")
+    assert plain(json.loads(rejected.outcome or "{}")["value"])["approved"] is False
+    assert "ops-bob" in (rejected.outcome or "")
