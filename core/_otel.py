@@ -1,7 +1,7 @@
 """Where the step protocol reports to OpenTelemetry, when it is turned on.
 
-The protocol checks ``active`` (one module global) at a few points: a run opened, activated,
-deactivated and finished, a step begun, stopped in doubt and recorded, a decision taken. It is
+The protocol checks ``active`` (one module global) at a few points: a run opened and finished,
+a step begun, stopped in doubt and recorded, a decision taken. It is
 None unless ``agentledger.otel.instrument()`` set it, so with tracing off (or the ``[otel]``
 extra absent) a step pays one global lookup per point and nothing else. This module imports
 nothing of OpenTelemetry; ``agentledger.otel`` implements the hooks on top of it.
@@ -9,8 +9,7 @@ nothing of OpenTelemetry; ``agentledger.otel`` implements the hooks on top of it
 
 from __future__ import annotations
 
-from contextvars import Token
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -24,10 +23,6 @@ class Hooks(Protocol):
     """What the step protocol tells an instrumentation."""
 
     def run_opened(self, session: RunSession) -> None: ...
-
-    def run_activated(self, session: RunSession, token: Token[Any]) -> None: ...
-
-    def run_deactivated(self, session: RunSession, token: Token[Any]) -> None: ...
 
     def run_finished(self, session: RunSession, status: str, error: BaseException | None
                      ) -> None: ...

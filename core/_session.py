@@ -147,14 +147,9 @@ class RunSession:
         """Make this the session that steps in this context record into."""
         _context.note_active(self, 1)
         self._root = (_context._scope.get(), threading.get_ident())
-        token = _context._session.set(self)
-        if _otel.active is not None:
-            _otel.active.run_activated(self, token)
-        return token
+        return _context._session.set(self)
 
     def deactivate(self, token: Token[RunSession | None]) -> None:
-        if _otel.active is not None:
-            _otel.active.run_deactivated(self, token)
         _context.note_active(self, -1)
         _context._session.reset(token)
 

@@ -9,8 +9,8 @@ begins is a span, ``agentledger <kind> <name>``: executed steps last from begin 
 replayed steps are instant spans with ``agentledger.step.replayed = true``. Spans take the
 OpenTelemetry context current where the run opens and where the step begins as their parent,
 so they land inside an agent's trace whenever the framework or the user has a span current
-there; a step begun with no span current is a child of its run's span, which is made current
-while the run is active. Nothing here is imported by the step protocol: it calls the hooks set
+there; a step begun with no span current, or under the span its run was opened under, is a
+child of its run's span. Nothing here is imported by the step protocol: it calls the hooks set
 in ``agentledger._otel``, which stay None (one global check per point) until ``instrument()``.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 from . import _otel
@@ -72,14 +71,13 @@ def is_instrumented() -> bool:
 
 
 class _RunSpan:
-    """A session's run span and the contexts it attached (per activation token)."""
+    """A session's run span, and the span that was current where the run opened."""
 
-    __slots__ = ("ended", "span", "tokens")
+    __slots__ = ("ended", "outer", "span")
 
-    def __init__(self, span: Any) -> None:
+    def __init__(self, span: Any, outer: int | None) -> None:
         self.span = span
-        # (the session's activation token, the context token): Tokens are not hashable.
-        self.tokens: list[tuple[Token[Any], object]] = []
+        self.outer = outer
         self.ended = False
 
 
@@ -157,23 +155,8 @@ class _Instrumentation:
             RUN_ID: session.run_id, RUN_KIND: session.kind, RUN_RESUMED: not session.is_new,
             "agentledger.run.prior_status": session.prior_status,
             "agentledger.run.fence": session.fence})
-        session.otel = _RunSpan(span)
-
-    def run_activated(self, session: RunSession, token: Token[Any]) -> None:
-        state = session.otel
-        if isinstance(state, _RunSpan):
-            ctx = self._trace.set_span_in_context(state.span)
-            state.tokens.append((token, self._context.attach(ctx)))
-
-    def run_deactivated(self, session: RunSession, token: Token[Any]) -> None:
-        state = session.otel
-        if not isinstance(state, _RunSpan):
-            return
-        for i, (activated, attached) in enumerate(state.tokens):
-            if activated is token:
-                del state.tokens[i]
-                self._context.detach(attached)  # type: ignore[arg-type]
-                return
+        outer = self._trace.get_current_span().get_span_context()
+        session.otel = _RunSpan(span, outer.span_id if outer.is_valid else None)
 
     def run_finished(self, session: RunSession, status: str, error: BaseException | None) -> None:
         self._runs.add(1, {RUN_KIND: session.kind, RUN_STATUS: status})
@@ -193,13 +176,16 @@ class _Instrumentation:
     # ---- steps ------------------------------------------------------------------------------
     def _start_step(self, session: RunSession, start: StepStart, kind: str, name: str,
                     attempt: int, in_doubt: bool) -> Any:
-        # The span current here (the framework's or the user's) is the parent; with none
-        # current (a thread that lost the context), the run's span.
+        # The span current here is the parent when the framework or the user started it inside
+        # the run; with none current, or the one the run was opened under, the run's span. (The
+        # run's span is never made current: adapters enter and leave runs across generator and
+        # hook boundaries, where an attached context could outlive the run.)
         parent = None
         state = session.otel
-        if (isinstance(state, _RunSpan)
-                and not self._trace.get_current_span().get_span_context().is_valid):
-            parent = self._trace.set_span_in_context(state.span)
+        if isinstance(state, _RunSpan):
+            here = self._trace.get_current_span().get_span_context()
+            if not here.is_valid or here.span_id == state.outer:
+                parent = self._trace.set_span_in_context(state.span)
         return self._tracer.start_span(f"agentledger {kind} {name}", context=parent, attributes={
             RUN_ID: session.run_id, STEP_KEY: start.key, STEP_KIND: kind, STEP_NAME: name,
             STEP_ATTEMPT: attempt, STEP_REPLAYED: start.replayed, STEP_IN_DOUBT: in_doubt,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from _otel_support import by_name, captured, read_spans, render, trace_ids, traceparent
+from opentelemetry import trace
 
 import agentledger
 from _support import killed, run_child
@@ -203,3 +204,19 @@ def test_in_doubt_step_under_fail_policy_is_an_error_span(ledger: Ledger, tmp_pa
     assert cap.total("agentledger.steps.in_doubt", {ATTR + "policy": "fail"}) == 1
     run = by_name(spans, "agentledger run")[0]
     assert run["attributes"]["agentledger.run.status"] == "failed"
+
+
+def test_a_span_started_inside_the_run_is_the_steps_parent(ledger: Ledger) -> None:
+    with captured() as cap:
+        tracer = cap.tracer_provider.get_tracer("user")
+        with tracer.start_as_current_span("agent") as agent:
+            with ledger.run("inner"):
+                with tracer.start_as_current_span("plan node") as node:
+                    fetch(1)
+                fetch(2)
+            # The run leaves nothing attached behind it.
+            assert trace.get_current_span() is agent
+        spans = cap.span_dicts()
+    run = by_name(spans, "agentledger run")[0]["context"]["span_id"]
+    parents = [s["parent_id"] for s in by_name(spans, "agentledger step")]
+    assert parents == [f"0x{node.get_span_context().span_id:016x}", run]
