@@ -20,9 +20,12 @@ __all__ = ["RunFilter", "RunPage", "count_statuses", "page_runs"]
 
 STATUSES = ("running", "waiting", "completed", "failed", "stalled")
 _BATCH = 500
-# How many index entries one page request may look at before it answers with what it found
-# (a rare filter over 100,000 runs answers in bounded time; "more" continues from the cursor).
-_SCAN_BUDGET = 20_000
+# How many run records one page request may read, and how many index entries it may look at,
+# before it answers with what it found (a rare filter over 100,000 runs answers in bounded
+# time; "next page" continues from the cursor). A search over run ids reads no record for the
+# ids that do not match, so it may look further.
+_READ_BUDGET = 20_000
+_SCAN_BUDGET = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,8 @@ class RunFilter:
 class RunPage:
     runs: list[tuple[RunRecord, str]] = field(default_factory=list)  # (run, shown status)
     cursor: str | None = None  # where the next page starts; None at the end
-    scanned: int = 0
+    scanned: int = 0  # index entries looked at
+    read: int = 0  # run records read
 
 
 def _s(x: bytes | str) -> str:
@@ -71,13 +75,15 @@ def page_runs(ledger: Ledger, where: RunFilter, cursor: str | None = None,
     needle = where.search.lower() if where.search else None
     page = RunPage()
     offset = 0
+    # Unfiltered, a page's worth is enough; filtered, read in larger batches.
+    batch_size = limit if not (where.status or where.kind or needle) else _BATCH
     now = int(time.time() * 1000)
     key = runs_index(ledger.prefix)
     with ledger.redis_errors():
-        while page.scanned < _SCAN_BUDGET:
+        while page.scanned < _SCAN_BUDGET and page.read < _READ_BUDGET:
             high = "+inf" if top == float("inf") else int(top)
             raw = cast(list[tuple[bytes, float]], ledger.redis.zrevrangebyscore(
-                key, high, low, start=offset, num=_BATCH, withscores=True))
+                key, high, low, start=offset, num=batch_size, withscores=True))
             if not raw:
                 page.cursor = None
                 return page
@@ -98,6 +104,7 @@ def page_runs(ledger: Ledger, where: RunFilter, cursor: str | None = None,
                 pipe.hgetall(k.run)
                 pipe.pttl(k.run)
             replies: list[Any] = pipe.execute() if batch else []
+            page.read += len(batch)
             for i, (rid, score) in enumerate(batch):
                 page.cursor = f"{score}:{rid}"
                 h = replies[2 * i]
@@ -113,7 +120,7 @@ def page_runs(ledger: Ledger, where: RunFilter, cursor: str | None = None,
                 page.runs.append((run, status))
                 if len(page.runs) >= limit:
                     return page
-            if len(raw) < _BATCH:
+            if len(raw) < batch_size:
                 page.cursor = None
                 return page
             page.cursor = f"{int(raw[-1][1])}:{_s(raw[-1][0])}"

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -264,3 +267,90 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
     rejected = next(s for s in ledger.steps("reject-me") if s.kind == "approval")
     assert plain(json.loads(rejected.outcome or "{}")["value"])["approved"] is False
     assert "ops-bob" in (rejected.outcome or "")
+
+
+def test_mounted_inside_another_app_links_follow_the_mount(ledger: Ledger) -> None:
+    from fastapi import FastAPI
+
+    waiting_run(ledger, "m1")
+    outer = FastAPI()
+    outer.mount("/ledger", app(ledger, token=TOKEN))
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(outer, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        code, body = http(url + "/ledger/api/runs")
+        assert code == 200 and json.loads(body)["runs"][0]["run_id"] == "m1"
+        req = urllib.request.Request(url + "/ledger/")
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            opener.open(req, timeout=10)
+        assert e.value.code == 303 and e.value.headers["location"].startswith("/ledger/login")
+        code, page = http(url + "/ledger/run?id=m1")
+        assert code == 200 and 'href="/ledger/static/console.css"' in page
+        assert 'action="/ledger/decide"' in page
+        assert http(url + "/ledger/static/console.js", token=None)[0] == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _serve(redis_url: str, prefix: str, *args: str, env: dict[str, str] | None = None
+           ) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentledger._cli", "serve", "--url", redis_url, "--prefix", prefix,
+         "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "AGENTLEDGER_CONSOLE_TOKEN": "", **(env or {})}, cwd=str(REPO))
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline(), proc.stdout.readline()]
+    return proc, lines
+
+
+def test_serve_makes_a_token_or_takes_one_and_read_only(ledger: Ledger, redis_url: str) -> None:
+    waiting_run(ledger, "s1")
+    proc, lines = _serve(redis_url, ledger.prefix)
+    try:
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)login\?token=(\S+)", lines[1])
+        assert url, lines
+        base, token = url.group(1), url.group(2)
+        while http(base + "api/counts", token=token)[0] != 200:
+            time.sleep(0.05)
+        assert http(base + "api/counts", token=None)[0] == 401
+        assert json.loads(http(base + "api/counts", token=token)[1])["waiting"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    proc, lines = _serve(redis_url, ledger.prefix, "--read-only",
+                         env={"AGENTLEDGER_CONSOLE_TOKEN": TOKEN})
+    try:
+        assert "(read-only)" in lines[0] and TOKEN not in "".join(lines)
+        base = re.search(r"http://127\.0\.0\.1:\d+/", lines[0]).group(0)  # type: ignore[union-attr]
+        while http(base + "api/counts")[0] != 200:
+            time.sleep(0.05)
+        code, body = http(base + "api/decision?run=s1", data=b'{"by": "eve"}',
+                          headers={"Content-Type": "application/json"})
+        assert code == 403 and "read-only" in body
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_serve_without_the_web_extra_says_how_to_install_it(redis_url: str) -> None:
+    code = ("import sys; sys.modules['fastapi'] = None; from agentledger._cli import main; "
+            f"sys.exit(main(['serve', '--url', {redis_url!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=str(REPO))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "agentledger: the console needs the [web] extra (fastapi is missing): "
+        "pip install 'agentledger[web]'"]
