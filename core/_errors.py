@@ -121,23 +121,6 @@ class NoRunContextError(LedgerError):
         self.run_id = run_id
 
 
-class ThreadScopeError(LedgerError):
-    """Two threads numbered steps in one scope: their keys would depend on thread timing."""
-
-    def __init__(self, run_id: str, scope: str, step: str) -> None:
-        where = f"scope {scope!r}" if scope else "the run's root scope"
-        super().__init__(
-            f"step {step!r} of run {run_id!r} was called from a second thread in {where}. "
-            "Steps numbered by several threads in one scope get keys that depend on thread "
-            "timing, so a replay could hand one thread another's result. Give each thread a "
-            "scope of its own: submit agentledger.in_thread(fn), or wrap the thread's work in "
-            "agentledger.scope(name) with a name fixed by its input."
-        )
-        self.run_id = run_id
-        self.scope = scope
-        self.step = step
-
-
 class FencedOutError(LedgerError):
     """This process lost the run's lease to another one; its writes are refused."""
 
@@ -163,6 +146,26 @@ class NonDeterminismError(LedgerError):
             f"  recorded: {recorded}\n  now:      {new}\n"
             "The code or its inputs changed since the run started. Start a new run id, "
             "or open the run with on_mismatch='replay' to accept the recorded result."
+        )
+        self.key = key
+        self.recorded = recorded
+        self.new = new
+
+
+class ThreadScopeError(NonDeterminismError):
+    """A step numbered from a thread that did not enter its scope replays a different call:
+    threads racing in one scope take occurrence numbers in timing order, so this may be
+    another thread's record. Raised whatever ``on_mismatch`` says."""
+
+    def __init__(self, key: str, recorded: str, new: str) -> None:
+        LedgerError.__init__(
+            self,
+            f"step {key!r} was recorded for a different call, and this call was numbered in "
+            "a thread that did not enter its scope, where several threads take numbers in "
+            "whatever order they run: the record may be another thread's, so it is not "
+            f"replayed.\n  recorded: {recorded}\n  now:      {new}\n"
+            "Give each thread a scope of its own: submit agentledger.in_thread(fn), or wrap "
+            "the thread's work in agentledger.scope(name) with a name fixed by its input."
         )
         self.key = key
         self.recorded = recorded

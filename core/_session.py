@@ -94,6 +94,8 @@ class StepStart:
     outcome: dict[str, Any] | None = field(default=None, repr=False)
     t0: float = 0.0
     span: Any = field(default=None, repr=False)  # its OpenTelemetry span, when tracing is on
+    # Numbered from a thread that did not enter its scope: its number may follow thread timing.
+    foreign_thread: bool = False
 
 
 class RunSession:
@@ -210,24 +212,9 @@ class RunSession:
             return f"{base}@{call.call_id}"
         numbering = _context._numbering.get()
         counters, attempt = (self._counters, 1) if numbering is None else numbering.current()
-        thread = threading.get_ident()
-        if call.scope is None:
-            # The scope came from the context: the thread that entered it (or activated the
-            # run in it) numbers its steps; another thread there would race it.
-            entered = _context._scope_owner.get()
-            if entered is None or entered[0] != scope:
-                entered = self._root
-            if entered is not None and entered[0] == scope and entered[1] != thread:
-                raise ThreadScopeError(self.run_id, scope, f"{call.kind}:{call.name}")
         with self._lock:
-            # And the first thread to number a step of a scope owns its counter (two threads
-            # that each entered a scope of the same name).
-            first = counters.setdefault("\0" + base, thread)
-            if first == thread:
-                n = counters.get(base, 0) + 1
-                counters[base] = n
-        if first != thread:
-            raise ThreadScopeError(self.run_id, scope, f"{call.kind}:{call.name}")
+            n = counters.get(base, 0) + 1
+            counters[base] = n
         key = f"{base}#{n}"
         return key if attempt <= 1 else self._attempt_key(key, attempt)
 
@@ -287,7 +274,8 @@ class RunSession:
         fp, text = fingerprint_and_text(self.codec, call.inputs)
         preview = call.preview if call.preview is not None else _preview(call.inputs, text)
         start = StepStart(key=key, idempotency_key=self.idempotency_key(key), replayed=False,
-                          fingerprint=fp, preview=preview, call=call, scope=scope)
+                          fingerprint=fp, preview=preview, call=call, scope=scope,
+                          foreign_thread=self._numbered_elsewhere(call, scope))
         raw = self._meta.get(key)
         meta = None
         if raw is not None:
@@ -339,9 +327,27 @@ class RunSession:
             raise CorruptRecordError(self.keys.run, "the run record vanished while this process "
                                      "held its lease (deleted, evicted or flushed); stopping")
 
+    def _numbered_elsewhere(self, call: StepCall, scope: str) -> bool:
+        """True when an occurrence number was handed out in a thread other than the one that
+        entered the scope (``agentledger.scope``, ``in_thread``) or activated the run in it:
+        threads racing in one scope take numbers in timing order."""
+        if call.call_id or call.scope is not None:
+            return False
+        entered = _context._scope_owner.get()
+        if entered is None or entered[0] != scope:
+            entered = self._root
+        return entered is not None and entered[0] == scope and entered[1] != threading.get_ident()
+
     def _check_fingerprint(self, meta: StepMeta, start: StepStart) -> None:
-        if meta.fp and meta.fp != start.fingerprint and self.ledger.on_mismatch == "raise":
-            raise NonDeterminismError(start.key, meta.preview or meta.fp, start.preview or start.fingerprint)
+        if not meta.fp or meta.fp == start.fingerprint:
+            return
+        recorded, new = meta.preview or meta.fp, start.preview or start.fingerprint
+        if start.foreign_thread:
+            # Never replay another call's result to a step whose number may be another
+            # thread's, not even under on_mismatch='replay'.
+            raise ThreadScopeError(start.key, recorded, new)
+        if self.ledger.on_mismatch == "raise":
+            raise NonDeterminismError(start.key, recorded, new)
 
     def _after_claim(self, start: StepStart, reply: list[Any]) -> StepStart:
         tag = _s(reply[0])
