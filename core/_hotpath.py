@@ -5,25 +5,61 @@ for redis-py's per-command layers (pool checkout and release, retry wrapper, ins
 about as much as the round trip itself. A run session keeps one pooled connection for its step
 scripts and sends EVALSHA on it directly; a second thread or task that finds it busy uses the
 client as usual, so parallel tool calls never wait on each other.
+
+At the ``async`` durability level (docs/durability.md) a record whose loss a re-run repairs is
+*sent* and its reply read later, at the next barrier. Redis applies and logs one connection's
+commands in order, so whatever a crash loses is a suffix of what was sent. That only holds
+while every record of the session goes over this one connection: at ``async`` a caller that
+finds it busy waits for it instead of using the client, and a broken connection with replies
+still unread is an error at the barrier, never silently reconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ._connect import ledger_error
+from ._errors import LedgerError
 from ._store import _retry, _retry_async
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["StepConnection"]
+__all__ = ["DURABILITY_LEVELS", "StepConnection"]
+
+DURABILITY_LEVELS = ("sync", "async", "exit")
+# Scripts a session may send without reading the reply: loaded first on every new connection
+# (pipelined, so in order before any EVALSHA on it).
+_PIPELINED_SCRIPTS = ("claim", "complete")
+
+OnReply = Callable[[Any], None]
+
+
+class _Pending:
+    """Records sent on one connection whose replies are not read yet."""
+
+    __slots__ = ("bytes", "items", "waited")
+
+    def __init__(self) -> None:
+        # (script name, keys, args, what to do with the reply); name "" is a SCRIPT LOAD.
+        self.items: list[tuple[str, list[str], list[Any], OnReply | None]] = []
+        self.bytes = 0
+        self.waited = True  # False: writes since the last WAIT (durability "replicated")
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.bytes = 0
+
+
+def _size(keys: list[str], args: list[Any]) -> int:
+    return sum(len(x) if isinstance(x, bytes | str) else 8 for x in (*keys, *args))
 
 
 class StepConnection:
@@ -32,21 +68,33 @@ class StepConnection:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._enabled = not ledger.cluster  # a cluster routes by slot: use the client
+        self.pipelined = self._enabled and ledger.durability != "sync"
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._pending = _Pending()
         self._aconn: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._alock: asyncio.Lock | None = None
+        self._apending = _Pending()
+
+    @property
+    def unacknowledged(self) -> int:
+        """How many records were sent and not acknowledged yet."""
+        return sum(1 for p in (*self._pending.items, *self._apending.items) if p[0])
 
     # ---- sync -------------------------------------------------------------------------------
+    def _take(self) -> bool:
+        # At "async" every record goes over this connection, in order: wait for it.
+        return self._lock.acquire(blocking=self.pipelined)
+
     def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        if not self._enabled or not self._lock.acquire(blocking=False):
+        """Send a script and wait for its reply (after every record sent before it)."""
+        if not self._enabled or not self._take():
             return self._ledger.script(name, keys, args)
         try:
-            if self._conn is None:
-                self._conn = self._ledger.redis.connection_pool.get_connection()
+            self._drain()
+            conn = self._connection()
             sha, source = self._ledger._scripts[name].sha, self._ledger._scripts[name].script
-            conn = self._conn
 
             def send() -> Any:
                 try:
@@ -68,30 +116,132 @@ class StepConnection:
         finally:
             self._lock.release()
 
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self._ledger.redis.connection_pool.get_connection()
+        return self._conn
+
+    def send(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
+        """Write a record to the socket and return; ``on_reply`` runs at the next barrier
+        (its exception is raised there). Falls back to :meth:`call` at ``sync``."""
+        if not self.pipelined:
+            on_reply(self.call(name, keys, args))
+            return
+        with self._lock:
+            pending = self._pending
+            conn = self._connection()
+            try:
+                if not pending.items and getattr(conn, "_sock", None) is None:
+                    conn.connect()  # a new connection: load the scripts first, in order
+                    for s in _PIPELINED_SCRIPTS:
+                        conn.send_command("SCRIPT", "LOAD", self._ledger._scripts[s].script,
+                                          check_health=False)
+                        pending.items.append(("", [], [], None))
+                # send_command writes with sendall: back in the kernel before it returns.
+                conn.send_command("EVALSHA", self._ledger._scripts[name].sha, len(keys), *keys,
+                                  *args, check_health=False)
+            except redis.RedisError as e:
+                pending.clear()  # what was sent before is of unknown fate: fail closed
+                conn.disconnect()
+                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
+            pending.items.append((name, keys, args, on_reply))
+            pending.bytes += _size(keys, args)
+            pending.waited = False
+            if (len(pending.items) >= self._ledger.max_unacked_records
+                    or pending.bytes >= self._ledger.max_unacked_bytes):
+                self._drain()
+
+    def barrier(self) -> None:
+        """Wait until every record sent so far is acknowledged; raise the first error."""
+        if self._pending.items or not self._pending.waited:
+            with self._lock:
+                self._drain()
+
+    def _drain(self) -> None:
+        pending = self._pending
+        if not pending.items and pending.waited:
+            return
+        conn = self._conn
+        first: BaseException | None = None
+        items = list(pending.items)
+        pending.clear()
+        resend: list[tuple[str, list[str], list[Any], OnReply | None]] = []
+        try:
+            for name, keys, args, on_reply in items:
+                try:
+                    reply = conn.read_response()
+                except NoScriptError:
+                    # SCRIPT FLUSH since this connection loaded them: send it again, in order.
+                    resend.append((name, keys, args, on_reply))
+                    continue
+                except ResponseError as e:
+                    first = first or ledger_error(e, self._ledger.url, f"the {name} script")
+                    continue
+                if on_reply is not None and first is None:
+                    try:
+                        on_reply(reply)
+                    except Exception as e:  # the record's own verdict (fenced out, ...)
+                        first = e
+            for name, keys, args, on_reply in resend:
+                reply = self._resend(conn, name, keys, args)
+                if on_reply is not None and first is None:
+                    try:
+                        on_reply(reply)
+                    except Exception as e:
+                        first = e
+            if self._ledger.wait_replicas and not pending.waited:
+                conn.send_command(*self._ledger.wait_command())
+                self._ledger.check_replicated(conn.read_response(), "the step records")
+            pending.waited = True
+        except redis.RedisError as e:
+            conn.disconnect()  # replies unread: the connection is out of step
+            pending.waited = True
+            raise ledger_error(e, self._ledger.url, "the step records") from e
+        except LedgerError:
+            pending.waited = True
+            raise
+        if first is not None:
+            raise first
+
+    def _resend(self, conn: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        if not name:
+            return None
+        script = self._ledger._scripts[name]
+        conn.send_command("SCRIPT", "LOAD", script.script)
+        conn.read_response()
+        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return conn.read_response()
+
     def _retry(self) -> Any:
         return _retry(self._ledger.settings)
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
+                if self._pending.items:  # replies never read: do not hand it to the pool
+                    self._conn.disconnect()
+                    self._pending.clear()
                 self._ledger.redis.connection_pool.release(self._conn)
                 self._conn = None
 
     # ---- asyncio ----------------------------------------------------------------------------
-    async def acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        loop = asyncio.get_running_loop()
+    def _alock_for(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock | None:
         if self._aloop is None:
             self._aloop, self._alock = loop, asyncio.Lock()
-        lock = self._alock
-        # Another loop, or the connection busy with a concurrent task: use the client.
-        if not self._enabled or loop is not self._aloop or lock is None or lock.locked():
+        return self._alock if loop is self._aloop else None
+
+    async def acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        lock = self._alock_for(loop)
+        # Another loop, or the connection busy with a concurrent task: use the client
+        # (at "async", wait for it: one connection keeps the records in order).
+        if not self._enabled or lock is None or (lock.locked() and not self.pipelined):
             return await self._ledger.ascript(name, keys, args)
         async with lock:
-            client, scripts = self._ledger._async()
+            scripts = self._ledger._async()[1]
             try:
-                if self._aconn is None:
-                    self._aconn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-                conn = self._aconn
+                await self._adrain()
+                conn = await self._aconnection()
                 sha, source = scripts[name].sha, scripts[name].script
 
                 async def send() -> Any:
@@ -116,8 +266,110 @@ class StepConnection:
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
+    async def _aconnection(self) -> Any:
+        if self._aconn is None:
+            client = self._ledger._async()[0]
+            self._aconn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return self._aconn
+
+    async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
+        loop = asyncio.get_running_loop()
+        lock = self._alock_for(loop)
+        if not self.pipelined or lock is None:
+            on_reply(await self.acall(name, keys, args))
+            return
+        async with lock:
+            pending = self._apending
+            conn = await self._aconnection()
+            sha = self._ledger._async()[1][name].sha
+            try:
+                if not pending.items and not conn.is_connected:
+                    await conn.connect()
+                    # No bytes left in asyncio's buffer when a send returns: a SIGKILL then
+                    # loses nothing that was sent.
+                    conn._writer.transport.set_write_buffer_limits(high=0)
+                    for s in _PIPELINED_SCRIPTS:
+                        await conn.send_command("SCRIPT", "LOAD", self._ledger._scripts[s].script,
+                                                check_health=False)
+                        pending.items.append(("", [], [], None))
+                await conn.send_command("EVALSHA", sha, len(keys), *keys, *args,
+                                        check_health=False)
+            except redis.RedisError as e:
+                pending.clear()
+                await conn.disconnect()
+                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
+            pending.items.append((name, keys, args, on_reply))
+            pending.bytes += _size(keys, args)
+            pending.waited = False
+            if (len(pending.items) >= self._ledger.max_unacked_records
+                    or pending.bytes >= self._ledger.max_unacked_bytes):
+                await self._adrain()
+
+    async def abarrier(self) -> None:
+        if not (self._apending.items or not self._apending.waited):
+            return
+        lock = self._alock_for(asyncio.get_running_loop())
+        if lock is None:
+            return
+        async with lock:
+            await self._adrain()
+
+    async def _adrain(self) -> None:
+        pending = self._apending
+        if not pending.items and pending.waited:
+            return
+        conn = self._aconn
+        first: BaseException | None = None
+        items = list(pending.items)
+        pending.clear()
+        resend: list[tuple[str, list[str], list[Any], OnReply | None]] = []
+        try:
+            for name, keys, args, on_reply in items:
+                try:
+                    reply = await conn.read_response()
+                except NoScriptError:
+                    resend.append((name, keys, args, on_reply))
+                    continue
+                except ResponseError as e:
+                    first = first or ledger_error(e, self._ledger.url, f"the {name} script")
+                    continue
+                if on_reply is not None and first is None:
+                    try:
+                        on_reply(reply)
+                    except Exception as e:
+                        first = e
+            for name, keys, args, on_reply in resend:
+                if not name:
+                    continue
+                script = self._ledger._scripts[name]
+                await conn.send_command("SCRIPT", "LOAD", script.script)
+                await conn.read_response()
+                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                reply = await conn.read_response()
+                if on_reply is not None and first is None:
+                    try:
+                        on_reply(reply)
+                    except Exception as e:
+                        first = e
+            if self._ledger.wait_replicas and not pending.waited:
+                await conn.send_command(*self._ledger.wait_command())
+                self._ledger.check_replicated(await conn.read_response(), "the step records")
+            pending.waited = True
+        except redis.RedisError as e:
+            await conn.disconnect()
+            pending.waited = True
+            raise ledger_error(e, self._ledger.url, "the step records") from e
+        except LedgerError:
+            pending.waited = True
+            raise
+        if first is not None:
+            raise first
+
     async def aclose(self) -> None:
         if self._aconn is not None and self._aloop is asyncio.get_running_loop():
+            if self._apending.items:
+                await self._aconn.disconnect()
+                self._apending.clear()
             client: aredis.Redis = self._ledger._async()[0]
             await client.connection_pool.release(self._aconn)
         self._aconn = None

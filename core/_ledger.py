@@ -25,6 +25,7 @@ from ._errors import (
     StepRejected,
     UnknownSchemaVersionError,
 )
+from ._hotpath import DURABILITY_LEVELS
 from ._keys import RunKeys, runs_index
 from ._lease import LeaseRenewer
 from ._records import (
@@ -92,6 +93,9 @@ class Ledger(RedisStore):
         allow_evicting_redis: bool = False,
         replicas: int = 0,
         replica_timeout_ms: int = 1000,
+        durability: str = "sync",
+        max_unacked_records: int = 256,
+        max_unacked_bytes: int = 1 << 20,
     ) -> None:
         """
         client: a redis-py ``Redis`` or ``RedisCluster`` (yours to close), or give ``url``.
@@ -119,6 +123,12 @@ class Ledger(RedisStore):
             acknowledged; fewer within the timeout fails the call closed with
             LedgerUnavailableError. 0 (default): replication is asynchronous. A standalone
             Redis with replicas only, for now (not a Redis Cluster).
+        durability: 'sync' (default): every step record is acknowledged before the call
+            returns. 'async': records whose loss a re-run repairs (LLM outcomes, claims and
+            outcomes of 'rerun' steps) are sent without waiting, and acknowledged at the next
+            barrier: before a 'fail'/'ask' step's body, an approval, the run's end,
+            ``RunSession.barrier()``, and past ``max_unacked_records``/``max_unacked_bytes``.
+            'exit': as 'async' for step records. What each survives: docs/durability.md.
         """
         if lease_ms < 100:
             raise ValueError("lease_ms must be at least 100")
@@ -133,6 +143,13 @@ class Ledger(RedisStore):
         self.completed_ttl_s = completed_ttl_s
         self.max_payload_bytes = int(max_payload_bytes)
         self.in_doubt = InDoubtPolicy(in_doubt)
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {durability!r}")
+        if max_unacked_records < 1 or max_unacked_bytes < 1:
+            raise ValueError("max_unacked_records and max_unacked_bytes must be >= 1")
+        self.durability = durability
+        self.max_unacked_records = int(max_unacked_records)
+        self.max_unacked_bytes = int(max_unacked_bytes)
         self.on_mismatch = on_mismatch
         self._renewer = LeaseRenewer(self)
 

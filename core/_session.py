@@ -176,7 +176,12 @@ class RunSession:
         """Record how the run ended (or that it waits) and release the lease. False if this
         process had been fenced out."""
         keys, args = self._finish_args(status, error)
-        self._hot.close()
+        try:
+            self._hot.barrier()  # the end of a run: every record acknowledged first
+        except LedgerError as e:
+            return self._unfinished(e, error)
+        finally:
+            self._hot.close()
         try:
             return bool(self.ledger.script_and_index("finish", keys, args, self.run_id,
                                                      self._replay_counts()))
@@ -186,13 +191,37 @@ class RunSession:
             log.exception("agentledger: could not record that run %r failed", self.run_id)
             return False
 
+    def _unfinished(self, barrier_error: LedgerError, error: BaseException | None) -> bool:
+        # Records sent at durability "async" were not all acknowledged: the run is left
+        # unfinished (taken over and resumed like a crashed one), never marked ended.
+        if error is None:
+            raise barrier_error
+        log.error("agentledger: run %r stopped (%s) and its records were not all "
+                      "acknowledged (%s); it stays open to be resumed", self.run_id, _text_of(error),
+                  _text_of(barrier_error))
+        return False
+
+    def barrier(self) -> None:
+        """Wait until every record this session sent is acknowledged (durability "async");
+        raise the first error among them. Adapters call it where control goes back to the
+        user."""
+        self._hot.barrier()
+
+    async def abarrier(self) -> None:
+        await self._hot.abarrier()
+
     def _replay_counts(self) -> list[tuple[str, ...]]:
         # Counted inside the finish script, which a retry cannot apply twice.
         return []
 
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
-        await self._hot.aclose()
+        try:
+            await self._hot.abarrier()
+        except LedgerError as e:
+            return self._unfinished(e, error)
+        finally:
+            await self._hot.aclose()
         try:
             return bool(await self.ledger.ascript_and_index("finish", keys, args, self.run_id,
                                                             self._replay_counts()))
@@ -250,9 +279,11 @@ class RunSession:
     def put_blob(self, name: str, value: str | bytes | None) -> None:
         """Store an adapter's own state under the run (a framework's saved run state, say),
         under this lease's fencing token, expired and deleted with the run. None deletes it."""
+        self._hot.barrier()  # written on another connection: the records before it first
         self._after_put(name, self.ledger.script("put_blob", *self._blob_args(name, value)))
 
     async def aput_blob(self, name: str, value: str | bytes | None) -> None:
+        await self._hot.abarrier()
         self._after_put(name, await self.ledger.ascript("put_blob", *self._blob_args(name, value)))
 
     def get_blob(self, name: str) -> bytes | None:
@@ -379,13 +410,55 @@ class RunSession:
             raise InDoubtStepError(key, meta.attempts, meta.ik)
         raise LedgerError(f"unexpected reply {tag!r} from the claim script")
 
+    # ---- durability "async": records sent now, acknowledged at the next barrier -------------
+    def _claim_unacknowledged(self, start: StepStart, args: list[Any]) -> bool:
+        """Whether the claim may go unacknowledged: a new 'rerun' step (lost, it runs again
+        with the same idempotency key, as an in-doubt step does). Sets the state the reply
+        would have set."""
+        _keys, (key, _fence, _meta, mode, policy, _req) = args
+        if not (self._hot.pipelined and mode == "claim" and policy == InDoubtPolicy.RERUN
+                and key not in self._meta):
+            return False
+        start.attempt = 1
+        self._meta[key] = self._expected_meta(start, StepStatus.RUNNING)
+        return True
+
+    def _on_claim(self, start: StepStart) -> Callable[[Any], None]:
+        def on_reply(reply: Any) -> None:
+            self._after_claim(start, reply)
+        return on_reply
+
+    def _outcome_unacknowledged(self, start: StepStart, args: list[Any]) -> bool:
+        call = start.call
+        if not self._hot.pipelined or call is None:
+            return False
+        policy = InDoubtPolicy(call.policy) if call.policy else self.ledger.in_doubt
+        if call.intent and policy != InDoubtPolicy.RERUN:
+            return False  # a lost outcome would put a 'fail'/'ask' step in doubt
+        self._meta[start.key] = self._expected_meta(start, StepStatus(args[1][2]))
+        self._outcomes[start.key] = args[1][3]
+        return True
+
+    def _on_complete(self, start: StepStart, args: list[Any]) -> Callable[[Any], None]:
+        return lambda reply: self._after_complete(start, args, reply)
+
+    def _expected_meta(self, start: StepStart, status: StepStatus) -> bytes:
+        """The step's metadata as the script will write it (until its reply is read)."""
+        raw = self._meta.get(start.key)
+        meta = json.loads(raw) if raw else json.loads(self._new_meta(start, InDoubtPolicy.RERUN))
+        meta.update(status=str(status), attempts=start.attempt, fence=self.fence)
+        return json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+
     def begin(self, call: StepCall) -> StepStart:
         """Replay the step from its record, or claim it (intent) so that the caller runs it
         and then calls :meth:`record`."""
         start, args = self._plan(call)
         if args is not None:
             crash_point("before_claim")
-            start = self._after_claim(start, self._hot.call("claim", *args))
+            if self._claim_unacknowledged(start, args):
+                self._hot.send("claim", args[0], args[1], self._on_claim(start))
+            else:
+                start = self._after_claim(start, self._hot.call("claim", *args))
             crash_point("after_claim")
         start.t0 = time.perf_counter()
         if _otel.active is not None:
@@ -396,7 +469,10 @@ class RunSession:
         start, args = self._plan(call)
         if args is not None:
             crash_point("before_claim")
-            start = self._after_claim(start, await self._hot.acall("claim", *args))
+            if self._claim_unacknowledged(start, args):
+                await self._hot.asend("claim", args[0], args[1], self._on_claim(start))
+            else:
+                start = self._after_claim(start, await self._hot.acall("claim", *args))
             crash_point("after_claim")
         start.t0 = time.perf_counter()
         if _otel.active is not None:
@@ -493,7 +569,10 @@ class RunSession:
         crash_point("before_record")
         hooks = _otel.active
         t = time.perf_counter() if hooks is not None else 0.0
-        self._after_complete(start, args, self._hot.call("complete", *args))
+        if self._outcome_unacknowledged(start, args):
+            self._hot.send("complete", args[0], args[1], self._on_complete(start, args))
+        else:
+            self._after_complete(start, args, self._hot.call("complete", *args))
         crash_point("after_record")
         if hooks is not None:
             hooks.step_recorded(self, start, raised or error, time.perf_counter() - t)
@@ -512,7 +591,10 @@ class RunSession:
         crash_point("before_record")
         hooks = _otel.active
         t = time.perf_counter() if hooks is not None else 0.0
-        self._after_complete(start, args, await self._hot.acall("complete", *args))
+        if self._outcome_unacknowledged(start, args):
+            await self._hot.asend("complete", args[0], args[1], self._on_complete(start, args))
+        else:
+            self._after_complete(start, args, await self._hot.acall("complete", *args))
         crash_point("after_record")
         if hooks is not None:
             hooks.step_recorded(self, start, raised or error, time.perf_counter() - t)

@@ -1,7 +1,7 @@
 """A five-step pipeline run as a child process by the crash tests.
 
 argv: redis_url prefix run_id mode(sync|async) effects_file
-env:  AGENTLEDGER_CRASH_AT (a named boundary), KILL_IN_BODY=n (SIGKILL inside the n-th step's
+env:  DURABILITY (the ledger's level, default sync), AGENTLEDGER_CRASH_AT (a named boundary), KILL_IN_BODY=n (SIGKILL inside the n-th step's
       body, after its side effect), POLICY (in-doubt policy of the steps), STEP_SLEEP (seconds)
 Each step's body appends {"step", "key", "pid"} to the effects file: the side effect we count.
 Prints the final result as JSON on its last line.
@@ -69,7 +69,8 @@ async def run_async(ledger: Ledger) -> int:
         return await amul("s5", w, 6)
 
 
-ledger = Ledger.from_url(url, prefix=prefix, lease_ms=int(os.environ.get("LEASE_MS", "3000")))
+ledger = Ledger.from_url(url, prefix=prefix, lease_ms=int(os.environ.get("LEASE_MS", "3000")),
+                         durability=os.environ.get("DURABILITY", "sync"))
 try:
     result = run_sync(ledger) if mode == "sync" else asyncio.run(run_async(ledger))
 except agentledger.LedgerError as e:
