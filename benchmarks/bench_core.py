@@ -4,6 +4,8 @@
 
 - live tool step (intent + outcome: two round trips by design) / raw SET
 - live LLM-style step (outcome only: one round trip) / raw SET
+- the same two at durability "async" (records sent, acknowledged once at the end of the
+  timed calls: that barrier is inside the time) / raw SET
 - replayed step (answered from the run's records, loaded with the lease in one round trip)
   / live tool step
 - bytes Redis holds per step for a 1 KB result
@@ -36,6 +38,7 @@ def main() -> int:
 def report(url: str, prefix: str) -> int:
     raw = redis.Redis.from_url(url)
     ledger = Ledger.from_url(url, prefix=prefix)
+    fast = Ledger.from_url(url, prefix=prefix, durability="async")
     counter = {"run": 0}
 
     def raw_set(n: int) -> float:
@@ -46,20 +49,22 @@ def report(url: str, prefix: str) -> int:
             raw.set(f"{prefix}:raw:{i}", PAYLOAD)
         return (time.perf_counter() - t0) / n * 1e6
 
-    def steps(n: int, *, intent: bool, replay: bool) -> float:
+    def steps(n: int, *, intent: bool, replay: bool, level: str = "sync") -> float:
         import time
 
         counter["run"] += 1
         run_id = f"r{counter['run']}"
         kind = "tool" if intent else "llm"
+        led = fast if level == "async" else ledger
         if replay:
-            with ledger.run(run_id) as s:
+            with led.run(run_id) as s:
                 for i in range(n):
                     s.call(StepCall(kind=kind, name="f", inputs={"i": i}, intent=intent), lambda: PAYLOAD)
-        s = ledger.open_run(run_id)
+        s = led.open_run(run_id)
         t0 = time.perf_counter()
         for i in range(n):
             s.call(StepCall(kind=kind, name="f", inputs={"i": i}, intent=intent), lambda: PAYLOAD)
+        s.barrier()
         dt = (time.perf_counter() - t0) / n * 1e6
         s.finish(RunStatus.COMPLETED)
         ledger.delete_run(run_id)
@@ -70,7 +75,10 @@ def report(url: str, prefix: str) -> int:
         "live tool step": lambda n: steps(n, intent=True, replay=False),
         "live LLM step": lambda n: steps(n, intent=False, replay=False),
         "replayed step": lambda n: steps(n, intent=True, replay=True),
+        "async tool step": lambda n: steps(n, intent=True, replay=False, level="async"),
+        "async LLM step": lambda n: steps(n, intent=False, replay=False, level="async"),
     }, "raw SET", ROUNDS, N)
+    fast.close()
 
     ares = asyncio.run(async_report(url, prefix, ledger))
 
@@ -100,6 +108,10 @@ def report(url: str, prefix: str) -> int:
         f"{ratio['live tool step']:.2f} × SET | ≤ 2.5 |",
         f"| live LLM step: outcome only | {res['live LLM step']:.1f} µs | "
         f"{ratio['live LLM step']:.2f} × SET | |",
+        f"| durability async: live tool step | {res['async tool step']:.1f} µs | "
+        f"{ratio['async tool step']:.2f} × SET | |",
+        f"| durability async: live LLM step | {res['async LLM step']:.1f} µs | "
+        f"{ratio['async LLM step']:.2f} × SET | ≤ 1 |",
         f"| replayed step (records loaded with the lease) | {res['replayed step']:.1f} µs | "
         f"{ratio['replayed step'] / ratio['live tool step']:.3f} × live step | ≤ 0.2 |",
         f"| raw `SET` (asyncio, baseline) | {ares['raw SET']:.1f} µs | 1.00 | |",

@@ -58,8 +58,8 @@ class _Pending:
         self.bytes = 0
 
 
-def _size(keys: list[str], args: list[Any]) -> int:
-    return sum(len(x) if isinstance(x, bytes | str) else 8 for x in (*keys, *args))
+def _size(keys: list[str], args: list[str | bytes]) -> int:
+    return sum(map(len, keys)) + sum(map(len, args))  # the step scripts' arguments: all text
 
 
 class StepConnection:

@@ -420,7 +420,7 @@ class RunSession:
                 and key not in self._meta):
             return False
         start.attempt = 1
-        self._meta[key] = self._expected_meta(start, StepStatus.RUNNING)
+        self._meta[key] = self._expected_meta(_meta, start, StepStatus.RUNNING)
         return True
 
     def _on_claim(self, start: StepStart) -> Callable[[Any], None]:
@@ -435,19 +435,19 @@ class RunSession:
         policy = InDoubtPolicy(call.policy) if call.policy else self.ledger.in_doubt
         if call.intent and policy != InDoubtPolicy.RERUN:
             return False  # a lost outcome would put a 'fail'/'ask' step in doubt
-        self._meta[start.key] = self._expected_meta(start, StepStatus(args[1][2]))
+        base = args[1][4] or self._new_meta(start, InDoubtPolicy.RERUN)
+        self._meta[start.key] = self._expected_meta(base, start, args[1][2])
         self._outcomes[start.key] = args[1][3]
         return True
 
     def _on_complete(self, start: StepStart, args: list[Any]) -> Callable[[Any], None]:
         return lambda reply: self._after_complete(start, args, reply)
 
-    def _expected_meta(self, start: StepStart, status: StepStatus) -> bytes:
-        """The step's metadata as the script will write it (until its reply is read)."""
-        raw = self._meta.get(start.key)
-        meta = json.loads(raw) if raw else json.loads(self._new_meta(start, InDoubtPolicy.RERUN))
-        meta.update(status=str(status), attempts=start.attempt, fence=self.fence)
-        return json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+    def _expected_meta(self, new_meta: str, start: StepStart, status: str) -> bytes:
+        """The step's metadata as the script will write it, until its reply is read (the
+        fields the session reads back; ``new_meta`` is :meth:`_new_meta`'s object)."""
+        return (f'{new_meta[:-1]},"status":"{status}","attempts":{start.attempt},'
+                f'"fence":{self.fence}}}').encode()
 
     def begin(self, call: StepCall) -> StepStart:
         """Replay the step from its record, or claim it (intent) so that the caller runs it
