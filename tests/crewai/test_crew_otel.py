@@ -4,7 +4,6 @@ the span the user started around ``kickoff``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from _otel_support import by_name, captured, read_spans, render, trace_ids, traceparent
