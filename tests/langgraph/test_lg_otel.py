@@ -72,3 +72,34 @@ def test_lg_crashed_graph_resumes_in_the_agents_trace(ledger: Ledger, tmp_path: 
     assert any(not replayed and not doubt for _, replayed, doubt in state)
     doubt = next(s for s in steps if s["attributes"][ATTR + "in_doubt"])
     assert [e["name"] for e in doubt["events"]] == ["agentledger.in_doubt_rerun"]
+
+
+def test_lg_a_span_started_in_a_node_is_the_parent_of_its_calls(ledger: Ledger) -> None:
+    from typing import Any, TypedDict
+
+    from langgraph.graph import START, StateGraph
+
+    class S(TypedDict):
+        out: str
+
+    with captured() as cap:
+        tracer = cap.tracer_provider.get_tracer("agent")
+        chat = pipeline.ScriptedChat()
+        node_span: list[Any] = []
+
+        def node(state: S) -> dict[str, str]:
+            with tracer.start_as_current_span("my node") as span:
+                node_span.append(span)
+                return {"out": str(chat.invoke("summarise:it").content)}
+
+        g = StateGraph(S)
+        g.add_node("n", node)
+        g.add_edge(START, "n")
+        graph = g.compile(checkpointer=DurableCheckpointer(ledger))
+        with tracer.start_as_current_span("agent"):
+            assert graph.invoke({"out": ""}, {"configurable": {"thread_id": "n1"}}) == {
+                "out": "summary of it"}
+        spans = cap.span_dicts()
+    call = by_name(spans, "agentledger llm")[0]
+    assert call["parent_id"] == f"0x{node_span[0].get_span_context().span_id:016x}"
+    assert len(trace_ids(spans)) == 1
