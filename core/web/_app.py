@@ -214,10 +214,10 @@ def app(ledger: Ledger, *, token: str, read_only: bool = False,
         return page(request, "run_live.html" if fragment else "run.html", ctx)
 
     @api.get("/approvals", include_in_schema=False)
-    def approvals_page(request: Request) -> Response:
+    def approvals_page(request: Request, fragment: bool = False) -> Response:
         if not authed(request):
             return login_redirect(request)
-        return page(request, "approvals.html",
+        return page(request, "approvals_live.html" if fragment else "approvals.html",
                     {"pending": _pending_view(ledger.pending_approvals(), ledger)})
 
     @api.get("/workers", include_in_schema=False)

@@ -64,6 +64,8 @@ def run_held(run: RunRecord, now_ms: int) -> bool:
 
 
 def _span_label(ms: float) -> str:
+    if ms < 10:
+        return f"{ms:.1f} ms"
     if ms < 1000:
         return f"{ms:.0f} ms"
     if ms < 120_000:

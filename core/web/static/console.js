@@ -10,7 +10,9 @@
   function busy(region) {
     const active = document.activeElement;
     if (active && region.contains(active) && active.closest("form")) return true;
-    return Array.from(region.querySelectorAll("form")).some(f => f.dataset.dirty);
+    const now = Date.now();
+    return Array.from(region.querySelectorAll("form")).some(
+      f => f.dataset.dirty || now - Number(f.dataset.touched || 0) < 30000);
   }
   function refresh(region) {
     if (document.hidden || busy(region)) return;
@@ -54,7 +56,7 @@
     const entries = isList ? value.map((v, i) => [i, v]) : Object.entries(value);
     if (!entries.length) return el("span", "n", isList ? "[]" : "{}");
     const box = el("details");
-    box.open = depth < 2;
+    box.open = depth < 2 && entries.length <= 20;
     box.append(el("summary", null, isList ? `[${entries.length} items]` : `{${entries.length} keys}`));
     const shown = entries.slice(0, ITEMS);
     function add(list) {
@@ -121,6 +123,9 @@
     });
     root.querySelectorAll("form.decide").forEach(form => {
       form.addEventListener("input", () => { form.dataset.dirty = "1"; });
+      // A person who opened or focused part of the form is about to use it: hold the refresh.
+      form.addEventListener("focusin", () => { form.dataset.touched = String(Date.now()); });
+      form.addEventListener("click", () => { form.dataset.touched = String(Date.now()); });
       form.addEventListener("submit", ev => {
         const button = ev.submitter;
         const area = form.querySelector("textarea[name=payload]");
