@@ -198,6 +198,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
 
     waiting_run(ledger, "approve-me")
     waiting_run(ledger, "reject-me")
+    waiting_run(ledger, "edit-me")
     SHOTS.mkdir(parents=True, exist_ok=True)
     with Console(ledger) as c, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -216,7 +217,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
             page.click("button:has-text('sign in')")
             # The runs list, with counts per status; a run made meanwhile appears by itself.
             expect(page.locator("#runs")).to_contain_text("crashed-order")
-            expect(page.locator(".count.waiting b")).to_have_text("2")
+            expect(page.locator(".count.waiting b")).to_have_text("3")
             with ledger.run("arrived-later", kind="order"):
                 lookup("9")
             expect(page.locator("#runs")).to_contain_text("arrived-later")
@@ -260,6 +261,13 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
             page.screenshot(path=str(SHOTS / "approvals.png"), full_page=True)
             card.locator("button.reject").click()
             expect(page.locator("#flash")).to_contain_text("rejected")
+            # Approve with an edited payload: the run gets the edited value.
+            page.goto(c.url + "/run?id=edit-me")
+            page.click(".pending summary")
+            page.fill(".pending textarea", '{"order": "edit-me", "amount": 25}')
+            page.fill(".pending input[name=by]", "ops-carol")
+            page.click(".pending button.approve-edited")
+            expect(page.locator("#flash")).to_contain_text("approved")
         finally:
             browser.close()
     decided = {s.name: s for s in ledger.steps("approve-me")}
@@ -267,6 +275,10 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
     rejected = next(s for s in ledger.steps("reject-me") if s.kind == "approval")
     assert plain(json.loads(rejected.outcome or "{}")["value"])["approved"] is False
     assert "ops-bob" in (rejected.outcome or "")
+    edited = next(s for s in ledger.steps("edit-me") if s.kind == "approval")
+    decision = plain(json.loads(edited.outcome or "{}")["value"])
+    assert decision["approved"] is True and decision["payload"] == {"order": "edit-me", "amount": 25}
+    assert decision["by"] == "ops-carol"
 
 
 def test_mounted_inside_another_app_links_follow_the_mount(ledger: Ledger) -> None:
