@@ -61,8 +61,9 @@ class Captured:
 @contextmanager
 def captured(ledger: Any = None) -> Iterator[Captured]:
     """Real SDK providers, instrumented; uninstrumented afterwards. The suites run with
-    OTEL_SDK_DISABLED=true (no framework telemetry): the caller lifts it first."""
-    os.environ.pop("OTEL_SDK_DISABLED", None)
+    OTEL_SDK_DISABLED=true (no framework telemetry), which would make these providers no-ops:
+    it is lifted while they are made and put back afterwards."""
+    disabled = os.environ.pop("OTEL_SDK_DISABLED", None)
     spans = InMemorySpanExporter()
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(spans))
@@ -75,6 +76,8 @@ def captured(ledger: Any = None) -> Iterator[Captured]:
         agentledger.otel.uninstrument()
         tp.shutdown()
         mp.shutdown()
+        if disabled is not None:
+            os.environ["OTEL_SDK_DISABLED"] = disabled
 
 
 class FileSpanExporter(SpanExporter):
