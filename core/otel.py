@@ -17,7 +17,7 @@ in ``agentledger._otel``, which stay None (one global check per point) until ``i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import _otel
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ._records import StepMeta
     from ._session import RunSession, StepStart
 
-__all__ = ["instrument", "is_instrumented", "uninstrument"]
+__all__ = ["add_attribute_source", "instrument", "is_instrumented", "uninstrument"]
 
 # Attribute names (the ``agentledger.`` namespace).
 RUN_ID = "agentledger.run.id"
@@ -68,6 +68,28 @@ def uninstrument() -> None:
 
 def is_instrumented() -> bool:
     return _otel.active is not None
+
+
+# name -> a function giving attributes for the run and step spans begun here (an adapter's
+# handle on its framework's own trace). Called only when instrumented.
+_attribute_sources: dict[str, Callable[[], dict[str, str]]] = {}
+
+
+def add_attribute_source(name: str, source: Callable[[], dict[str, str]]) -> None:
+    """Add attributes to every run and step span: ``source()`` is called where the span
+    begins. An adapter uses it to name its framework's own trace (the OpenAI Agents SDK's trace
+    and span ids); a source that raises is skipped."""
+    _attribute_sources[name] = source
+
+
+def _sourced() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for source in list(_attribute_sources.values()):
+        try:
+            out.update(source())
+        except Exception:  # telemetry never stops a step
+            continue
+    return out
 
 
 class _RunSpan:
@@ -154,7 +176,8 @@ class _Instrumentation:
         span = self._tracer.start_span("agentledger run", attributes={
             RUN_ID: session.run_id, RUN_KIND: session.kind, RUN_RESUMED: not session.is_new,
             "agentledger.run.prior_status": session.prior_status,
-            "agentledger.run.fence": session.fence})
+            "agentledger.run.fence": session.fence,
+            **(_sourced() if _attribute_sources else {})})
         outer = self._trace.get_current_span().get_span_context()
         session.otel = _RunSpan(span, outer.span_id if outer.is_valid else None)
 
@@ -189,7 +212,7 @@ class _Instrumentation:
         return self._tracer.start_span(f"agentledger {kind} {name}", context=parent, attributes={
             RUN_ID: session.run_id, STEP_KEY: start.key, STEP_KIND: kind, STEP_NAME: name,
             STEP_ATTEMPT: attempt, STEP_REPLAYED: start.replayed, STEP_IN_DOUBT: in_doubt,
-            STEP_IK: start.idempotency_key})
+            STEP_IK: start.idempotency_key, **(_sourced() if _attribute_sources else {})})
 
     def step_begun(self, session: RunSession, start: StepStart) -> None:
         call = start.call

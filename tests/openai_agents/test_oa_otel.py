@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from _otel_support import by_name, captured, read_spans, render, trace_ids, traceparent
+from agents import set_trace_processors, set_tracing_disabled
+from agents.tracing import TracingProcessor
 
 from _support import killed, run_child
 from agentledger import Ledger
@@ -63,3 +67,51 @@ async def test_oa_crashed_run_resumes_in_one_trace(ledger: Ledger, tmp_path: Pat
     assert ("reserve", True, False) in state
     assert ("charge_card", False, True) in state
     assert any(not replayed and not doubt for _, replayed, doubt in state)
+
+
+class Collector(TracingProcessor):
+    """The SDK's own trace, kept in memory (its default processor would export it)."""
+
+    def __init__(self) -> None:
+        self.traces: list[Any] = []
+        self.spans: list[Any] = []
+
+    def on_trace_start(self, trace: Any) -> None:
+        self.traces.append(trace)
+
+    def on_trace_end(self, trace: Any) -> None:
+        pass
+
+    def on_span_start(self, span: Any) -> None:
+        pass
+
+    def on_span_end(self, span: Any) -> None:
+        self.spans.append(span)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self) -> None:
+        pass
+
+
+async def test_oa_spans_name_the_sdks_own_trace(ledger: Ledger, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AL_EFFECTS", str(tmp_path / "effects"))
+    collector = Collector()
+    set_trace_processors([collector])
+    set_tracing_disabled(False)
+    try:
+        with captured() as cap:
+            await DurableRunner.run(agent_for("seq"), "go", run_id="oa-traced", ledger=ledger)
+            spans = cap.span_dicts()
+    finally:
+        set_tracing_disabled(True)
+        set_trace_processors([])
+    [sdk_trace] = collector.traces
+    steps = [s for s in spans if s["name"].startswith("agentledger ")
+             and s["name"] != "agentledger run"]
+    assert len(steps) == 5
+    assert {s["attributes"]["openai_agents.trace_id"] for s in steps} == {sdk_trace.trace_id}
+    sdk_spans = {s.span_id for s in collector.spans}
+    assert all(s["attributes"]["openai_agents.span_id"] in sdk_spans for s in steps)
