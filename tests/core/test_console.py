@@ -366,3 +366,101 @@ def test_serve_without_the_web_extra_says_how_to_install_it(redis_url: str) -> N
     assert proc.stderr.strip().splitlines() == [
         "agentledger: the console needs the [web] extra (fastapi is missing): "
         "pip install 'agentledger[web]'"]
+
+
+def _get_with_host(base_url: str, path: str, host: str | None) -> tuple[int, str]:
+    """GET with a chosen Host header, as a browser sends it after a DNS rebinding."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.putheader("Authorization", f"Bearer {TOKEN}")
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_only_bound_and_allowed_hosts_are_answered(ledger: Ledger) -> None:
+    with ledger.run("secret-run"):
+        pass
+    with Console(ledger) as c:
+        port = c.url.rsplit(":", 1)[1]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+            code, page = _get_with_host(c.url, "/", host)
+            assert code == 200 and "secret-run" in page, host
+        for host in (f"attacker.example:{port}", "attacker.example", "127.0.0.1.nip.io"):
+            code, page = _get_with_host(c.url, "/api/runs", host)
+            assert code == 403 and "secret-run" not in page and "--allow-host" in page, host
+        # No Host at all: HTTP/1.1 requires one, and the server refuses the request (400).
+        code, page = _get_with_host(c.url, "/api/runs", None)
+        assert code in (400, 403) and "secret-run" not in page
+    allowed = app(ledger, token=TOKEN, hosts=["127.0.0.1", "ledger.internal"])
+    server = uvicorn.Server(uvicorn.Config(allowed, log_level="warning"))
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        assert _get_with_host(url, "/", "ledger.internal:80")[0] == 200
+        assert _get_with_host(url, "/", "other.internal")[0] == 403
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_odd_run_ids_are_url_encoded_and_commands_shell_quoted(ledger: Ledger,
+                                                              tmp_path: Path) -> None:
+    import html
+    import shlex
+
+    odd = "a/b?c#d &x=<y>"
+    with ledger.run(odd):
+        lookup("1")
+    marker = tmp_path / "pwned"
+    crafted = f"x$(touch {marker})'; touch {marker}; '"
+    with pytest.raises(ApprovalPending), ledger.run(crafted):
+        agentledger.approval("refund", {"amount": 1})
+    with Console(ledger, read_only=True) as c:
+        code, page = http(c.url + "/")
+        assert code == 200 and 'href="/run?id=a/b%3Fc%23d%20%26x%3D%3Cy%3E"' in page
+        code, page = http(c.url + "/run?id=a/b%3Fc%23d%20%26x%3D%3Cy%3E")
+        assert code == 200 and "a/b?c#d &amp;x=&lt;y&gt;" in page
+        code, page = http(c.url + "/approvals")
+        suggested = html.unescape(re.findall(r"<code>(agentledger approve [^<]*)</code>", page)[0])
+    argv = shlex.split(suggested)
+    assert argv[:2] == ["agentledger", "approve"] and crafted in argv
+    # Pasted into a shell, it runs nothing else: the shell hands the run id over as is.
+    echoed = subprocess.run(["sh", "-c", suggested.replace("agentledger", "printf '%s\\n'", 1)],
+                            capture_output=True, text=True, timeout=10)
+    assert crafted in echoed.stdout.splitlines() and not marker.exists()
+
+
+def test_values_are_shown_as_written(ledger: Ledger) -> None:
+    class Message:
+        def __init__(self, content: str) -> None:
+            self.content = content
+
+    ledger.codec.register(Message, "langchain.AIMessage",
+                          lambda m: {"type": "ai", "content": m.content, "tool_calls": []},
+                          lambda d: Message(d["content"]))
+
+    @agentledger.step
+    def answer(question: str) -> Message:
+        return Message(f"the answer to {question}")
+
+    with ledger.run("chat-1"):
+        answer("life")
+    with Console(ledger) as c:
+        code, body = http(c.url + "/api/run?id=chat-1")
+    assert code == 200 and "$al" not in body
+    assert json.loads(body)["steps"][0]["result"] == {"role": "ai", "text": "the answer to life"}
