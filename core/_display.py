@@ -1,4 +1,4 @@
-"""Recorded values as people wrote them, for ``agentledger show`` and the web page.
+"""Recorded values as people wrote them, for ``agentledger show`` and the console.
 
 The codec stores types outside plain JSON as ``{"$al": TAG, "v": DATA}``; people should see a
 LangChain message as its role and text, a tuple as a list, a date as a date, not the envelope.

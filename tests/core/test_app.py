@@ -86,27 +86,17 @@ def test_a_shard_count_that_differs_from_the_queues_is_refused(app: App, ledger:
         App(ledger, shards=3).queue.ensure_groups()
 
 
-def test_the_web_page_lists_workers_and_their_runs(app: App, worker: Worker) -> None:
+def test_the_console_lists_workers_and_their_runs(app: App, worker: Worker) -> None:
     import json
-    import urllib.request
 
-    from agentledger._web import make_server
+    from _console import Console, http
 
-    server = make_server(app.ledger, port=0)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with Console(app.ledger) as console:
         deadline = time.monotonic() + 30
         while True:  # the first heartbeat comes within heartbeat_s
-            with urllib.request.urlopen(base + "/api/workers", timeout=10) as r:
-                found = json.loads(r.read())
+            found = json.loads(http(console.url + "/api/workers")[1])
             if found or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert [w["id"] for w in found] == [worker.id] and found[0]["concurrency"] == 2
-        with urllib.request.urlopen(base + "/workers", timeout=10) as r:
-            assert worker.id in r.read().decode()
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert worker.id in http(console.url + "/workers")[1]

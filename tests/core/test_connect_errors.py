@@ -273,26 +273,17 @@ def test_a_given_client_without_a_socket_timeout_is_warned_about(
 
 
 @pytest.mark.timeout(60)
-def test_the_web_page_answers_an_error_when_redis_is_stopped(server: RedisServer) -> None:
-    import threading
-    import urllib.error
-    import urllib.request
-
-    from agentledger._web import make_server
+def test_the_console_answers_an_error_when_redis_is_stopped(server: RedisServer) -> None:
+    from _console import Console, http
 
     with_password(server)
     ledger = Ledger.from_url(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", redis_retries=2)
-    web = make_server(ledger, "127.0.0.1", 0)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
     assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)
-    try:
-        with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(f"http://127.0.0.1:{web.server_address[1]}/", timeout=50)
-    finally:
-        server.proc.send_signal(signal.SIGCONT)
-        web.shutdown()
-        web.server_close()
-    body = caught.value.read().decode()
-    assert caught.value.code == 500 and "unreachable" in body and PASSWORD not in body
+    with Console(ledger) as console:
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            code, body = http(console.url + "/api/counts", timeout=50)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    assert code == 500 and "unreachable" in body and PASSWORD not in body
     ledger.close()

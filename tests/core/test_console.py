@@ -24,6 +24,7 @@ pytest.importorskip("fastapi", reason="the console needs the [web] extra")
 import uvicorn
 
 import agentledger
+from _console import TOKEN, Console, http
 from _support import REPO, killed, run_child, tmpdir
 from agentledger import ApprovalPending, Ledger
 from agentledger._display import plain
@@ -31,49 +32,10 @@ from agentledger.web import app
 from agentledger.web._query import RunFilter, page_runs
 from agentledger.web._serve import bind
 
-TOKEN = "test-token-123"
 SHOTS = REPO / "docs" / "console"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-class Console:
-    """A real uvicorn server of the console on a free loopback port, in a thread."""
-
-    def __init__(self, ledger: Ledger, **options: Any) -> None:
-        self.sock = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        asgi = app(ledger, token=TOKEN, hosts=["127.0.0.1"], **options)
-        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self) -> Console:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the console did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
-def http(url: str, *, token: str | None = TOKEN, data: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, str]:
-    h = dict(headers or {})
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, headers=h)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @agentledger.step

@@ -1,6 +1,6 @@
 """Issue 8 item 5: a decision on an in-doubt step fences out the executor that was still alive
 (paused past its lease), and the outcome it records afterwards is kept beside the decision as a
-conflict, shown by `agentledger show`, the web page and the JSON API."""
+conflict, shown by `agentledger show`, the console and its JSON API."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ import agentledger
 from _support import OFFLINE_ENV, REPO
 from agentledger import Ledger, LedgerError, StepRejected
 from agentledger._cli import main as cli
-from agentledger._web import make_server
 
 CHILD = REPO / "tests" / "core" / "children" / "paused_payment_child.py"
 
@@ -78,7 +75,7 @@ def test_a_decision_fences_out_the_paused_executor_and_keeps_its_late_outcome(
     assert conflict["outcome"]["value"] == {"paid": 30}
     assert "completed" in step.conflict_text() and '{"paid": 30}' in step.conflict_text()
 
-    # Shown by the CLI, the JSON API and the web page.
+    # Shown by the CLI, the console's JSON API and pages.
     out_buf = io.StringIO()
     assert cli(["--url", redis_url, "--prefix", prefix, "show", "r"], out_buf) == 0
     assert "CONFLICT" in out_buf.getvalue() and '{"paid": 30}' in out_buf.getvalue()
@@ -86,20 +83,13 @@ def test_a_decision_fences_out_the_paused_executor_and_keeps_its_late_outcome(
     assert cli(["--url", redis_url, "--prefix", prefix, "--json", "show", "r"], json_buf) == 0
     assert json.loads(json.loads(json_buf.getvalue())["steps"][0]["conflict"])["outcome"] == \
         {"v": 1, "ok": True, "value": {"paid": 30}}
-    server = make_server(ledger, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        with urllib.request.urlopen(f"{base}/api/runs/r") as resp:
-            api = json.loads(resp.read())
-        assert json.loads(api["steps"][0]["conflict"])["outcome"]["value"] == {"paid": 30}
-        with urllib.request.urlopen(f"{base}/runs/r") as resp:
-            page = resp.read().decode()
-        assert "conflict" in page and "{&quot;paid&quot;: 30}" in page
-    finally:
-        server.shutdown()
-        server.server_close()
+    from _console import Console, http
+
+    with Console(ledger) as console:
+        api = json.loads(http(f"{console.url}/api/run?id=r")[1])
+        assert api["steps"][0]["conflict"]["outcome"]["value"] == {"paid": 30}
+        page = http(f"{console.url}/run?id=r")[1]
+        assert "conflict" in page and "{&#34;paid&#34;: 30}" in page
 
     # A restart follows the decision; the conflict stays on record beside it.
     @agentledger.step(name="pay", in_doubt="fail")
