@@ -16,15 +16,17 @@ in ``agentledger._otel``, which stay None (one global check per point) until ``i
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _otel
 from ._errors import ApprovalPending
 from ._optional import require
 from ._records import Decision, StepKind, StepStatus
-from ._session import is_control_flow
+from ._session import _text_of, is_control_flow
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from ._session import RunSession, StepStart
 
 __all__ = ["add_attribute_source", "instrument", "is_instrumented", "uninstrument"]
+
+log = logging.getLogger("agentledger")
+F = TypeVar("F", bound=Callable[..., None])
 
 # Attribute names (the ``agentledger.`` namespace).
 RUN_ID = "agentledger.run.id"
@@ -103,6 +108,27 @@ class _RunSpan:
         self.ended = False
 
 
+def _never_raises(hook: F) -> F:
+    """Telemetry never stops a step: a hook that fails is logged and skipped."""
+
+    @functools.wraps(hook)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            hook(*args, **kwargs)
+        except Exception:
+            log.warning("agentledger.otel: %s failed; the step goes on", hook.__name__,
+                        exc_info=True)
+
+    return guarded  # type: ignore[return-value]
+
+
+def _error_event(span: Any, error: BaseException) -> None:
+    """The span's 'exception' event, with a text that cannot fail (``str()`` of an exception
+    may raise), in OpenTelemetry's attribute names."""
+    span.add_event("exception", {"exception.type": type(error).__qualname__,
+                                 "exception.message": _text_of(error)})
+
+
 def _step_status(error: BaseException | None) -> str:
     if error is None:
         return str(StepStatus.COMPLETED)
@@ -172,6 +198,7 @@ class _Instrumentation:
                             {"agentledger.prefix": self._ledger.prefix})]
 
     # ---- runs -------------------------------------------------------------------------------
+    @_never_raises
     def run_opened(self, session: RunSession) -> None:
         span = self._tracer.start_span("agentledger run", attributes={
             RUN_ID: session.run_id, RUN_KIND: session.kind, RUN_RESUMED: not session.is_new,
@@ -181,6 +208,7 @@ class _Instrumentation:
         outer = self._trace.get_current_span().get_span_context()
         session.otel = _RunSpan(span, outer.span_id if outer.is_valid else None)
 
+    @_never_raises
     def run_finished(self, session: RunSession, status: str, error: BaseException | None) -> None:
         self._runs.add(1, {RUN_KIND: session.kind, RUN_STATUS: status})
         state = session.otel
@@ -191,9 +219,9 @@ class _Instrumentation:
         span.set_attributes({RUN_STATUS: status, "agentledger.run.steps_executed":
                              session.executed, "agentledger.run.steps_replayed": session.replayed})
         if error is not None and status == "failed":
-            span.record_exception(error)
+            _error_event(span, error)
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR,
-                                               f"{type(error).__name__}: {error}"[:500]))
+                                               f"{type(error).__name__}: {_text_of(error)}"[:500]))
         span.end()
 
     # ---- steps ------------------------------------------------------------------------------
@@ -214,6 +242,7 @@ class _Instrumentation:
             STEP_ATTEMPT: attempt, STEP_REPLAYED: start.replayed, STEP_IN_DOUBT: in_doubt,
             STEP_IK: start.idempotency_key, **(_sourced() if _attribute_sources else {})})
 
+    @_never_raises
     def step_begun(self, session: RunSession, start: StepStart) -> None:
         call = start.call
         kind, name = (str(call.kind), call.name) if call is not None else ("", start.key)
@@ -253,6 +282,7 @@ class _Instrumentation:
             "agentledger.decision.approved": d.approved, "agentledger.decision.by": d.by or "",
             "agentledger.decision.note": d.note or "", "agentledger.decision.at_ms": d.at})
 
+    @_never_raises
     def step_stopped(self, session: RunSession, start: StepStart, meta: StepMeta) -> None:
         call = start.call
         kind = str(call.kind) if call is not None else str(meta.kind)
@@ -268,6 +298,7 @@ class _Instrumentation:
                            else str(StepStatus.WAITING))
         span.end()
 
+    @_never_raises
     def step_recorded(self, session: RunSession, start: StepStart, error: BaseException | None,
                       record_s: float) -> None:
         call = start.call
@@ -285,12 +316,13 @@ class _Instrumentation:
         start.span = None
         span.set_attribute(STEP_STATUS, status)
         if error is not None and status != "suspended":
-            span.record_exception(error)
+            _error_event(span, error)
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR,
                                                f"{type(error).__name__}"))
         span.end()
 
     # ---- decisions --------------------------------------------------------------------------
+    @_never_raises
     def decided(self, ledger: Ledger, run_id: str, step_key: str, approved: bool,
                 by: str | None) -> None:
         self._decisions.add(1, {"agentledger.decision.approved": approved})

@@ -220,3 +220,28 @@ def test_a_span_started_inside_the_run_is_the_steps_parent(ledger: Ledger) -> No
     run = by_name(spans, "agentledger run")[0]["context"]["span_id"]
     parents = [s["parent_id"] for s in by_name(spans, "agentledger step")]
     assert parents == [f"0x{node.get_span_context().span_id:016x}", run]
+
+
+class Unreadable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@agentledger.step
+def weird() -> None:
+    raise Unreadable()
+
+
+def test_an_error_whose_text_cannot_be_read_never_breaks_the_step(ledger: Ledger) -> None:
+    with captured() as cap:
+        with ledger.run("weird"):
+            with pytest.raises(Unreadable):
+                weird()
+        spans = cap.span_dicts()
+    step = by_name(spans, "agentledger step weird")[0]
+    assert step["attributes"][ATTR + "status"] == "failed"
+    event = step["events"][0]["attributes"]
+    assert event["exception.type"] == "Unreadable"
+    assert event["exception.message"] == "<its text could not be read>"
+    assert by_name(spans, "agentledger run")[0]["attributes"]["agentledger.run.status"] == \
+        "completed"
