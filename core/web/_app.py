@@ -150,7 +150,9 @@ def app(ledger: Ledger, *, token: str, read_only: bool = False,
 
     def _signed_in(request: Request, root: str, next: str) -> Response:
         # Only a path of this console: never an open redirect to another site.
-        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        # ("/\\host" is read as "//host" by browsers.)
+        local = next.startswith("/") and not next.startswith(("//", "/\\")) and "\\" not in next
+        target = next if local else "/"
         if root and not target.startswith(root):
             target = root + target
         response = RedirectResponse(target, status_code=303)

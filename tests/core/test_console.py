@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,13 @@ def test_api_needs_the_token_and_answers_runs_steps_approvals(ledger: Ledger) ->
         assert code == 200 and "refund &lt;7&gt;" in page and "<b>x" not in page
         spec = json.loads(http(c.url + "/api/openapi.json", token=None)[1])
         assert "/api/runs" in spec["paths"] and "/api/decision" in spec["paths"]
+        # Signing in goes back only to a page of the console, never to another site.
+        for bad in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+            req = urllib.request.Request(
+                c.url + "/login?" + urllib.parse.urlencode({"token": TOKEN, "next": bad}))
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.build_opener(_NoRedirect).open(req, timeout=10)
+            assert e.value.headers["location"] == "/", bad
         # Host check: a rebound DNS name is refused before any ledger data.
         assert http(c.url + "/api/runs", headers={"Host": "evil.example"})[0] == 403
         # Decide through the API, with the bearer token, as `agentledger approve` does.
