@@ -162,7 +162,33 @@ def crashed_run(ledger: Ledger, redis_url: str) -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
+@pytest.fixture
+def worker_run(ledger: Ledger, redis_url: str, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    """A real `agentledger worker` process and a run of its App waiting for an approval."""
+    from _workers import CHILDREN, Workers
+    from worker_app import build
+
+    from _support import OFFLINE_ENV
+
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(CHILDREN), "AL_URL": redis_url,
+           "AL_PREFIX": ledger.prefix, "AL_EFFECTS": str(tmp_path / "effects.jsonl"),
+           "AL_LEASE_MS": "3000"}
+    workers = Workers(env, tmp_path)
+    try:
+        workers.start()
+        worker_app = build(ledger)
+        rid = worker_app.submit("approve", {"amount": 30}, run_id="worker-order")
+        deadline = time.monotonic() + 60
+        while (r := ledger.get_run(rid)) is None or r.status != "waiting":
+            assert time.monotonic() < deadline, workers.log()
+            time.sleep(0.05)
+        yield worker_app, rid
+    finally:
+        workers.stop_all()
+
+
+def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
+                                   worker_run: tuple[Any, str]) -> None:
     sync_playwright = _browser_or_skip()
     from playwright.sync_api import expect
 
@@ -187,7 +213,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
             page.click("button:has-text('sign in')")
             # The runs list, with counts per status; a run made meanwhile appears by itself.
             expect(page.locator("#runs")).to_contain_text("crashed-order")
-            expect(page.locator(".count.waiting b")).to_have_text("3")
+            expect(page.locator(".count.waiting b")).to_have_text("4")
             with ledger.run("arrived-later", kind="order"):
                 lookup("9")
             expect(page.locator("#runs")).to_contain_text("arrived-later")
@@ -219,6 +245,14 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str) -> None:
             with ledger.run("approve-me", kind="order"):
                 order_pipeline("approve-me")
             expect(page.locator("#run-status")).to_have_text("completed")
+            # A run of a worker: approved from the page, the worker continues it by itself.
+            worker_app, rid = worker_run
+            page.goto(c.url + "/run?id=" + rid)
+            page.fill(".pending input[name=by]", "ops-dan")
+            page.click(".pending button.approve")
+            expect(page.locator("#flash")).to_contain_text("approved")
+            expect(page.locator("#run-status")).to_have_text("completed", timeout=60_000)
+            assert worker_app.result(rid, timeout=10) == {"shipped": True, "by": "ops-dan"}
             page.screenshot(path=str(SHOTS / "run-approved.png"), full_page=True)
             # Reject from the approvals page; a bad edited payload is caught in the page first.
             page.goto(c.url + "/approvals")
