@@ -1,7 +1,8 @@
 """Where the step protocol reports to OpenTelemetry, when it is turned on.
 
 The protocol checks ``active`` (one module global) at a few points: a run opened and finished,
-a step begun, stopped in doubt and recorded, a decision taken. It is
+a step begun, stopped in doubt and recorded, a decision taken; and around the body of a step
+run by ``RunSession.call``/``acall``, whose span is current while it runs. It is
 None unless ``agentledger.otel.instrument()`` set it, so with tracing off (or the ``[otel]``
 extra absent) a step pays one global lookup per point and nothing else. This module imports
 nothing of OpenTelemetry; ``agentledger.otel`` implements the hooks on top of it.
@@ -30,6 +31,12 @@ class Hooks(Protocol):
     def step_begun(self, session: RunSession, start: StepStart) -> None: ...
 
     def step_stopped(self, session: RunSession, start: StepStart, meta: StepMeta) -> None: ...
+
+    def step_entered(self, start: StepStart) -> object:
+        """The step's body starts in this frame (``RunSession.call``): its span is current."""
+        ...
+
+    def step_left(self, entered: object) -> None: ...
 
     def step_recorded(self, session: RunSession, start: StepStart, error: BaseException | None,
                       record_s: float) -> None: ...

@@ -645,6 +645,8 @@ class RunSession:
         if start.replayed:
             return self.result(start)  # type: ignore[no-any-return]
         token = _context._step.set(start)
+        hooks = _otel.active if start.span is not None else None
+        entered = hooks.step_entered(start) if hooks is not None else None
         try:
             value = fn(*args, **kwargs)
         except Exception as e:
@@ -652,6 +654,8 @@ class RunSession:
             raise
         finally:
             _context._step.reset(token)
+            if hooks is not None:
+                hooks.step_left(entered)
         self.record(start, value)
         return value
 
@@ -661,6 +665,8 @@ class RunSession:
         if start.replayed:
             return self.result(start)  # type: ignore[no-any-return]
         token = _context._step.set(start)
+        hooks = _otel.active if start.span is not None else None
+        entered = hooks.step_entered(start) if hooks is not None else None
         try:
             value = await fn(*args, **kwargs)
         except Exception as e:
@@ -668,6 +674,8 @@ class RunSession:
             raise
         finally:
             _context._step.reset(token)
+            if hooks is not None:
+                hooks.step_left(entered)
         await self.arecord(start, value)
         return value
 

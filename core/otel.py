@@ -298,6 +298,19 @@ class _Instrumentation:
                            else str(StepStatus.WAITING))
         span.end()
 
+    def step_entered(self, start: StepStart) -> object:
+        # Only where the body runs in one frame (RunSession.call/acall): attach and detach are
+        # then sure to pair up in the same context.
+        try:
+            return self._context.attach(self._trace.set_span_in_context(start.span))
+        except Exception:
+            log.warning("agentledger.otel: could not make a step's span current", exc_info=True)
+            return None
+
+    def step_left(self, entered: object) -> None:
+        if entered is not None:
+            self._context.detach(entered)  # type: ignore[arg-type]
+
     @_never_raises
     def step_recorded(self, session: RunSession, start: StepStart, error: BaseException | None,
                       record_s: float) -> None:

@@ -244,3 +244,37 @@ def test_an_error_whose_text_cannot_be_read_never_breaks_the_step(ledger: Ledger
     assert event["exception.message"] == "<its text could not be read>"
     assert by_name(spans, "agentledger run")[0]["attributes"]["agentledger.run.status"] == \
         "completed"
+
+
+def test_spans_a_step_body_starts_are_children_of_the_step(ledger: Ledger) -> None:
+    with captured() as cap:
+        tracer = cap.tracer_provider.get_tracer("http client")
+
+        @agentledger.step(name="call_api")
+        def call_api(n: int) -> int:
+            with tracer.start_as_current_span("POST /charge"):
+                return n
+
+        @agentledger.step(name="acall_api")
+        async def acall_api(n: int) -> int:
+            with tracer.start_as_current_span("POST /refund"):
+                return n
+
+        with tracer.start_as_current_span("agent") as agent:
+            with ledger.run("http"):
+                call_api(1)
+            assert trace.get_current_span() is agent
+
+            async def main() -> None:
+                async with ledger.arun("ahttp"):
+                    await acall_api(2)
+
+            import asyncio
+
+            asyncio.run(main())
+            assert trace.get_current_span() is agent
+        spans = cap.span_dicts()
+    for step, child in (("agentledger step call_api", "POST /charge"),
+                        ("agentledger step acall_api", "POST /refund")):
+        step_span = by_name(spans, step)[0]
+        assert by_name(spans, child)[0]["parent_id"] == step_span["context"]["span_id"]
