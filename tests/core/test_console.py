@@ -33,7 +33,26 @@ from agentledger.web import app
 from agentledger.web._query import RunFilter, page_runs
 from agentledger.web._serve import bind
 
-SHOTS = REPO / "docs" / "console"
+DOCS_SHOTS = REPO / "docs" / "console"
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    """Where the browser test writes its screenshots: $AGENTLEDGER_ARTIFACTS/console if set, else
+    the test's tmp dir. The committed docs/console/*.png are replaced only when
+    AGENTLEDGER_UPDATE_SCREENSHOTS=1, so a test run leaves the tree clean."""
+    base = os.environ.get("AGENTLEDGER_ARTIFACTS")
+    shots = Path(base) / "console" if base else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def publish_shots(shots: Path) -> None:
+    print(f"console screenshots: {shots}")
+    if os.environ.get("AGENTLEDGER_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        for png in sorted(shots.glob("*.png")):
+            shutil.copyfile(png, DOCS_SHOTS / png.name)
+        print(f"console screenshots copied to {DOCS_SHOTS}")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -188,14 +207,14 @@ def worker_run(ledger: Ledger, redis_url: str, tmp_path: Path) -> Iterator[tuple
 
 
 def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
-                                   worker_run: tuple[Any, str]) -> None:
+                                   worker_run: tuple[Any, str], tmp_path: Path) -> None:
     sync_playwright = _browser_or_skip()
     from playwright.sync_api import expect
 
     waiting_run(ledger, "approve-me")
     waiting_run(ledger, "reject-me")
     waiting_run(ledger, "edit-me")
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = shots_dir(tmp_path)
     with Console(ledger) as c, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -217,7 +236,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
             with ledger.run("arrived-later", kind="order"):
                 lookup("9")
             expect(page.locator("#runs")).to_contain_text("arrived-later")
-            page.screenshot(path=str(SHOTS / "runs.png"))
+            page.screenshot(path=str(shots / "runs.png"))
             # The crashed-and-resumed run: replayed steps and the in-doubt re-run are told apart.
             page.click("text=crashed-order")
             expect(page.locator("#timeline g.bar")).to_have_count(5)
@@ -227,7 +246,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
             third.locator("rect").click()
             expect(page.locator("#detail-body")).to_contain_text("idempotency key")
             expect(page.locator("#detail-body")).to_contain_text("fingerprint")
-            page.screenshot(path=str(SHOTS / "run-timeline.png"), full_page=True)
+            page.screenshot(path=str(shots / "run-timeline.png"), full_page=True)
             # A step of a waiting run: big values cut, with a way to see all.
             page.goto(c.url + "/run?id=approve-me")
             page.locator("#steps tr.step").first.click()
@@ -235,7 +254,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
             expect(more).to_be_visible()
             more.click()
             expect(page.locator("#detail-body")).to_contain_text("x" * 400)
-            page.screenshot(path=str(SHOTS / "step-detail.png"), full_page=True)
+            page.screenshot(path=str(shots / "step-detail.png"), full_page=True)
             # Approve from the page; the run is resumed (as a worker would) and the page
             # follows it to completed without a reload.
             page.fill(".pending input[name=by]", "ops-alice")
@@ -253,7 +272,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
             expect(page.locator("#flash")).to_contain_text("approved")
             expect(page.locator("#run-status")).to_have_text("completed", timeout=60_000)
             assert worker_app.result(rid, timeout=10) == {"shipped": True, "by": "ops-dan"}
-            page.screenshot(path=str(SHOTS / "run-approved.png"), full_page=True)
+            page.screenshot(path=str(shots / "run-approved.png"), full_page=True)
             # Reject from the approvals page; a bad edited payload is caught in the page first.
             page.goto(c.url + "/approvals")
             card = page.locator(".pending", has_text="reject-me")
@@ -262,7 +281,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
             card.locator("input[name=by]").fill("ops-bob")
             card.locator("button.approve-edited").click()
             expect(card.locator(".json-error")).to_contain_text("not JSON")
-            page.screenshot(path=str(SHOTS / "approvals.png"), full_page=True)
+            page.screenshot(path=str(shots / "approvals.png"), full_page=True)
             card.locator("button.reject").click()
             expect(page.locator("#flash")).to_contain_text("rejected")
             # Approve with an edited payload: the run gets the edited value.
@@ -274,6 +293,7 @@ def test_console_in_a_real_browser(ledger: Ledger, crashed_run: str,
             expect(page.locator("#flash")).to_contain_text("approved")
         finally:
             browser.close()
+    publish_shots(shots)
     decided = {s.name: s for s in ledger.steps("approve-me")}
     assert decided["ship"].status == "completed" and "approve-me" in decided["ship"].outcome_text()
     rejected = next(s for s in ledger.steps("reject-me") if s.kind == "approval")
