@@ -194,8 +194,8 @@ def otel_report(url: str, prefix: str) -> list[str]:
     tp.shutdown()
     mp.shutdown()
     ledger.close()
-    # Off, a live step pays two lookups of the module global (begin, record) and two tests of
-    # a local; a replayed step one lookup.
+    # Off, a live step pays two lookups of the module global (begin, record) and three tests
+    # of a local or a slot (record, call); a replayed step one lookup.
     check_ns = min(timeit.repeat("_otel.active is not None", globals={"_otel": _otel},
                                  number=1_000_000, repeat=5)) * 1000
     return [
