@@ -8,6 +8,9 @@ the step killed before its record runs again first) covers repeated crashes; it 
 sequential flows, where that order is fixed. The finished run must give the clean run's final
 output, every tool call must have been made with exactly one idempotency key, and a tool may
 run twice only when the kill hit between its effect and its record.
+
+Each child is a fresh process forked from a server that imported the SDK once
+(``_forkserver``); a crashed child dies by SIGKILL and its restart is a new process.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import os
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _support import killed, run_child
+from _forkserver import ForkServers
+from _support import killed
 
 CHILD = Path(__file__).parent / "children" / "oa_child.py"
 POINTS = ["before_claim", "after_claim", "before_record", "after_record", "in_tool"]
@@ -47,14 +52,29 @@ EXPECTED_EFFECTS = {
     "handoff": {"on_handoff": 1, "charge_card": 1},
     "approval": {"reserve": 1, "refund": 1},
 }
+# What a child imports: loaded once in the fork servers.
+PRELOAD = ["agents", "openai.types.responses", "redis.asyncio", "agentledger",
+           "agentledger.openai_agents", "oa_world"]
 KILL_TOOL = {"seq": "charge_card", "stream": "charge_card", "parallel": "charge_card",
              "agent_tool": "charge_card", "handoff": "charge_card", "approval": "refund"}
+
+
+@pytest.fixture(scope="session")
+def children() -> Iterator[ForkServers]:
+    # Session-wide: an xdist worker may come back to this module after other tests.
+    servers = ForkServers(PRELOAD, paths=[CHILD.parent])
+    try:
+        yield servers
+    finally:
+        servers.close()
 
 
 class Chain:
     """Children of one run, each started with the same run id after the last one died."""
 
-    def __init__(self, flow: str, point: str, redis_url: str, prefix: str, tmp: Path) -> None:
+    def __init__(self, children: ForkServers, flow: str, point: str, redis_url: str,
+                 prefix: str, tmp: Path) -> None:
+        self.servers = children
         self.flow = flow
         self.point = point
         self.run_id = f"oa-{flow}-{point}-{uuid.uuid4().hex[:6]}"
@@ -78,7 +98,8 @@ class Chain:
         self.children += 1
         scenario = "seq" if self.flow == "stream" else self.flow
         env = self.env(first) if crash else {"AL_EFFECTS": str(self.effects)}
-        return run_child(CHILD, scenario, self.run_id, self.url, self.prefix, mode, env=env)
+        return self.servers.run(CHILD, scenario, self.run_id, self.url, self.prefix, mode,
+                                env=env)
 
     def until_done(self, mode: str) -> dict[str, Any]:
         first = True
@@ -128,8 +149,9 @@ def check_finished(flow: str, chain: Chain, out: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("point", POINTS)
 @pytest.mark.parametrize("flow", FLOWS)
-def test_killed_at_each_boundary_then_restarted(flow: str, point: str, redis_url: str,
-                                                prefix: str, tmp_path: Path) -> None:
+def test_killed_at_each_boundary_then_restarted(children: ForkServers, flow: str, point: str,
+                                                redis_url: str, prefix: str,
+                                                tmp_path: Path) -> None:
     """For n = 1, 2, ...: a fresh run killed the n-th time it reaches ``point``, then
     restarted once with the same run id; until a run no longer reaches its n-th boundary."""
     mode = "stream" if flow == "stream" else "run"
@@ -137,12 +159,12 @@ def test_killed_at_each_boundary_then_restarted(flow: str, point: str, redis_url
     while n <= MAX_CHILDREN:
         d = tmp_path / f"n{n}"
         d.mkdir()
-        chain = Chain(flow, point, redis_url, prefix, d)
+        chain = Chain(children, flow, point, redis_url, prefix, d)
         env = chain.env(True)
         if point != "in_tool":
             env["AGENTLEDGER_CRASH_AT"] = f"{point}:{n}"
-        first = run_child(CHILD, "seq" if flow == "stream" else flow, chain.run_id, redis_url,
-                          prefix, mode, env=env)
+        first = children.run(CHILD, "seq" if flow == "stream" else flow, chain.run_id,
+                             redis_url, prefix, mode, env=env)
         if not killed(first):
             assert n > 1 and point != "in_tool", "the crash point was never reached"
             check_finished(flow, chain, child_out(first))
@@ -160,21 +182,21 @@ def test_killed_at_each_boundary_then_restarted(flow: str, point: str, redis_url
 
 
 @pytest.mark.parametrize("point", ["after_claim", "before_record", "after_record"])
-def test_killed_again_and_again_in_one_run(point: str, redis_url: str, prefix: str,
-                                           tmp_path: Path) -> None:
+def test_killed_again_and_again_in_one_run(children: ForkServers, point: str, redis_url: str,
+                                           prefix: str, tmp_path: Path) -> None:
     """One run, each restart dying at its next boundary of ``point``, until it completes."""
-    chain = Chain("seq", point, redis_url, prefix, tmp_path)
+    chain = Chain(children, "seq", point, redis_url, prefix, tmp_path)
     out = chain.until_done("run")
     assert chain.kills >= 2
     check_finished("seq", chain, out)
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_crash_everywhere_around_an_approval(point: str, redis_url: str, prefix: str,
-                                             tmp_path: Path) -> None:
+def test_crash_everywhere_around_an_approval(children: ForkServers, point: str, redis_url: str,
+                                             prefix: str, tmp_path: Path) -> None:
     from agentledger import Ledger
 
-    chain = Chain("approval", point, redis_url, prefix, tmp_path)
+    chain = Chain(children, "approval", point, redis_url, prefix, tmp_path)
     out = chain.until_done("run")
     assert out.get("interruptions") == 1 or "pending" in out, out
     kills_before = chain.kills
@@ -195,28 +217,29 @@ def test_crash_everywhere_around_an_approval(point: str, redis_url: str, prefix:
     chain.check_effects()
     # Resumed again: the approved tool does not run a second time.
     before = chain.effects.read_text()
-    proc = run_child(CHILD, "approval", chain.run_id, redis_url, prefix, "resume",
-                     env={"AL_EFFECTS": str(chain.effects)})
+    proc = children.run(CHILD, "approval", chain.run_id, redis_url, prefix, "resume",
+                        env={"AL_EFFECTS": str(chain.effects)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert chain.effects.read_text() == before
     assert os.path.getsize(chain.effects) > 0
 
 
-def test_sdk_session_memory_is_rewound_after_a_crash(redis_url: str, prefix: str,
-                                                     tmp_path: Path) -> None:
+def test_sdk_session_memory_is_rewound_after_a_crash(children: ForkServers, redis_url: str,
+                                                     prefix: str, tmp_path: Path) -> None:
     """With an SDK session, a crashed attempt's items are taken out again on restart, so the
     model input matches the records and the conversation ends as after a clean run."""
-    clean = Chain("seq", "in_tool", redis_url, prefix, tmp_path / "clean")
+    clean = Chain(children, "seq", "in_tool", redis_url, prefix, tmp_path / "clean")
     (tmp_path / "clean").mkdir()
     env = {"AL_EFFECTS": str(clean.effects), "AL_SESSION_DB": str(tmp_path / "clean.db")}
-    reference = child_out(run_child(CHILD, "seq", clean.run_id, redis_url, prefix, "run", env=env))
+    reference = child_out(children.run(CHILD, "seq", clean.run_id, redis_url, prefix, "run",
+                                       env=env))
     (tmp_path / "crash").mkdir()
-    chain = Chain("seq", "in_tool", redis_url, prefix, tmp_path / "crash")
+    chain = Chain(children, "seq", "in_tool", redis_url, prefix, tmp_path / "crash")
     env = {"AL_EFFECTS": str(chain.effects), "AL_SESSION_DB": str(tmp_path / "crash.db"),
            "AL_KILL_IN_TOOL": "charge_card"}
-    assert killed(run_child(CHILD, "seq", chain.run_id, redis_url, prefix, "run", env=env))
+    assert killed(children.run(CHILD, "seq", chain.run_id, redis_url, prefix, "run", env=env))
     env.pop("AL_KILL_IN_TOOL")
-    out = child_out(run_child(CHILD, "seq", chain.run_id, redis_url, prefix, "run", env=env))
+    out = child_out(children.run(CHILD, "seq", chain.run_id, redis_url, prefix, "run", env=env))
     assert out["final"] == reference["final"] == EXPECTED_FINAL["seq"]
     assert out["session"] == reference["session"]
     assert len(reference["session"]) == 6  # user, (call, output) x2, answer
