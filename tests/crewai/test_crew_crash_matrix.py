@@ -3,7 +3,8 @@ a new process with the same run id, for ReAct and native function calling, ``kic
 ``akickoff``, sequential and hierarchical processes, and human input.
 
 Each variant runs ``children/crew_matrix.py`` (one process that imports CrewAI once and forks
-a fresh child per attempt); the variants run concurrently. The assertions are here.
+a fresh child per attempt); the variants are separate tests, which pytest-xdist runs in
+parallel. The assertions are here.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import pytest
 from _support import OFFLINE_ENV, REPO, tmpdir
 
 DRIVER = Path(__file__).resolve().parent / "children" / "crew_matrix.py"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # name: (mode, kick, process, human). Each of ReAct / native tool calling, kickoff /
 # akickoff and sequential / hierarchical meets each of the others at least once.
@@ -35,39 +38,25 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def matrix(redis_url: str) -> Iterator[dict[str, list[dict[str, Any]]]]:
+def run_variant(redis_url: str, name: str) -> list[dict[str, Any]]:
+    """Run one variant's driver to its end and return its cases."""
     from conftest import delete_prefix
 
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO / "tests")}
     env.pop("AGENTLEDGER_CRASH_AT", None)
-    procs = {}
-    works = {}
-    prefixes = []
-    for name, args in VARIANTS.items():
-        work = works[name] = tmpdir("al-crew-matrix-")
-        prefix = f"altest-crewmx-{name}-{os.getpid()}"
-        prefixes.append(prefix)
-        procs[name] = subprocess.Popen(
-            [sys.executable, str(DRIVER), redis_url, prefix, str(work), *args],
-            env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
-            stderr=(work / "stderr.txt").open("w"))
-    results: dict[str, list[dict[str, Any]]] = {}
+    work = tmpdir("al-crew-matrix-")
+    prefix = f"altest-crewmx-{name}-{uuid.uuid4().hex[:8]}"
     try:
-        for name, proc in procs.items():
-            proc.wait(timeout=900)
-            err = (works[name] / "stderr.txt").read_text(errors="replace")
-            assert proc.returncode == 0, f"{name} driver failed:\n{err[-3000:]}"
-            results[name] = json.loads((works[name] / "matrix.json").read_text())
-        yield results
+        with (work / "stderr.txt").open("w") as stderr:
+            proc = subprocess.run(
+                [sys.executable, str(DRIVER), redis_url, prefix, str(work), *VARIANTS[name]],
+                env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=stderr, timeout=900)
+        err = (work / "stderr.txt").read_text(errors="replace")
+        assert proc.returncode == 0, f"{name} driver failed:\n{err[-3000:]}"
+        return list(json.loads((work / "matrix.json").read_text()))
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-        for prefix in prefixes:
-            delete_prefix(redis_url, prefix)
-        for work in works.values():
-            shutil.rmtree(work, ignore_errors=True)
+        delete_prefix(redis_url, prefix)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _effect_counts(effects: list[str], kind: str) -> Counter[str]:
@@ -75,9 +64,9 @@ def _effect_counts(effects: list[str], kind: str) -> Counter[str]:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_crew_killed_at_every_boundary_resumes_without_repeating(
-        matrix: dict[str, list[dict[str, Any]]], variant: str) -> None:
-    cases = matrix[variant]
+def test_crew_killed_at_every_boundary_resumes_without_repeating(redis_url: str,
+                                                                 variant: str) -> None:
+    cases = run_variant(redis_url, variant)
     baseline = cases[0]
     assert baseline["run_id"] == "baseline"
     assert "error" not in baseline, baseline
