@@ -4,6 +4,7 @@ and no network beyond loopback."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import socket
 import uuid
@@ -37,6 +38,16 @@ def _guarded_connect(self: socket.socket, address: object) -> None:
 
 
 socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+
+# CrewAI keeps kickoff outputs and memory under CREWAI_STORAGE_DIR (by default a folder named
+# after the working directory in the home directory, shared by every run there): each test
+# session (each xdist worker) and the children it starts get a folder of their own.
+CREWAI_STORAGE = tmpdir("al-crewai-storage-")
+os.environ["CREWAI_STORAGE_DIR"] = str(CREWAI_STORAGE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(CREWAI_STORAGE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -156,7 +156,9 @@ class DurableCrewHandler:
         self.crew = None
 
     def _proxy(self, obj: Any, attr: str, label: str) -> None:
-        llm = getattr(obj, attr, None)
+        # Read the field's value directly: CrewAI marks some of these fields deprecated
+        # (``function_calling_llm``) and reading them as attributes warns on every attach.
+        llm = vars(obj).get(attr)
         if not isinstance(llm, BaseLLM) or isinstance(llm, DurableLLM):
             return
         setattr(obj, attr, DurableLLM.wrap(llm, label))

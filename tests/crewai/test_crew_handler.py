@@ -110,7 +110,7 @@ def test_attach_leaves_other_crews_untouched_and_installs_nothing_global(
 
 def test_detach_restores_everything(ledger: Ledger, effects: Path) -> None:
     crew = build_crew(hierarchical=True)
-    before_llms = [(a.llm, a.function_calling_llm) for a in crew.agents]
+    before_llms = [(a.llm, vars(a)["function_calling_llm"]) for a in crew.agents]
     manager_llm = crew.manager_llm
     handler = DurableCrewHandler("detach-1", ledger=ledger).attach(crew)
     assert all(isinstance(a.llm, DurableLLM) for a in crew.agents)
@@ -119,7 +119,7 @@ def test_detach_restores_everything(ledger: Ledger, effects: Path) -> None:
     crew.kickoff(inputs=INPUTS)
     handler.detach()
     handler.detach()  # idempotent
-    assert [(a.llm, a.function_calling_llm) for a in crew.agents] == before_llms
+    assert [(a.llm, vars(a)["function_calling_llm"]) for a in crew.agents] == before_llms
     assert crew.manager_llm is manager_llm
     assert crew.manager_agent is not None and crew.manager_agent.llm is manager_llm
     for name in ("kickoff", "akickoff", "kickoff_for_each"):
