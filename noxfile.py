@@ -26,7 +26,7 @@ from typing import Any
 import nox
 
 nox.options.default_venv_backend = "uv|venv"
-nox.options.sessions = ["lint", "types", "tests", "floors", "embedded"]
+nox.options.sessions = ["lint", "types", "tests", "embedded"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
@@ -119,7 +119,7 @@ def _print_times() -> None:
         return
     rows = [json.loads(line) for line in _TIMES.read_text().splitlines() if line]
     _TIMES.unlink()
-    width = max(len(r["session"]) for r in rows)
+    width = max(len("whole nox run"), *(len(r["session"]) for r in rows))
     lines = [f"  {r['session']:<{width}}  {r['seconds']:>7.1f} s  {r['status']}" for r in rows]
     total = time.monotonic() - _NOX_START
     print("nox > wall time per session:", *lines,
@@ -129,9 +129,19 @@ def _print_times() -> None:
 atexit.register(_print_times)
 
 
-def _dev_requirements() -> list[str]:
+def _suite(extra: str, posargs: list[str]) -> list[str]:
+    """The extra's test folders, unless the arguments name tests of their own."""
+    named = [a for a in posargs if not a.startswith("-") and Path(a.split("::")[0]).exists()]
+    return [] if named else SUITES[extra]
+
+
+def _dev_extra() -> tuple[list[str], list[str]]:
+    """The dev extra split in two: agentledger's own extras it names (``agentledger[web]``),
+    and the test tools."""
     with open("pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["project"]["optional-dependencies"]["dev"])
+        dev = tomllib.load(f)["project"]["optional-dependencies"]["dev"]
+    own = [r.split("[", 1)[1].rstrip("]") for r in dev if r.startswith("agentledger[")]
+    return own, [r for r in dev if not r.startswith("agentledger")]
 
 
 def _install(session: nox.Session, extra: str) -> None:
@@ -160,7 +170,7 @@ def tests(session: nox.Session, extra: str) -> None:
     _install(session, extra)
     # Independent cases on every core; slow ones are taken by whichever worker is free.
     session.run("python", "-m", "pytest", "-n", "auto", "--dist", "worksteal",
-                *SUITES[extra], *session.posargs, env=OFFLINE)
+                *_suite(extra, session.posargs), *session.posargs, env=OFFLINE)
 
 
 @nox.session(python=PYTHON)
@@ -171,13 +181,14 @@ def floors(session: nox.Session, extra: str) -> None:
     with its fast tests: the crash matrices (marked slow) run at the newest versions only."""
     if session.venv_backend != "uv":
         session.error("the floors need uv (pip install uv): pip cannot resolve to the lowest")
-    target = "." if extra == "core" else f".[{extra}]"
-    session.install("--resolution", "lowest-direct", "-e", target)
+    own, tools = _dev_extra()
+    extras = ",".join(([] if extra == "core" else [extra]) + own)
+    session.install("--resolution", "lowest-direct", "-e", f".[{extras}]")
     # The test tools at their newest, keeping the floors installed above.
-    session.install(*_dev_requirements(), *TEST_DEPS.get(extra, []))
+    session.install(*tools, *TEST_DEPS.get(extra, []))
     session.run("python", "-c", _SHOW_VERSIONS, *FLOOR_PACKAGES[extra], silent=False)
     session.run("python", "-m", "pytest", "-n", "auto", "--dist", "worksteal", "-m", "not slow",
-                *SUITES[extra], *session.posargs, env=OFFLINE)
+                *_suite(extra, session.posargs), *session.posargs, env=OFFLINE)
 
 
 @nox.session(python=SUPPORTED_PYTHONS)
