@@ -69,6 +69,9 @@ class StepConnection:
         self._ledger = ledger
         self._enabled = not ledger.cluster  # a cluster routes by slot: use the client
         self.pipelined = self._enabled and ledger.durability != "sync"
+        # Records sent from asyncio are read at an asyncio barrier; a run opened with the
+        # synchronous API ends with a synchronous one, so there they are acknowledged at once.
+        self.opened_async = False
         self._conn: Any = None
         self._lock = threading.Lock()
         self._pending = _Pending()
@@ -76,6 +79,14 @@ class StepConnection:
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._alock: asyncio.Lock | None = None
         self._apending = _Pending()
+
+    def set_level(self, level: str) -> None:
+        """This session's durability level (before it records anything)."""
+        if level not in DURABILITY_LEVELS:
+            raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {level!r}")
+        if self._pending.items or self._apending.items:
+            raise RuntimeError("the durability level is chosen before the first record")
+        self.pipelined = self._enabled and level != "sync"
 
     @property
     def unacknowledged(self) -> int:
@@ -153,6 +164,10 @@ class StepConnection:
 
     def barrier(self) -> None:
         """Wait until every record sent so far is acknowledged; raise the first error."""
+        if self._apending.items:
+            raise LedgerError("step records sent from asyncio are not acknowledged yet and a "
+                              "synchronous barrier cannot read them: end the run with afinish "
+                              "(or record this run at durability 'sync')")
         if self._pending.items or not self._pending.waited:
             with self._lock:
                 self._drain()
@@ -275,7 +290,7 @@ class StepConnection:
     async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
-        if not self.pipelined or lock is None:
+        if not (self.pipelined and self.opened_async) or lock is None:
             on_reply(await self.acall(name, keys, args))
             return
         async with lock:
@@ -306,6 +321,9 @@ class StepConnection:
                 await self._adrain()
 
     async def abarrier(self) -> None:
+        if self._pending.items or not self._pending.waited:  # sent from a thread: read them
+            with self._lock:
+                self._drain()
         if not (self._apending.items or not self._apending.waited):
             return
         lock = self._alock_for(asyncio.get_running_loop())

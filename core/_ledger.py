@@ -220,6 +220,7 @@ class Ledger(RedisStore):
             reply = await self.ascript_and_index("acquire", keys, args, run_id)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
+                session._hot.opened_async = True  # its records may be sent from asyncio unread
                 session.start_renewing()
                 return session
             force = self._busy_owner_is_dead(_s(reply[1]))

@@ -201,6 +201,12 @@ class RunSession:
                   _text_of(barrier_error))
         return False
 
+    def use_durability(self, level: str | None) -> None:
+        """Record this run at ``level`` ('sync' | 'async' | 'exit') instead of the ledger's;
+        None keeps the ledger's. Adapters call it right after opening the run."""
+        if level is not None:
+            self._hot.set_level(level)
+
     def barrier(self) -> None:
         """Wait until every record this session sent is acknowledged (durability "async");
         raise the first error among them. Adapters call it where control goes back to the

@@ -63,14 +63,16 @@ class DurableCrewHandler:
     before each call (``agentledger approve``). ``in_doubt``: per tool name, what a restarted
     run does with a call that started and recorded no outcome ('rerun' with the same
     idempotency key, 'fail', or 'ask' a person). ``on_busy``: what to do if another live
-    process holds the run ('wait', 'fail', 'takeover').
+    process holds the run ('wait', 'fail', 'takeover'). ``durability``: 'sync' | 'async' |
+    'exit' for the run's step records (None: the ledger's; see docs/durability.md).
     """
 
     def __init__(self, run_id: str, *, ledger: Ledger | None = None,
                  approve_tools: Iterable[str] = (),
                  in_doubt: Mapping[str, InDoubtPolicy | str] | None = None,
-                 on_busy: str = "wait") -> None:
+                 on_busy: str = "wait", durability: str | None = None) -> None:
         self.run_id = check_run_id(run_id)
+        self.durability = durability
         self._ledger = ledger
         self.approve_tools = frozenset(approve_tools)
         self.in_doubt = {name: InDoubtPolicy(p) for name, p in (in_doubt or {}).items()}
@@ -203,6 +205,7 @@ class DurableCrewHandler:
     def run_sync(self, body: Callable[[], T]) -> T:
         """Run ``body`` as this handler's run (what the wrapped ``kickoff`` does)."""
         session = self.ledger.open_run(self.run_id, kind="crewai", on_busy=self.on_busy)
+        session.use_durability(self.durability)
         entered = self._enter(session)
         try:
             result = body()
@@ -219,6 +222,7 @@ class DurableCrewHandler:
 
     async def run_async(self, body: Callable[[], Awaitable[T]]) -> T:
         session = await self.ledger.aopen_run(self.run_id, kind="crewai", on_busy=self.on_busy)
+        session.use_durability(self.durability)
         entered = self._enter(session)
         try:
             result = await body()

@@ -85,7 +85,17 @@ def _open_plan(graph: Any, config: Any) -> tuple[Ledger, str, Any] | None:
     return ledger, thread, graph.checkpointer
 
 
-def _opened(session: RunSession, checkpointer: Any) -> RunSession:
+def _durability(kwargs: dict[str, Any]) -> str | None:
+    """LangGraph's ``durability=`` of this invocation, when the caller chose one: the ledger
+    records the graph's steps at the same level ('sync': every record acknowledged before
+    the call returns; 'async'/'exit': acknowledged at barriers). Not chosen: the ledger's own
+    level (docs/durability.md says why the default stays 'sync')."""
+    level = kwargs.get("durability")
+    return level if level in ("sync", "async", "exit") else None
+
+
+def _opened(session: RunSession, checkpointer: Any, durability: str | None = None) -> RunSession:
+    session.use_durability(durability)
     # One retention rule: an ended run's keys (its steps and the thread's checkpoints, all in
     # its key set) expire after the ledger's completed_ttl_s, or after the checkpointer's own
     # ttl when it has one. No ttl must not mean "keep forever".
@@ -154,7 +164,8 @@ def _durable_stream(original: Callable[..., Iterator[Any]], graph: Any, input: A
             _reset(graph_scope, inner)
     ledger, thread, saver = plan
     adopted = _adoptable(thread)
-    session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver)
+    session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver,
+                                 _durability(kwargs))
     token = session.activate()
     scope_token = graph_scope.set("")
     error: BaseException | None = None
@@ -197,7 +208,8 @@ async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], gr
     else:
         ledger, thread, saver = plan
         adopted = _adoptable(thread)
-        session = adopted or _opened(await ledger.aopen_run(thread, kind="langgraph"), saver)
+        session = adopted or _opened(await ledger.aopen_run(thread, kind="langgraph"), saver,
+                                     _durability(kwargs))
         token = session.activate()
         scope_token = graph_scope.set("")
     error: BaseException | None = None

@@ -154,12 +154,15 @@ class DurableRunner:
 
     @classmethod
     async def run(cls, starting_agent: Agent[Any], input: Any, *, run_id: str,
-                  ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
-        """Run (or continue) the run ``run_id``. Returns ``Runner.run``'s result; when a tool
+                  ledger: Ledger | None = None, durability: str | None = None,
+                  **kwargs: Any) -> RunResult:
+        """Run (or continue) the run ``run_id``. ``durability``: 'sync' | 'async' | 'exit'
+        for this run's step records (None: the ledger's; see docs/durability.md). Returns ``Runner.run``'s result; when a tool
         needs approval the result has ``interruptions`` and the run waits. Called again while
         a decision is missing, raises :class:`agentledger.ApprovalPending`."""
         led = _ledger(ledger)
         session = await led.aopen_run(run_id, kind=KIND)
+        session.use_durability(durability)
         token = session.activate()
         try:
             saved = await _aload_state(session)
@@ -268,6 +271,9 @@ class DurableRunner:
         :meth:`resume` (not streamed)."""
         led = _ledger(ledger)
         session = led.open_run(run_id, kind=KIND)
+        # The streamed run records on the SDK's event loop and ends from a callback (a
+        # synchronous finish): every record is acknowledged as it is made.
+        session.use_durability("sync")
         token = session.activate()
         try:
             if _load_state(session) is not None:
