@@ -1,0 +1,63 @@
+"""A graph invoked with ``durability=`` records its steps at that level (docs/durability.md);
+without it, at the ledger's (``sync`` by default)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypedDict
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+
+import agentledger
+from agentledger import Ledger, RunStatus, _context
+from agentledger.langgraph import DurableCheckpointer
+
+
+class S(TypedDict, total=False):
+    n: int
+
+
+@agentledger.step
+def fetch(i: int) -> int:
+    return i + 1
+
+
+def _graph(saver: DurableCheckpointer, seen: list[tuple[bool, int]]) -> Any:
+    def node(state: S) -> S:
+        n = sum(fetch(i) for i in range(5))
+        session = _context._session.get()
+        assert session is not None
+        seen.append((session._hot.pipelined, session._hot.unacknowledged))
+        return {"n": n}
+
+    b = StateGraph(S)
+    b.add_node("work", node)
+    b.add_edge(START, "work")
+    b.add_edge("work", END)
+    return b.compile(checkpointer=saver)
+
+
+@pytest.mark.parametrize(("durability", "pipelined"),
+                         [(None, False), ("sync", False), ("async", True), ("exit", True)])
+def test_the_invocations_durability_is_the_runs(redis_url: str, prefix: str,
+                                                durability: str | None, pipelined: bool) -> None:
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    saver = DurableCheckpointer(ledger)
+    seen: list[tuple[bool, int]] = []
+    graph = _graph(saver, seen)
+    kwargs = {} if durability is None else {"durability": durability}
+    try:
+        cfg: Any = {"configurable": {"thread_id": "t"}}
+        assert graph.invoke({"n": 0}, cfg, **kwargs) == {"n": 15}
+        (flag, unacked), = seen
+        assert flag is pipelined
+        assert unacked == (10 if pipelined else 0)  # five claims and five outcomes, sent
+        run = ledger.get_run("t")
+        assert run is not None and run.status == RunStatus.COMPLETED
+        assert [s.status for s in ledger.steps("t")] == ["completed"] * 5
+        # Replayed from the records in a second invocation of the thread.
+        assert asyncio.run(graph.ainvoke({"n": 0}, {"configurable": {"thread_id": "t2"}},
+                                         **kwargs)) == {"n": 15}
+    finally:
+        ledger.close()
