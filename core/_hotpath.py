@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["DURABILITY_LEVELS", "StepConnection"]
 
 DURABILITY_LEVELS = ("sync", "async", "exit")
-# Scripts a session may send without reading the reply: loaded first on every new connection
-# (pipelined, so in order before any EVALSHA on it).
-_PIPELINED_SCRIPTS = ("claim", "complete")
-
 OnReply = Callable[[Any], None]
 
 
@@ -48,8 +44,8 @@ class _Pending:
     __slots__ = ("bytes", "items", "waited")
 
     def __init__(self) -> None:
-        # (script name, keys, args, what to do with the reply); name "" is a SCRIPT LOAD.
-        self.items: list[tuple[str, list[str], list[Any], OnReply | None]] = []
+        # (script name, keys, args, what to do with the reply)
+        self.items: list[tuple[str, list[str], list[Any], OnReply]] = []
         self.bytes = 0
         self.waited = True  # False: writes since the last WAIT (durability "replicated")
 
@@ -91,7 +87,7 @@ class StepConnection:
     @property
     def unacknowledged(self) -> int:
         """How many records were sent and not acknowledged yet."""
-        return sum(1 for p in (*self._pending.items, *self._apending.items) if p[0])
+        return len(self._pending.items) + len(self._apending.items)
 
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:
@@ -142,14 +138,10 @@ class StepConnection:
             pending = self._pending
             conn = self._connection()
             try:
-                if not pending.items and getattr(conn, "_sock", None) is None:
-                    conn.connect()  # a new connection: load the scripts first, in order
-                    for s in _PIPELINED_SCRIPTS:
-                        conn.send_command("SCRIPT", "LOAD", self._ledger._scripts[s].script,
-                                          check_health=False)
-                        pending.items.append(("", [], [], None))
-                # send_command writes with sendall: back in the kernel before it returns.
-                conn.send_command("EVALSHA", self._ledger._scripts[name].sha, len(keys), *keys,
+                # EVAL with the source, not EVALSHA: a Redis that restarted or flushed its
+                # scripts cannot refuse one record (NOSCRIPT) and apply the next.
+                # send_command writes with sendall: in the kernel before it returns.
+                conn.send_command("EVAL", self._ledger._scripts[name].script, len(keys), *keys,
                                   *args, check_health=False)
             except redis.RedisError as e:
                 pending.clear()  # what was sent before is of unknown fate: fail closed
@@ -180,29 +172,17 @@ class StepConnection:
         first: BaseException | None = None
         items = list(pending.items)
         pending.clear()
-        resend: list[tuple[str, list[str], list[Any], OnReply | None]] = []
         try:
-            for name, keys, args, on_reply in items:
+            for name, _keys, _args, on_reply in items:
                 try:
                     reply = conn.read_response()
-                except NoScriptError:
-                    # SCRIPT FLUSH since this connection loaded them: send it again, in order.
-                    resend.append((name, keys, args, on_reply))
-                    continue
-                except ResponseError as e:
+                except ResponseError as e:  # refused (OOM, ...): what follows is read too
                     first = first or ledger_error(e, self._ledger.url, f"the {name} script")
                     continue
-                if on_reply is not None and first is None:
+                if first is None:
                     try:
                         on_reply(reply)
                     except Exception as e:  # the record's own verdict (fenced out, ...)
-                        first = e
-            for name, keys, args, on_reply in resend:
-                reply = self._resend(conn, name, keys, args)
-                if on_reply is not None and first is None:
-                    try:
-                        on_reply(reply)
-                    except Exception as e:
                         first = e
             if self._ledger.wait_replicas and not pending.waited:
                 conn.send_command(*self._ledger.wait_command())
@@ -217,15 +197,6 @@ class StepConnection:
             raise
         if first is not None:
             raise first
-
-    def _resend(self, conn: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        if not name:
-            return None
-        script = self._ledger._scripts[name]
-        conn.send_command("SCRIPT", "LOAD", script.script)
-        conn.read_response()
-        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return conn.read_response()
 
     def _retry(self) -> Any:
         return _retry(self._ledger.settings)
@@ -296,19 +267,14 @@ class StepConnection:
         async with lock:
             pending = self._apending
             conn = await self._aconnection()
-            sha = self._ledger._async()[1][name].sha
             try:
-                if not pending.items and not conn.is_connected:
+                if not conn.is_connected:
                     await conn.connect()
-                    # No bytes left in asyncio's buffer when a send returns: a SIGKILL then
-                    # loses nothing that was sent.
-                    conn._writer.transport.set_write_buffer_limits(high=0)
-                    for s in _PIPELINED_SCRIPTS:
-                        await conn.send_command("SCRIPT", "LOAD", self._ledger._scripts[s].script,
-                                                check_health=False)
-                        pending.items.append(("", [], [], None))
-                await conn.send_command("EVALSHA", sha, len(keys), *keys, *args,
-                                        check_health=False)
+                # No bytes left in asyncio's buffer when a send returns (drain waits for an
+                # empty buffer): a SIGKILL then loses nothing that was sent.
+                conn._writer.transport.set_write_buffer_limits(high=0)
+                await conn.send_command("EVAL", self._ledger._scripts[name].script, len(keys),
+                                        *keys, *args, check_health=False)
             except redis.RedisError as e:
                 pending.clear()
                 await conn.disconnect()
@@ -340,31 +306,14 @@ class StepConnection:
         first: BaseException | None = None
         items = list(pending.items)
         pending.clear()
-        resend: list[tuple[str, list[str], list[Any], OnReply | None]] = []
         try:
-            for name, keys, args, on_reply in items:
+            for name, _keys, _args, on_reply in items:
                 try:
                     reply = await conn.read_response()
-                except NoScriptError:
-                    resend.append((name, keys, args, on_reply))
-                    continue
                 except ResponseError as e:
                     first = first or ledger_error(e, self._ledger.url, f"the {name} script")
                     continue
-                if on_reply is not None and first is None:
-                    try:
-                        on_reply(reply)
-                    except Exception as e:
-                        first = e
-            for name, keys, args, on_reply in resend:
-                if not name:
-                    continue
-                script = self._ledger._scripts[name]
-                await conn.send_command("SCRIPT", "LOAD", script.script)
-                await conn.read_response()
-                await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                reply = await conn.read_response()
-                if on_reply is not None and first is None:
+                if first is None:
                     try:
                         on_reply(reply)
                     except Exception as e:
