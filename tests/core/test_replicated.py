@@ -42,6 +42,9 @@ def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
 
 
 effects: list[int] = []
+# WAIT's timeout where the replica is running: longer than any scheduling delay, shorter than
+# pytest's timeout, so a replica that never answers still ends the test.
+PATIENT = 60_000
 
 
 @agentledger.step
@@ -62,7 +65,8 @@ def test_with_replicas_a_failover_loses_nothing_acknowledged(
         pair: tuple[RedisServer, RedisServer]) -> None:
     master, replica = pair
     effects.clear()
-    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, lease_ms=2000)
+    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, replica_timeout_ms=PATIENT,
+                             lease_ms=2000)
     session = ledger.open_run("r1")
     token = session.activate()
     assert [charge(i) for i in range(5)] == [0, 10, 20, 30, 40]
@@ -81,10 +85,13 @@ def test_a_replica_that_does_not_answer_fails_the_step_closed(
     master, replica = pair
     effects.clear()
     assert replica.proc is not None
-    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, replica_timeout_ms=200)
+    # A running replica acknowledges when the machine lets it run: no deadline on the lease's
+    # record (a loaded machine can take longer than any short one). PATIENT only bounds a hang.
+    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, replica_timeout_ms=PATIENT)
     session = ledger.open_run("r2")  # the lease is replicated
     token = session.activate()
     os.kill(replica.proc.pid, signal.SIGSTOP)
+    ledger.require_replicas(1, 200)  # a stopped replica never acknowledges: no need to wait long
     with pytest.raises(LedgerUnavailableError, match="0 of 1 replicas"):
         charge(1)
     assert effects == []  # the body never ran: its intent was not replicated
