@@ -78,6 +78,9 @@ class StepMeta(BaseModel):
     ended: int = 0
     preview: str = ""  # a short text of the inputs, for people
     doubt: int = 0  # 1 when a waiting step is an in-doubt step put to a person
+    # The run owner id ("host:pid:random") of the process that ran the latest attempt; ""
+    # in records written before it was kept.
+    executor: str = ""
 
 
 class StepRecord(StepMeta):

@@ -93,7 +93,8 @@ end
 """
 
 # KEYS[1] run hash, KEYS[2] steps hash
-# ARGV[1] step key, ARGV[2] fence, ARGV[3] metadata JSON of a new record, ARGV[4] mode
+# ARGV[1] step key, ARGV[2] fence, ARGV[3] metadata JSON of a new record (its 'executor' is
+# also written on a new attempt of an existing one), ARGV[4] mode
 # ('claim': the attempt starts now | 'approval': the step waits for a person), ARGV[5] the
 # in-doubt policy ('rerun' | 'fail' | 'ask'), ARGV[6] approval request payload (mode approval)
 # -> {'FENCED', fence} | {'CORRUPT', raw} | {'DONE', meta, outcome} | {'WAITING', meta}
@@ -130,6 +131,7 @@ if raw then
   m.fence = tonumber(fence)
   m.started = now
   m.doubt = 0
+  m.executor = cjson.decode(ARGV[3]).executor  -- the process of this attempt
   raw = cjson.encode(m)
   redis.call('HSET', KEYS[2], mkey, raw)
   return {'CLAIMED', raw, m.attempts}

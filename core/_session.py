@@ -338,14 +338,14 @@ class RunSession:
                                        self.ledger.max_payload_bytes)
         return raw
 
-    @staticmethod
-    def _new_meta(start: StepStart, policy: InDoubtPolicy) -> str:
+    def _new_meta(self, start: StepStart, policy: InDoubtPolicy) -> str:
         call = start.call
         assert call is not None
         return json.dumps({"v": SCHEMA_VERSION, "key": start.key, "kind": str(call.kind),
                            "name": call.name, "scope": start.scope, "fp": start.fingerprint,
                            "ik": start.idempotency_key, "policy": str(policy),
-                           "preview": start.preview}, separators=(",", ":"), ensure_ascii=False)
+                           "preview": start.preview, "executor": self.owner},
+                          separators=(",", ":"), ensure_ascii=False)
 
     def _replay(self, start: StepStart, meta: StepMeta) -> StepStart:
         raw = self._outcomes.get(start.key)

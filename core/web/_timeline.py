@@ -138,9 +138,11 @@ def step_detail(run: RunRecord, step: StepRecord, now_ms: int | None = None) -> 
         "attempts": step.attempts, "replays": step.replays,
         "in_doubt_policy": str(step.policy), "idempotency_key": step.ik,
         "fingerprint": step.fp,
-        # The step records the fencing token of the executor that ran its last attempt; the
-        # run's owner is the process holding the run now.
-        "executor_fence": step.fence, "run_owner": run.owner or None,
+        # The step records the process ("host:pid:random", the run owner id it held) and the
+        # fencing token of its last attempt (no process in records made before it was kept);
+        # the run's owner is the process holding the run now.
+        "executor": step.executor or None, "executor_fence": step.fence,
+        "run_owner": run.owner or None,
         "inputs": _json_or_text(step.preview) if step.preview else None,
         "request": _json_or_text(step.request),
         "result": result, "error": error,

@@ -488,3 +488,79 @@ def test_values_are_shown_as_written(ledger: Ledger) -> None:
         code, body = http(c.url + "/api/run?id=chat-1")
     assert code == 200 and "$al" not in body
     assert json.loads(body)["steps"][0]["result"] == {"role": "ai", "text": "the answer to life"}
+
+
+# ---- which process ran a step ----------------------------------------------------------------
+_EXECUTOR_CHILD = """
+import os, signal, sys
+import agentledger
+from agentledger import Ledger
+
+ledger = Ledger.from_url(sys.argv[1], prefix=sys.argv[2], lease_ms=3000)
+
+@agentledger.step
+def fetch() -> str:
+    return "fetched"
+
+@agentledger.step
+def charge() -> str:
+    os.kill(os.getpid(), signal.SIGKILL)  # dies inside its second step
+    return "never"
+
+print(os.getpid(), flush=True)
+with ledger.run("two-processes"):
+    fetch()
+    charge()
+"""
+
+
+@agentledger.step
+def fetch() -> str:
+    return "fetched"
+
+
+@agentledger.step
+def charge() -> str:
+    return "charged"
+
+
+def test_each_step_names_the_process_that_ran_it(ledger: Ledger, redis_url: str) -> None:
+    """A SIGKILLed child ran step 1 and died in step 2; this process resumed and re-ran step 2:
+    the record, `agentledger show --json`, the API and the detail panel's data name each
+    step's own process. A record written before the field was kept still renders."""
+    import io
+    import socket
+
+    from agentledger._cli import main
+
+    child = run_child(_EXECUTOR_CHILD, redis_url, ledger.prefix)
+    assert killed(child), child.stderr
+    child_pid = int(child.stdout.split()[0])
+    with ledger.run("two-processes"):
+        fetch()
+        charge()
+    host = socket.gethostname()
+    steps = {s.name: s for s in ledger.steps("two-processes")}
+    assert steps["fetch"].executor.startswith(f"{host}:{child_pid}:")
+    assert steps["charge"].executor.startswith(f"{host}:{os.getpid()}:")
+    assert steps["charge"].attempts == 2
+    out = io.StringIO()
+    assert main(["--url", redis_url, "--prefix", ledger.prefix, "show", "two-processes",
+                 "--json"], out=out) == 0
+    shown = {s["name"]: s["executor"] for s in json.loads(out.getvalue())["steps"]}
+    assert shown == {"fetch": steps["fetch"].executor, "charge": steps["charge"].executor}
+    # A record from before the field: rewritten without it, it still renders ("not recorded").
+    steps_key = ledger.keys("two-processes").steps
+    raw = json.loads(ledger.redis.hget(steps_key, "m:" + steps["fetch"].key))
+    del raw["executor"]
+    ledger.redis.hset(steps_key, "m:" + steps["fetch"].key, json.dumps(raw))
+    with Console(ledger) as c:
+        code, body = http(c.url + "/api/run?id=two-processes")
+        assert code == 200
+        api = {s["name"]: s["executor"] for s in json.loads(body)["steps"]}
+        assert api == {"fetch": None, "charge": steps["charge"].executor}
+        key = urllib.parse.quote(steps["charge"].key)
+        code, body = http(c.url + "/api/step?run=two-processes&key=" + key)
+        assert code == 200 and json.loads(body)["executor"] == steps["charge"].executor
+        assert http(c.url + "/run?id=two-processes")[0] == 200
+    assert ledger.steps("two-processes")[0].executor == ""

@@ -99,7 +99,7 @@
       const facts = [["step key", d.key], ["state", d.state], ["scope", d.scope || "-"],
         ["attempts", d.attempts], ["replayed", `${d.replays}×`], ["idempotency key", d.idempotency_key || "-"],
         ["fingerprint", d.fingerprint || "-"], ["in-doubt policy", d.in_doubt_policy],
-        ["executed under fence", d.executor_fence], ["run's executor now", d.run_owner || "-"],
+        ["executed by", d.executor || "- (not recorded)"], ["executed under fence", d.executor_fence], ["run's executor now", d.run_owner || "-"],
         ["started", d.started ? new Date(d.started).toISOString() : "-"],
         ["ended", d.ended ? new Date(d.ended).toISOString() : "-"],
         ["duration", d.duration_ms === null ? "-" : `${d.duration_ms} ms`]];
