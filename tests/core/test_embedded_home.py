@@ -156,6 +156,16 @@ def long_home(tmp_path: Path) -> Path:
     return home
 
 
+def answers_ping(sock: Path) -> bool:
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=5)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def run_base() -> Iterator[Path]:
     """A short stand-in for /tmp (pytest's own folders are too long for a socket path)."""
@@ -211,9 +221,10 @@ def test_a_server_of_another_user_at_the_socket_gets_no_records(run_base: Path) 
     home = run_base / "home"
     home.mkdir(mode=0o700)
     try:
-        deadline = time.monotonic() + 10
-        while not their_sock.exists():
-            assert time.monotonic() < deadline and theirs.poll() is None
+        # Wait until it answers, not until the file exists: redis-server binds the socket file
+        # before it listens, and a socket nobody listens on is a stale one the ledger replaces.
+        while not answers_ping(their_sock):
+            assert theirs.poll() is None, "their redis-server exited"
             time.sleep(0.02)
         planted = home / "redis.sock"
         shutil.move(str(their_sock), planted)
