@@ -29,7 +29,7 @@ from .._queue import RunQueue
 from .._suggest import command
 from ._query import STATUSES, RunFilter, count_statuses, page_runs
 from ._security import NONCE_COOKIE, SESSION_COOKIE, HostCheck, Secrets
-from ._timeline import step_detail, step_state, timeline
+from ._timeline import attempts_by_step, step_detail, step_state, timeline
 
 __all__ = ["app"]
 
@@ -280,15 +280,16 @@ def app(ledger: Ledger, *, token: str, read_only: bool = False,
     @api.get("/api/run", dependencies=guard, summary="A run and its steps")
     def api_run(id: str) -> dict[str, Any]:
         run, steps = load_run(id)
+        groups = attempts_by_step(steps)
         return {"run": run.model_dump(mode="json"),
-                "steps": [step_detail(run, s) for s in steps]}
+                "steps": [step_detail(run, s, attempts=groups) for s in steps]}
 
     @api.get("/api/step", dependencies=guard, summary="Everything recorded about one step")
     def api_step(run: str, key: str) -> dict[str, Any]:
         record, steps = load_run(run)
         for s in steps:
             if s.key == key:
-                return step_detail(record, s)
+                return step_detail(record, s, attempts=attempts_by_step(steps))
         raise HTTPException(404, f"run {run!r} has no step {key!r}")
 
     @api.get("/api/approvals", dependencies=guard, summary="Steps waiting for a person")

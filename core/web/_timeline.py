@@ -7,18 +7,57 @@ objects, so any record can be shown safely.
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._display import plain
 from .._records import RunRecord, StepRecord, StepStatus
 
-__all__ = ["Bar", "Timeline", "step_detail", "step_state", "timeline"]
+__all__ = ["Bar", "Timeline", "attempts_by_step", "step_detail", "step_state", "timeline"]
 
 WIDTH = 640  # px of the time axis
 ROW = 22  # px per row
 LABEL = 190  # px for the row labels left of the axis
+EARLIER_SHOWN = 5  # earlier attempts listed in a step's detail (the newest ones)
+ERROR_CHARS = 300  # of each earlier attempt's error message
+
+# A step that failed runs again, in a retried attempt of its unit of work (restart_numbering),
+# under "<key>.r<attempt>"; the earlier attempts stay recorded under their own keys.
+_ATTEMPT_KEY = re.compile(r"^(?P<base>.*#\d+)\.r(?P<n>\d+)$")
+
+
+def _attempt_of(key: str) -> tuple[str, int]:
+    m = _ATTEMPT_KEY.match(key)
+    return (m["base"], int(m["n"])) if m else (key, 1)
+
+
+def attempts_by_step(steps: Sequence[StepRecord]) -> dict[str, list[StepRecord]]:
+    """The run's step records grouped by the key of their first attempt."""
+    groups: dict[str, list[StepRecord]] = {}
+    for s in steps:
+        groups.setdefault(_attempt_of(s.key)[0], []).append(s)
+    return groups
+
+
+def _earlier_attempts(step: StepRecord, group: Sequence[StepRecord]) -> list[dict[str, Any]]:
+    """The newest few attempts recorded before ``step``, each with its (cut) error."""
+    n = _attempt_of(step.key)[1]
+    earlier = sorted((_attempt_of(s.key)[1], s) for s in group if _attempt_of(s.key)[1] < n)
+    out = []
+    for attempt, s in earlier[-EARLIER_SHOWN:]:
+        outcome = _json_or_text(s.outcome)
+        error = outcome.get("error") if isinstance(outcome, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message", ""))
+            error = {"type": error.get("type"), "message": message[:ERROR_CHARS]
+                     + ("…" if len(message) > ERROR_CHARS else "")}
+        out.append({"attempt": attempt, "key": s.key, "status": str(s.status),
+                    "executor": s.executor or None, "started": s.started, "ended": s.ended,
+                    "error": error})
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +157,10 @@ def _json_or_text(raw: str | None) -> Any:
         return raw  # a preview cut to its size limit stays text
 
 
-def step_detail(run: RunRecord, step: StepRecord, now_ms: int | None = None) -> dict[str, Any]:
-    """Everything recorded about one step, as plain JSON."""
+def step_detail(run: RunRecord, step: StepRecord, now_ms: int | None = None,
+                attempts: Mapping[str, list[StepRecord]] | None = None) -> dict[str, Any]:
+    """Everything recorded about one step, as plain JSON; ``attempts`` is the run's
+    :func:`attempts_by_step` (the step's earlier attempts are listed from it)."""
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     outcome = _json_or_text(step.outcome)
     result: Any = None
@@ -147,4 +188,6 @@ def step_detail(run: RunRecord, step: StepRecord, now_ms: int | None = None) -> 
         "request": _json_or_text(step.request),
         "result": result, "error": error,
         "conflict": conflict,
+        "earlier_attempts": _earlier_attempts(
+            step, (attempts or {}).get(_attempt_of(step.key)[0], [])),
     }

@@ -564,3 +564,48 @@ def test_each_step_names_the_process_that_ran_it(ledger: Ledger, redis_url: str)
         assert code == 200 and json.loads(body)["executor"] == steps["charge"].executor
         assert http(c.url + "/run?id=two-processes")[0] == 200
     assert ledger.steps("two-processes")[0].executor == ""
+
+
+# ---- a retried step's earlier attempts and their errors --------------------------------------
+@agentledger.step
+def flaky_charge(order: str) -> str:
+    tries = FLAKY.setdefault(order, 0) + 1
+    FLAKY[order] = tries
+    if tries < 3:
+        raise RuntimeError(f"card declined on try {tries} " + "y" * 500)
+    return f"charged {order}"
+
+
+FLAKY: dict[str, int] = {}
+
+
+def test_a_retried_step_lists_its_earlier_attempts_with_their_errors(ledger: Ledger) -> None:
+    """A unit of work retried under restart_numbering (as a worker or LangGraph's RetryPolicy
+    does): the step failed twice, then succeeded; its detail lists both earlier attempts, each
+    with its own (cut) error."""
+    for attempt in (1, 2, 3):
+        try:
+            with ledger.run("flaky", kind="order"), agentledger.restart_numbering(attempt):
+                lookup("f")
+                flaky_charge("f")
+        except RuntimeError:
+            assert attempt < 3
+    keys = [s.key for s in ledger.steps("flaky")]
+    last = next(k for k in keys if k.endswith(".r3"))
+    with Console(ledger) as c:
+        code, body = http(c.url + "/api/step?run=flaky&key=" + urllib.parse.quote(last))
+        assert code == 200
+        detail = json.loads(body)
+        assert detail["result"] == "charged f"
+        earlier = detail["earlier_attempts"]
+        assert [e["attempt"] for e in earlier] == [1, 2]
+        assert [e["status"] for e in earlier] == ["failed", "failed"]
+        for n, e in enumerate(earlier, 1):
+            assert e["error"]["type"].endswith("RuntimeError")
+            assert e["error"]["message"].startswith(f"card declined on try {n} ")
+            assert len(e["error"]["message"]) <= 301  # cut, with an ellipsis
+            assert e["executor"].split(":")[1] == str(os.getpid())
+        run = json.loads(http(c.url + "/api/run?id=flaky")[1])
+        by_key = {s["key"]: s for s in run["steps"]}
+        assert len(by_key[last]["earlier_attempts"]) == 2
+        assert by_key[last.removesuffix(".r3")]["earlier_attempts"] == []

@@ -106,7 +106,8 @@
       facts.forEach(([k, v]) => { kv.append(el("dt", null, k), el("dd", null, String(v))); });
       body.append(kv);
       [["inputs", d.inputs], ["approval request", d.request], ["result", d.result],
-       ["error (last attempt)", d.error], ["conflict", d.conflict]].forEach(([name, value]) => {
+       ["error (last attempt)", d.error], ["conflict", d.conflict],
+       ["earlier attempts", d.earlier_attempts && d.earlier_attempts.length ? d.earlier_attempts : null]].forEach(([name, value]) => {
         if (value === null || value === undefined) return;
         const sec = el("div", "json " + name.split(" ")[0]);
         sec.append(el("h3", null, name), view(value, 0));
