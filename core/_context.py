@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._ledger import Ledger
     from ._session import RunSession, StepStart
 
 __all__ = ["current_idempotency_key", "current_run", "current_scope", "outside_run",
@@ -87,6 +88,21 @@ def outside_run() -> Iterator[None]:
 def current_run() -> RunSession | None:
     """The run session active in this context, or None outside a run."""
     return _session.get()
+
+
+def joinable_run(run_id: str, ledger: Ledger | None = None) -> RunSession | None:
+    """The run session active in this context if it is run ``run_id`` on ``ledger`` (on the
+    same Redis under the same prefix; None: any ledger), else None. An adapter started inside
+    it (a worker's pipeline) records into it rather than opening the run again, whose lease
+    is held right here; the session's opener finishes it."""
+    session = _session.get()
+    if session is None or session.run_id != run_id or session.finished:
+        return None
+    own = session.ledger
+    if ledger is None or ledger is own or (
+            ledger.prefix == own.prefix and ledger.url is not None and ledger.url == own.url):
+        return session
+    return None
 
 
 def current_scope() -> str:

@@ -112,6 +112,9 @@ class RunSession:
         self.keys = RunKeys(ledger.prefix, run_id)
         self.codec = ledger.codec
         self.fenced = False
+        # Set by a draining worker: the next step boundary (before a claim, never inside a
+        # record) raises FencedOutError, so the step in flight ends recorded, not in doubt.
+        self.stop_requested = False
         self.finished = False
         self.ttl_s = ledger.completed_ttl_s  # TTL set on the run's keys when it ends
         self.executed = 0  # steps executed live by this session
@@ -306,6 +309,9 @@ class RunSession:
         intent record. Returns the start and the claim script's arguments (None: no trip)."""
         if self.fenced:
             raise FencedOutError(f"run {self.run_id!r} was taken over; this process stops")
+        if self.stop_requested:
+            raise FencedOutError(f"run {self.run_id!r}: its worker is stopping; another "
+                                 "continues it")
         scope = call.scope if call.scope is not None else _context._scope.get()
         key = self.step_key(call, scope)
         fp, text = fingerprint_and_text(self.codec, call.inputs)

@@ -95,7 +95,7 @@ class Worker:
         with self._lock:
             for slot in self._slots.values():
                 if slot.session is not None:
-                    slot.session.fenced = True  # the next step boundary raises FencedOutError
+                    slot.session.stop_requested = True  # the next step raises
             self._lock.notify_all()
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -230,7 +230,7 @@ class Worker:
         with self._lock:
             slot.session = session
             if self._draining.is_set():
-                session.fenced = True
+                session.stop_requested = True
 
     def _execute(self, slot: _Slot) -> None:
         entry, q, led = slot.entry, self.queue, self.ledger

@@ -11,6 +11,11 @@ What ``attach`` changes, on this crew only (``detach`` puts all of it back):
 - the crew's kickoff methods open the run around CrewAI's own, and install the tool hooks
   and the human-input provider in CrewAI's execution-scoped registries for that kickoff;
 - each task's execution is a step: a task whose output was recorded is not run again.
+
+A kickoff inside a run already active in this context with the same id on the same Redis and
+prefix (an ``App`` pipeline executed by a worker) records into that run instead of opening it
+again, and leaves finishing it to its opener: a human review with no decision yet raises
+:class:`agentledger.ApprovalPending` (the worker sets the run waiting), a failure propagates.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from agentledger import (
     StepKind,
     check_run_id,
 )
+from agentledger._context import joinable_run
 from crewai.core.providers.human_input import reset_provider, set_provider
 from crewai.crew import Crew
 from crewai.hooks.dispatch import (
@@ -105,7 +111,8 @@ class DurableCrewHandler:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger.from_url()
+            joined = joinable_run(self.run_id)  # inside the run already (a worker's pipeline)
+            self._ledger = joined.ledger if joined is not None else Ledger.from_url()
         return self._ledger
 
     # ---- attach / detach ------------------------------------------------------------------
@@ -173,10 +180,10 @@ class DurableCrewHandler:
         self._overrides.append((obj, attr))
 
     # ---- runs -----------------------------------------------------------------------------
-    def _enter(self, session: RunSession) -> tuple[Any, Any, Any, Any]:
+    def _enter(self, session: RunSession, joined: bool) -> tuple[Any, Any, Any, Any]:
         self.last_session = session
         self._tools.reset()
-        token = session.activate()
+        token = None if joined else session.activate()
         # Keep any scoped hooks the caller had, and add ours after them.
         inherited = {p: get_scoped_hooks(p) for p in InterceptionPoint}
         scope_cm = scoped_hooks({p: h for p, h in inherited.items() if h})
@@ -191,7 +198,8 @@ class DurableCrewHandler:
         session, token, scope_cm, provider_token = entered
         reset_provider(provider_token)
         scope_cm.__exit__(None, None, None)
-        session.deactivate(token)
+        if token is not None:
+            session.deactivate(token)
 
     @staticmethod
     def _outcome(error: BaseException | None) -> tuple[RunStatus, BaseException | None]:
@@ -204,37 +212,47 @@ class DurableCrewHandler:
 
     def run_sync(self, body: Callable[[], T]) -> T:
         """Run ``body`` as this handler's run (what the wrapped ``kickoff`` does)."""
-        session = self.ledger.open_run(self.run_id, kind="crewai", on_busy=self.on_busy)
-        session.use_durability(self.durability)
-        entered = self._enter(session)
+        joined = joinable_run(self.run_id, self.ledger)
+        session = joined or self.ledger.open_run(self.run_id, kind="crewai",
+                                                 on_busy=self.on_busy)
+        if joined is None:  # a joined run keeps its opener's durability
+            session.use_durability(self.durability)
+        entered = self._enter(session, joined is not None)
         try:
             result = body()
         except BaseException as e:
             status, error = self._outcome(e)
             self._leave(entered)
-            session.finish(status, error if status == RunStatus.FAILED else None)
+            if joined is None:
+                session.finish(status, error if status == RunStatus.FAILED else None)
             if error is not None and error is not e:
                 raise error from e
             raise
         self._leave(entered)
-        session.finish(RunStatus.COMPLETED)
+        if joined is None:
+            session.finish(RunStatus.COMPLETED)
         return result
 
     async def run_async(self, body: Callable[[], Awaitable[T]]) -> T:
-        session = await self.ledger.aopen_run(self.run_id, kind="crewai", on_busy=self.on_busy)
-        session.use_durability(self.durability)
-        entered = self._enter(session)
+        joined = joinable_run(self.run_id, self.ledger)
+        session = joined or await self.ledger.aopen_run(self.run_id, kind="crewai",
+                                                        on_busy=self.on_busy)
+        if joined is None:  # a joined run keeps its opener's durability
+            session.use_durability(self.durability)
+        entered = self._enter(session, joined is not None)
         try:
             result = await body()
         except BaseException as e:
             status, error = self._outcome(e)
             self._leave(entered)
-            await session.afinish(status, error if status == RunStatus.FAILED else None)
+            if joined is None:
+                await session.afinish(status, error if status == RunStatus.FAILED else None)
             if error is not None and error is not e:
                 raise error from e
             raise
         self._leave(entered)
-        await session.afinish(RunStatus.COMPLETED)
+        if joined is None:
+            await session.afinish(RunStatus.COMPLETED)
         return result
 
     # ---- kickoffs -------------------------------------------------------------------------

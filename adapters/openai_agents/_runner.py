@@ -10,6 +10,12 @@ waits for a person. ``ledger.decide`` / ``agentledger approve`` records the deci
 ``DurableRunner.resume(run_id)`` or the same ``run`` call applies the decisions to the saved
 state and continues. The approved tool is a step keyed by its call id, so resuming twice, or
 after a crash during the resume, does not run it again.
+
+Inside a run that is already active in this context with the same id on the same Redis and
+prefix (an ``App`` pipeline executed by a worker), ``run`` records into that run instead of
+opening it again, and leaves finishing it to its opener: a stop for approval raises
+:class:`agentledger.ApprovalPending` (the worker sets the run waiting, and continues it once
+decided), a failure propagates.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from agentledger import (
     StepCall,
     StepKind,
 )
+from agentledger._context import joinable_run
 
 from ._memory import rewind_session
 from ._model import model_scope
@@ -61,6 +68,12 @@ def _ledger(ledger: Ledger | None) -> Ledger:
     prepare_codec(ledger.codec)
     install()
     return ledger
+
+
+def _ledger_for(run_id: str, ledger: Ledger | None) -> Ledger:
+    """The ledger of the active run ``run_id`` when there is one to join, else ``_ledger``."""
+    joined = joinable_run(run_id, ledger)
+    return _ledger(joined.ledger if joined is not None else ledger)
 
 
 # ---- the saved RunState ------------------------------------------------------------------
@@ -160,10 +173,14 @@ class DurableRunner:
         for this run's step records (None: the ledger's; see docs/durability.md). Returns ``Runner.run``'s result; when a tool
         needs approval the result has ``interruptions`` and the run waits. Called again while
         a decision is missing, raises :class:`agentledger.ApprovalPending`."""
-        led = _ledger(ledger)
-        session = await led.aopen_run(run_id, kind=KIND)
-        session.use_durability(durability)
-        token = session.activate()
+        joined = joinable_run(run_id, ledger)
+        led = _ledger(joined.ledger if joined is not None else ledger)
+        session = joined or await led.aopen_run(run_id, kind=KIND)
+        token = None
+        if joined is None:  # a joined run keeps its opener's durability
+            session.use_durability(durability)
+            token = session.activate()
+        asked: list[Decision | ApprovalPending] = []
         try:
             saved = await _aload_state(session)
             round_no = 0 if saved is None else int(saved.get("round", 1))
@@ -202,15 +219,25 @@ class DurableRunner:
                 else:
                     # Written under the lease's fencing token, expired and deleted with the run.
                     await session.aput_blob(STATE_KEY, blob)
-                    await _ask(session, list(result.interruptions))
+                    asked = await _ask(session, list(result.interruptions))
         except ApprovalPending:
-            await session.afinish(RunStatus.WAITING)
+            if joined is None:
+                await session.afinish(RunStatus.WAITING)
             raise
         except BaseException as e:
-            await session.afinish(RunStatus.FAILED, error=e)
+            if joined is None:
+                await session.afinish(RunStatus.FAILED, error=e)
             raise
         finally:
-            session.deactivate(token)
+            if token is not None:
+                session.deactivate(token)
+        if joined is not None:  # the run's opener finishes it, from what this raises
+            if unsaved is not None:
+                raise unsaved
+            for waiting in asked:
+                if isinstance(waiting, ApprovalPending):
+                    raise waiting
+            return result
         if unsaved is not None:
             await session.afinish(RunStatus.FAILED, error=unsaved)
         elif result.interruptions:
@@ -226,7 +253,7 @@ class DurableRunner:
                      ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
         """Continue a run that waited for approval, with the recorded decisions. The starting
         agent may be left out in the process that began the run."""
-        led = _ledger(ledger)
+        led = _ledger_for(run_id, ledger)
         agent = starting_agent or _agents.get((led.prefix, run_id))
         if agent is None:
             raise LedgerError(f"resume({run_id!r}) needs the run's starting agent in a new "
@@ -240,7 +267,7 @@ class DurableRunner:
     def run_sync(cls, starting_agent: Agent[Any], input: Any, *, run_id: str,
                  ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
         """The synchronous form of :meth:`run` (not from inside a running event loop)."""
-        led = _ledger(ledger)
+        led = _ledger_for(run_id, ledger)
 
         async def main() -> RunResult:
             try:
@@ -253,7 +280,7 @@ class DurableRunner:
     @classmethod
     def resume_sync(cls, run_id: str, starting_agent: Agent[Any] | None = None, *,
                     ledger: Ledger | None = None, **kwargs: Any) -> RunResult:
-        led = _ledger(ledger)
+        led = _ledger_for(run_id, ledger)
 
         async def main() -> RunResult:
             try:
@@ -269,6 +296,9 @@ class DurableRunner:
         """``Runner.run_streamed`` as run ``run_id``: live calls stream as they happen,
         recorded ones from their records. A run waiting for approval is continued with
         :meth:`resume` (not streamed)."""
+        if joinable_run(run_id, ledger) is not None:
+            raise LedgerError(f"run {run_id!r} is already active here (a worker's pipeline?): "
+                              "inside it, use DurableRunner.run, not run_streamed")
         led = _ledger(ledger)
         session = led.open_run(run_id, kind=KIND)
         # The streamed run records on the SDK's event loop and ends from a callback (a
