@@ -53,14 +53,6 @@ def stop(*procs: subprocess.Popen[bytes] | None) -> None:
             p.wait(10)
 
 
-# CrewAI 1.15.30 runs an agent's sync flow steps through asyncio.to_thread, so its LLM calls
-# come from another thread than the task's scope: since commit c33809c (ThreadScopeError) every
-# kickoff fails that way, in a worker or not (tests/crewai/test_crew_handler.py fails the same).
-# The handler's joining of the worker's run is what these tests check once that is fixed.
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="pre-existing: CrewAI LLM steps raise ThreadScopeError (c33809c)")
-
-
 def test_a_killed_worker_s_crew_run_is_finished_by_another(
         env: dict[str, str], app: App, tmp_path: Path) -> None:
     a = worker(env, tmp_path / "a.log", CREW_KILL_AFTER_EMAIL="1")
@@ -89,11 +81,10 @@ def test_a_human_review_decided_through_the_cli_is_continued_by_a_worker(
     try:
         app.submit("launch", True, run_id="review-1")
         deadline = time.monotonic() + 120
-        while not app.ledger.pending_approvals("review-1"):
+        while (r := app.ledger.get_run("review-1")) is None or r.status != RunStatus.WAITING:
             assert time.monotonic() < deadline and w.poll() is None, (tmp_path / "w.log").read_text()
             time.sleep(0.1)
-        run = app.ledger.get_run("review-1")
-        assert run is not None and run.status == RunStatus.WAITING
+        assert len(app.ledger.pending_approvals("review-1")) == 1
         decided = subprocess.run([sys.executable, "-m", "agentledger", "--url", redis_url,
                                   "--prefix", prefix, "approve", "review-1", "--by", "ann"],
                                  env={**OFFLINE_ENV, "PATH": "/usr/bin:/bin"}, cwd=str(REPO),
