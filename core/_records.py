@@ -13,6 +13,7 @@ from ._errors import CorruptRecordError, UnknownSchemaVersionError
 __all__ = [
     "SCHEMA_VERSION",
     "Decision",
+    "EarlierAttempt",
     "InDoubtPolicy",
     "RunRecord",
     "RunStatus",
@@ -57,6 +58,18 @@ class InDoubtPolicy(StrEnum):
     ASK = "ask"  # turn it into an approval: a person decides
 
 
+class EarlierAttempt(BaseModel):
+    """An attempt of a step that was run again in place (in doubt, or retried by a person):
+    it recorded no outcome."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attempt: int
+    executor: str = ""
+    fence: int = 0
+    started: int = 0
+
+
 class StepMeta(BaseModel):
     """The part of a step record that the Lua scripts read and update (``m:<key>``)."""
 
@@ -81,6 +94,7 @@ class StepMeta(BaseModel):
     # The run owner id ("host:pid:random") of the process that ran the latest attempt; ""
     # in records written before it was kept.
     executor: str = ""
+    tried: list[EarlierAttempt] = []  # the newest 5 attempts this one replaced, oldest first
 
 
 class StepRecord(StepMeta):

@@ -125,7 +125,13 @@ if raw then
     end
     return {'INDOUBT', raw}
   end
-  -- 'running' under the rerun policy, or 'retry' (a person allowed it): a new attempt.
+  -- 'running' under the rerun policy, or 'retry' (a person allowed it): a new attempt. The
+  -- attempt it replaces recorded no outcome; its process is kept (the newest 5).
+  local tried = type(m.tried) == 'table' and m.tried or {}
+  tried[#tried + 1] = {attempt = m.attempts, executor = m.executor or '', fence = m.fence,
+                       started = m.started}
+  while #tried > 5 do table.remove(tried, 1) end
+  m.tried = tried
   m.status = 'running'
   m.attempts = m.attempts + 1
   m.fence = tonumber(fence)

@@ -46,8 +46,8 @@ def _earlier_attempts(step: StepRecord, group: Sequence[StepRecord]) -> list[dic
     """The newest few attempts recorded before ``step``, each with its (cut) error."""
     n = _attempt_of(step.key)[1]
     earlier = sorted((_attempt_of(s.key)[1], s) for s in group if _attempt_of(s.key)[1] < n)
-    out = []
-    for attempt, s in earlier[-EARLIER_SHOWN:]:
+    out: list[dict[str, Any]] = []
+    for attempt, s in earlier:
         outcome = _json_or_text(s.outcome)
         error = outcome.get("error") if isinstance(outcome, dict) else None
         if isinstance(error, dict):
@@ -57,7 +57,11 @@ def _earlier_attempts(step: StepRecord, group: Sequence[StepRecord]) -> list[dic
         out.append({"attempt": attempt, "key": s.key, "status": str(s.status),
                     "executor": s.executor or None, "started": s.started, "ended": s.ended,
                     "error": error})
-    return out
+    # Attempts re-run in place under the same key (in doubt): no outcome, so no error.
+    out += [{"attempt": t.attempt, "key": step.key, "status": "in doubt (no outcome)",
+             "executor": t.executor or None, "started": t.started, "ended": 0, "error": None}
+            for t in step.tried]
+    return out[-EARLIER_SHOWN:]
 
 
 @dataclass(frozen=True, slots=True)

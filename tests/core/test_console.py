@@ -562,6 +562,10 @@ def test_each_step_names_the_process_that_ran_it(ledger: Ledger, redis_url: str)
         key = urllib.parse.quote(steps["charge"].key)
         code, body = http(c.url + "/api/step?run=two-processes&key=" + key)
         assert code == 200 and json.loads(body)["executor"] == steps["charge"].executor
+        # The attempt the child died in is listed, with the child as its process.
+        [first] = json.loads(body)["earlier_attempts"]
+        assert first["attempt"] == 1 and first["status"] == "in doubt (no outcome)"
+        assert first["executor"].startswith(f"{host}:{child_pid}:") and first["error"] is None
         assert http(c.url + "/run?id=two-processes")[0] == 200
     assert ledger.steps("two-processes")[0].executor == ""
 
