@@ -613,3 +613,24 @@ def test_a_retried_step_lists_its_earlier_attempts_with_their_errors(ledger: Led
         by_key = {s["key"]: s for s in run["steps"]}
         assert len(by_key[last]["earlier_attempts"]) == 2
         assert by_key[last.removesuffix(".r3")]["earlier_attempts"] == []
+
+
+def test_in_place_attempts_kept_are_the_newest_five(ledger: Ledger) -> None:
+    """A step claimed 8 times, each holder taken over before it recorded anything: the 8th
+    attempt's record keeps attempts 3..7 (bounded), each with its fencing token."""
+    from agentledger._session import StepCall
+
+    sessions = []
+    for _ in range(8):
+        session = ledger.open_run("taken-over", on_busy="takeover")
+        sessions.append(session)
+        session.begin(StepCall(kind="step", name="charge", inputs={"order": "t"}))
+    try:
+        [step] = ledger.steps("taken-over")
+        assert step.attempts == 8 and step.status == "running"
+        assert [t.attempt for t in step.tried] == [3, 4, 5, 6, 7]
+        assert [t.fence for t in step.tried] == [s.fence for s in sessions[2:7]]
+        assert {t.executor.split(":")[1] for t in step.tried} == {str(os.getpid())}
+    finally:
+        for session in sessions:
+            session.stop_renewing()
