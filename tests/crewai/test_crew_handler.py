@@ -456,3 +456,21 @@ def test_the_proxy_is_inert_outside_a_run(ledger: Ledger, effects: Path) -> None
     assert seen == [True]  # per-call streaming reached the real LLM too
     assert proxy.supports_function_calling() is False
     assert ledger.list_runs() == []
+
+
+def test_a_crew_recorded_at_durability_async_completes_and_replays(
+        ledger: Ledger, effects: Path) -> None:
+    # docs/durability.md: records sent without waiting, acknowledged when the kickoff ends.
+    first = build_crew()
+    h1 = DurableCrewHandler("async-1", ledger=ledger, durability="async").attach(first)
+    out1 = first.kickoff(inputs=INPUTS)
+    ran = read_effects(effects)
+    assert h1.last_session is not None and h1.last_session.executed > 0
+    run = ledger.get_run("async-1")
+    assert run is not None and run.status == RunStatus.COMPLETED
+    assert {s.status for s in ledger.steps("async-1")} == {"completed"}
+    second = build_crew()
+    h2 = DurableCrewHandler("async-1", ledger=ledger, durability="async").attach(second)
+    assert second.kickoff(inputs=INPUTS).raw == out1.raw
+    assert read_effects(effects) == ran
+    assert h2.last_session is not None and h2.last_session.executed == 0
