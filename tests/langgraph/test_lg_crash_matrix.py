@@ -29,7 +29,7 @@ def _effects(rows: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _check_case(base: dict[str, Any], case: dict[str, Any]) -> None:
+def _check_case(base: dict[str, Any], case: dict[str, Any], durability: str) -> None:
     name, point = case["case"], case["crash"][0]
     assert case["first"] == -9, f"{name}: the first process was not killed ({case['first']})"
     assert case["second"] == 0, f"{name}: the restart failed ({case['second']})"
@@ -43,8 +43,12 @@ def _check_case(base: dict[str, Any], case: dict[str, Any]) -> None:
     for k in twice:
         iks = effects[k]
         assert len(iks) == 2 and iks[0] == iks[1], f"{name}: {k} ran {iks}"
-    if twice:
-        # Only a step killed inside its body runs again: the one at the crash point, or a
+    if twice and durability == "sync":
+        # At "async"/"exit" (an invocation's durability= is its run's level since 7fd53f6) the
+        # records since the last barrier are unacknowledged: a restart that takes the run over
+        # before Redis has read the killed process's last bytes runs those rerun steps again,
+        # with the same key (checked above; docs/durability.md "Known limits").
+        # At "sync" only a step killed inside its body runs again: the one at the crash point, or a
         # parallel sibling that was in flight. Each such step shows a second attempt.
         assert len(twice) <= sum(1 for s in case["steps"] if s[2] >= 2), name
         if point != "before_record":
@@ -79,5 +83,5 @@ def test_lg_crash_matrix(redis_url: str, prefix: str, mode: str, durability: str
     intents = sum(n for k, n in kinds.items() if k != "llm")
     assert len(cases) == 2 * intents + 2 * sum(kinds.values())
     for case in cases:
-        _check_case(base, case)
+        _check_case(base, case, durability)
     assert not killed(proc)
