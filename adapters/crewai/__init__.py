@@ -19,5 +19,6 @@ require_version(
 
 from ._flow import LedgerFlowPersistence  # noqa: E402
 from ._handler import DurableCrewHandler  # noqa: E402
+from ._seams import CrewSeamError  # noqa: E402
 
-__all__ = ["CREWAI_MINIMUM", "DurableCrewHandler", "LedgerFlowPersistence"]
+__all__ = ["CREWAI_MINIMUM", "CrewSeamError", "DurableCrewHandler", "LedgerFlowPersistence"]

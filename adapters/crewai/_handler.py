@@ -51,6 +51,7 @@ from crewai.task import Task
 from ._abort import LedgerAbort, unwrap
 from ._human import LedgerHumanInput
 from ._llm import DurableLLM
+from ._seams import check_seams, check_tasks_reached
 from ._tools import ToolSteps
 from ._types import register_crewai_types
 
@@ -89,6 +90,7 @@ class DurableCrewHandler:
         self._human = LedgerHumanInput()
         self._restore: list[tuple[Any, str, Any]] = []  # (object, attribute, original)
         self._overrides: list[tuple[Any, str]] = []  # instance attributes we added
+        self._task_entries = 0  # task wrappers entered in the current kickoff
 
     @classmethod
     def for_flow(cls, flow: Any, name: str, **options: Any) -> DurableCrewHandler:
@@ -124,6 +126,7 @@ class DurableCrewHandler:
             raise RuntimeError("this handler is attached already; detach() it first")
         if isinstance(crew.__dict__.get("kickoff"), _Kickoff):
             raise RuntimeError("this crew has a DurableCrewHandler attached already")
+        check_seams({type(task) for task in crew.tasks})
         codec = self.ledger.codec
         register_crewai_types(codec)
         self.crew = crew
@@ -183,6 +186,7 @@ class DurableCrewHandler:
     def _enter(self, session: RunSession, joined: bool) -> tuple[Any, Any, Any, Any]:
         self.last_session = session
         self._tools.reset()
+        self._task_entries = 0
         token = None if joined else session.activate()
         # Keep any scoped hooks the caller had, and add ours after them.
         inherited = {p: get_scoped_hooks(p) for p in InterceptionPoint}
@@ -220,6 +224,7 @@ class DurableCrewHandler:
         entered = self._enter(session, joined is not None)
         try:
             result = body()
+            check_tasks_reached(result, self._task_entries)
         except BaseException as e:
             status, error = self._outcome(e)
             self._leave(entered)
@@ -242,6 +247,7 @@ class DurableCrewHandler:
         entered = self._enter(session, joined is not None)
         try:
             result = await body()
+            check_tasks_reached(result, self._task_entries)
         except BaseException as e:
             status, error = self._outcome(e)
             self._leave(entered)
@@ -326,6 +332,7 @@ class DurableCrewHandler:
             session = agentledger.current_run()
             if session is None:
                 return original(task, agent, context, tools)
+            self._task_entries += 1
             with agentledger.scope(self._task_scope(task, index, agent)):
                 try:
                     start = session.begin(self._task_step(task, context))
@@ -351,6 +358,7 @@ class DurableCrewHandler:
             session = agentledger.current_run()
             if session is None:
                 return await original(task, agent, context, tools)
+            self._task_entries += 1
             with agentledger.scope(self._task_scope(task, index, agent)):
                 try:
                     start = await session.abegin(self._task_step(task, context))
