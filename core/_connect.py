@@ -9,6 +9,7 @@ retried. Passwords never leave this module in an error message: URLs are shown r
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import socket
@@ -145,14 +146,28 @@ class DeadlineRetry(Retry):
     def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any],
                         is_retryable: Callable[[Exception], bool] | None = None,
                         with_failure_count: bool = False) -> T:
+        # The loop is ours, not super()'s: redis-py before 7 takes neither is_retryable nor
+        # with_failure_count, and the floor (5.3) must work as well as the newest.
         deadline = time.monotonic() + self.budget_s
-
-        def retryable(e: Exception) -> bool:
-            if _never_retried(e) or (is_retryable is not None and not is_retryable(e)):
-                return False
-            return time.monotonic() < deadline
-
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if _never_retried(error) or (is_retryable is not None
+                                             and not is_retryable(error)):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                if (0 <= self._retries < failures) or time.monotonic() >= deadline:
+                    raise error
+                pause = self._backoff.compute(failures)
+                if pause > 0:
+                    time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
 class AsyncDeadlineRetry(AsyncRetry):
@@ -166,18 +181,32 @@ class AsyncDeadlineRetry(AsyncRetry):
                               is_retryable: Callable[[Exception], bool] | None = None,
                               with_failure_count: bool = False) -> T:
         deadline = time.monotonic() + self.budget_s
-
-        def retryable(e: Exception) -> bool:
-            if _never_retried(e) or (is_retryable is not None and not is_retryable(e)):
-                return False
-            return time.monotonic() < deadline
-
-        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                if _never_retried(error) or (is_retryable is not None
+                                             and not is_retryable(error)):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    await fail(error, failures)
+                else:
+                    await fail(error)
+                if (0 <= self._retries < failures) or time.monotonic() >= deadline:
+                    raise error
+                pause = self._backoff.compute(failures)
+                if pause > 0:
+                    await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
 def async_retry_like(retry: Any, settings: ConnectSettings) -> AsyncDeadlineRetry:
     budget = retry.budget_s if isinstance(retry, DeadlineRetry) else settings.budget_s
-    retries = retry.get_retries() if isinstance(retry, Retry) else settings.retries
+    # get_retries() exists from redis-py 6; _retries is what it returns.
+    retries = int(getattr(retry, "_retries", settings.retries)) if isinstance(retry, Retry) \
+        else settings.retries
     return AsyncDeadlineRetry(retries, budget)
 
 
