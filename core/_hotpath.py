@@ -140,7 +140,8 @@ class StepConnection:
             try:
                 # EVAL with the source, not EVALSHA: a Redis that restarted or flushed its
                 # scripts cannot refuse one record (NOSCRIPT) and apply the next.
-                # send_command writes with sendall: in the kernel before it returns.
+                # send_command writes with sendall: in the kernel before it returns (a reset
+                # connection can still lose it: docs/durability.md).
                 conn.send_command("EVAL", self._ledger._scripts[name].script, len(keys), *keys,
                                   *args, check_health=False)
             except redis.RedisError as e:
@@ -271,7 +272,7 @@ class StepConnection:
                 if not conn.is_connected:
                     await conn.connect()
                 # No bytes left in asyncio's buffer when a send returns (drain waits for an
-                # empty buffer): a SIGKILL then loses nothing that was sent.
+                # empty buffer): what a SIGKILL can lose is then only what Redis drops unread.
                 conn._writer.transport.set_write_buffer_limits(high=0)
                 await conn.send_command("EVAL", self._ledger._scripts[name].script, len(keys),
                                         *keys, *args, check_health=False)

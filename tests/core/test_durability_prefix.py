@@ -8,6 +8,7 @@ replayed steps never run again, lost ones run once more with the same idempotenc
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections import Counter
@@ -47,15 +48,35 @@ def _run(session: RunSession, program: list[str], executed: Counter[str], keys: 
         assert session.call(call, body) == name * 50
 
 
-def _abandon(session: RunSession) -> None:
+def _abandon(session: RunSession) -> str | None:
     """What a SIGKILL does to the process's side: its sockets close, unread replies and all.
-    Everything it wrote is already in the kernel."""
+    Returns the closed connection's local address as Redis's CLIENT LIST shows it."""
     session.stop_renewing()
     hot = session._hot
+    addr = None
     if hot._conn is not None:
+        sock = getattr(hot._conn, "_sock", None)
+        if sock is not None and sock.family == socket.AF_INET:
+            host, port = sock.getsockname()[:2]
+            addr = f"{host}:{port}"
         hot._conn.disconnect()
         hot._conn = None
         hot._pending.clear()
+    return addr
+
+
+def _wait_until_gone(ledger: Ledger, addr: str | None) -> None:
+    """Redis works through a closed connection's bytes on its own time, then frees the client:
+    once the client is gone, what it kept is final."""
+    if addr is None:
+        return
+    client = ledger.redis
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not any(c.get("addr") == addr for c in client.client_list()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"Redis still holds the closed client {addr}")
 
 
 def _check_prefix(ledger: Ledger, program: list[str], run_id: str) -> int:
@@ -70,7 +91,7 @@ def _check_prefix(ledger: Ledger, program: list[str], run_id: str) -> int:
 
 
 def _finish_again(ledger: Ledger, run_id: str, program: list[str], executed: Counter[str],
-                  keys: dict[str, set[str]]) -> None:
+                  keys: dict[str, set[str]], kept: int) -> None:
     session = ledger.open_run(run_id, on_busy="takeover")
     token = session.activate()
     try:
@@ -79,18 +100,19 @@ def _finish_again(ledger: Ledger, run_id: str, program: list[str], executed: Cou
         session.deactivate(token)
     assert session.finish(RunStatus.COMPLETED)
     recs = {r.name: r for r in ledger.steps(run_id)}
-    for i, op in enumerate(program):
-        if op != "barrier":
-            name = f"{op}{i}"
-            # Everything the killed process sent was kept: no step ran twice.
-            assert recs[name].status == "completed" and executed[name] == 1, name
-            assert len(keys[name]) == 1
+    steps = [f"{op}{i}" for i, op in enumerate(program) if op != "barrier"]
+    for n, name in enumerate(steps):
+        assert recs[name].status == "completed", name
+        # What Redis kept never runs again; a lost step of the unacknowledged suffix runs once
+        # more, always under its one idempotency key.
+        assert executed[name] == 1 if n < kept else executed[name] <= 2, name
+        assert len(keys[name]) == 1, name
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(program=OPS, cut=st.integers(min_value=0, max_value=30))
-def test_a_killed_process_loses_nothing_it_sent(redis_url: str, prefix: str, program: list[str],
-                                                cut: int) -> None:
+def test_a_killed_process_keeps_a_prefix_with_everything_acknowledged(
+        redis_url: str, prefix: str, program: list[str], cut: int) -> None:
     ledger = Ledger.from_url(redis_url, prefix=prefix, durability="async", max_unacked_records=8)
     run_id = f"p{uuid.uuid4().hex[:12]}"
     executed: Counter[str] = Counter()
@@ -102,19 +124,22 @@ def test_a_killed_process_loses_nothing_it_sent(redis_url: str, prefix: str, pro
             _run(session, program, executed, keys, stop_after=cut)
         finally:
             session.deactivate(token)
-        _abandon(session)
-        sent = [f"{op}{i}" for i, op in enumerate(program[:cut]) if op != "barrier"]
-        # Redis works through the closed connection's last bytes on its own time; a restart
-        # takes longer than that. Wait for it here (bounded), then check nothing was lost.
-        deadline = time.monotonic() + 5
-        while (sum(r.status == "completed" for r in ledger.steps(run_id)) < len(sent)
-               and time.monotonic() < deadline):
-            time.sleep(0.005)
-        # A SIGKILLed client loses nothing it wrote: every step it ran is recorded.
-        assert _check_prefix(ledger, program, run_id) == len(sent)
-        _finish_again(ledger, run_id, program, executed, keys)
+        # Acknowledged for sure: every step before the last barrier or 'fail' step (its claim
+        # is a barrier; its outcome is acknowledged too).
+        acked = 0
+        for i, op in enumerate(program[:cut]):
+            if op in ("barrier", "fail"):
+                acked = sum(1 for o in program[: i + 1] if o != "barrier")
+        _wait_until_gone(ledger, _abandon(session))
+        # Not "nothing lost": Redis drops a client whose socket fails while it still has
+        # unread commands (a killed client's unread replies make the close a reset), so an
+        # unacknowledged suffix may be lost. What it keeps is a prefix holding everything
+        # acknowledged.
+        kept = _check_prefix(ledger, program, run_id)
+        assert kept >= acked
+        _finish_again(ledger, run_id, program, executed, keys, kept)
     finally:
-        ledger.delete_run(run_id)
+        ledger.delete_run(run_id, force=True)
         ledger.close()
 
 
