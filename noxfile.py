@@ -16,6 +16,7 @@ import atexit
 import functools
 import json
 import os
+import shutil
 import time
 import tomllib
 import uuid
@@ -149,6 +150,20 @@ def _install(session: nox.Session, extra: str) -> None:
     session.install("-e", f".[{extras}]", *TEST_DEPS.get(extra, []))
 
 
+def _browser(session: nox.Session) -> None:
+    """Debian's chromium for the console's browser test (Playwright's own browser download
+    cannot work offline). Installed when missing and we may; else the test skips, saying why."""
+    if Path("/usr/bin/chromium").exists() or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        session.run("apt-get", "update", "-qq", external=True, env=env, silent=True)
+        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=env,
+                    silent=True)
+    except Exception:  # nox raises its own CommandFailed; the test then skips with its reason
+        session.warn("could not install chromium: the console's browser test will skip")
+
+
 @nox.session(python=PYTHON)
 @timed
 def lint(session: nox.Session) -> None:
@@ -168,6 +183,8 @@ def types(session: nox.Session) -> None:
 @timed
 def tests(session: nox.Session, extra: str) -> None:
     _install(session, extra)
+    if extra == "core":
+        _browser(session)
     # Independent cases on every core; slow ones are taken by whichever worker is free.
     session.run("python", "-m", "pytest", "-n", "auto", "--dist", "worksteal",
                 *_suite(extra, session.posargs), *session.posargs, env=OFFLINE)
