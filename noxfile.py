@@ -27,7 +27,7 @@ from typing import Any
 import nox
 
 nox.options.default_venv_backend = "uv|venv"
-nox.options.sessions = ["lint", "types", "tests", "embedded"]
+nox.options.sessions = ["lint", "types", "tests", "floors", "embedded"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
