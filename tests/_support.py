@@ -194,3 +194,19 @@ def killed(proc: subprocess.CompletedProcess[Any]) -> bool:
 
 def tmpdir(prefix: str = "agentledger-test-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def start_worker(app_ref: str, env: dict[str, str], log: Path, concurrency: int = 2,
+                 **extra: str) -> subprocess.Popen[bytes]:
+    """A real `agentledger worker` process for ``module:attribute``, its output in ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "agentledger", "worker", app_ref,
+                             "--concurrency", str(concurrency)], env={**env, **extra},
+                            cwd=str(REPO), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def stop_processes(*procs: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL what still runs (a test that failed early leaves workers behind)."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(10)

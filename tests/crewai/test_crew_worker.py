@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _support import OFFLINE_ENV, REPO
+from _support import OFFLINE_ENV, REPO, start_worker, stop_processes
 from agentledger import App, Ledger, RunStatus
 
 CHILDREN = REPO / "tests" / "crewai" / "children"
@@ -28,9 +28,7 @@ from crew_worker_app import build  # noqa: E402
 
 
 def worker(env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "agentledger", "worker", "crew_worker_app:app",
-                             "--concurrency", "2"], env={**env, **extra}, cwd=str(REPO),
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    return start_worker("crew_worker_app:app", env, log, concurrency=2, **extra)
 
 
 @pytest.fixture
@@ -46,12 +44,6 @@ def app(redis_url: str, prefix: str) -> Iterator[App]:
     ledger.close()
 
 
-def stop(*procs: subprocess.Popen[bytes] | None) -> None:
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait(10)
-
 
 def test_a_killed_worker_s_crew_run_is_finished_by_another(
         env: dict[str, str], app: App, tmp_path: Path) -> None:
@@ -63,7 +55,7 @@ def test_a_killed_worker_s_crew_run_is_finished_by_another(
         b = worker(env, tmp_path / "b.log")
         final = app.result("crashed", timeout=120)
     finally:
-        stop(a, b)
+        stop_processes(a, b)
     assert final == "editor done after 0 results", (tmp_path / "b.log").read_text()
     run = app.ledger.get_run("crashed")
     assert run is not None and run.status == RunStatus.COMPLETED and run.owner == ""
@@ -92,7 +84,7 @@ def test_a_human_review_decided_through_the_cli_is_continued_by_a_worker(
         assert decided.returncode == 0, decided.stderr
         final = app.result("review-1", timeout=120)
     finally:
-        stop(w)
+        stop_processes(w)
     assert final == "editor done after 0 results"
     done = read_effects(Path(env["CREW_EFFECTS"]))
     assert done.count("lookup:launch") == 1

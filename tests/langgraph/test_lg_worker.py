@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from _support import OFFLINE_ENV, REPO
+from _support import OFFLINE_ENV, REPO, start_worker, stop_processes
 from agentledger import Ledger, RunStatus
 
 CHILDREN = REPO / "tests" / "langgraph" / "children"
@@ -20,9 +20,7 @@ from lg_worker_app import build  # noqa: E402
 
 
 def worker(env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "agentledger", "worker", "lg_worker_app:app",
-                             "--concurrency", "1"], env={**env, **extra}, cwd=str(REPO),
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    return start_worker("lg_worker_app:app", env, log, concurrency=1, **extra)
 
 
 def test_a_killed_worker_s_graph_run_is_finished_by_another(
@@ -43,10 +41,7 @@ def test_a_killed_worker_s_graph_run_is_finished_by_another(
         clean = app.result("clean", timeout=120)
         assert ledger.get_run("crashed").status == RunStatus.COMPLETED  # type: ignore[union-attr]
     finally:
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(10)
+        stop_processes(a, b)
         ledger.close()
     assert crashed == clean and len(clean["notes"]) == 5
     per_key = Counter(x.split("|")[-1] for x in effects.read_text().splitlines())

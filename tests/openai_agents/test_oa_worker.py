@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _support import OFFLINE_ENV, REPO
+from _support import OFFLINE_ENV, REPO, start_worker, stop_processes
 from agentledger import App, Ledger, RunStatus
 
 CHILDREN = REPO / "tests" / "openai_agents" / "children"
@@ -27,9 +27,7 @@ from oa_world import read_effects  # noqa: E402
 
 
 def worker(env: dict[str, str], log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "agentledger", "worker", "oa_worker_app:app",
-                             "--concurrency", "2"], env={**env, **extra}, cwd=str(REPO),
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    return start_worker("oa_worker_app:app", env, log, concurrency=2, **extra)
 
 
 @pytest.fixture
@@ -45,12 +43,6 @@ def app(redis_url: str, prefix: str) -> Iterator[App]:
     ledger.close()
 
 
-def stop(*procs: subprocess.Popen[bytes] | None) -> None:
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait(10)
-
 
 @pytest.mark.parametrize("pipeline", ["shop", "shop_sync"])
 def test_a_killed_worker_s_agent_run_is_finished_by_another(
@@ -63,7 +55,7 @@ def test_a_killed_worker_s_agent_run_is_finished_by_another(
         b = worker(env, tmp_path / "b.log")
         final = app.result("crashed", timeout=120)
     finally:
-        stop(a, b)
+        stop_processes(a, b)
     assert final == "done: reserved book; charged 30 for order 42", (tmp_path / "b.log").read_text()
     run = app.ledger.get_run("crashed")
     assert run is not None and run.status == RunStatus.COMPLETED and run.owner == ""
@@ -90,7 +82,7 @@ def test_an_approval_decided_through_the_cli_is_continued_by_a_worker(
         assert decided.returncode == 0, decided.stderr
         final = app.result("refund-5", timeout=120)
     finally:
-        stop(w)
+        stop_processes(w)
     assert final == "done: reserved chair; refunded 70 for order 5"
     assert Counter(tool for tool, _ in read_effects(Path(env["AL_EFFECTS"]))) == {
         "reserve": 1, "refund": 1}
