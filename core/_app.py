@@ -26,11 +26,16 @@ from ._errors import CorruptRecordError, LedgerError
 from ._keys import check_run_id
 from ._ledger import Ledger
 from ._queue import DEFAULT_SHARDS, RunQueue, app_key, is_outage
-from ._records import parse_outcome
+from ._records import RunRecord, RunStatus, parse_outcome
 
 __all__ = ["App", "Pipeline"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _ended(run: RunRecord | None) -> bool:
+    """The run record says the run is over (or it has expired)."""
+    return run is None or run.status in (RunStatus.COMPLETED, RunStatus.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +149,10 @@ class App:
         while True:
             try:
                 raw = self.queue.outcome(run_id)
+                # The worker records the outcome, then ends the run: wait for both, so that
+                # whoever gets the value also sees the run ended and its lease released.
+                if raw and not _ended(self.ledger.get_run(run_id)):
+                    raw = ""
             except Exception as e:  # ride out a Redis restart or a failover until the deadline
                 if not is_outage(e) or (deadline is not None and time.monotonic() >= deadline):
                     raise
@@ -163,6 +172,8 @@ class App:
         while True:
             try:
                 raw = await self.queue.aoutcome(run_id)
+                if raw and not _ended(await self.ledger.aget_run(run_id)):
+                    raw = ""
             except Exception as e:
                 if not is_outage(e) or (deadline is not None and time.monotonic() >= deadline):
                     raise

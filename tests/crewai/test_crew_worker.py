@@ -44,7 +44,6 @@ def app(redis_url: str, prefix: str) -> Iterator[App]:
     ledger.close()
 
 
-
 def test_a_killed_worker_s_crew_run_is_finished_by_another(
         env: dict[str, str], app: App, tmp_path: Path) -> None:
     a = worker(env, tmp_path / "a.log", CREW_KILL_AFTER_EMAIL="1")

@@ -56,7 +56,7 @@ def _by_effect(lines: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def _check(base: dict[str, Any], row: dict[str, Any]) -> None:
+def _check(base: dict[str, Any], row: dict[str, Any], durability: str) -> None:
     name, seen = row["case"], row["seen"]
     assert row["second"] == 0 and seen is not None, f"{name}: the restart failed"
     final = base["seen"]["final"]
@@ -73,6 +73,12 @@ def _check(base: dict[str, Any], row: dict[str, Any]) -> None:
     for effect, keys in effects.items():
         # Twice only when killed inside it, with the same idempotency key.
         assert len(keys) == 1 or (len(keys) == 2 and keys[0] == keys[1]), f"{name}: {effect}"
+    if durability != "sync":
+        # At "async"/"exit" the invocation's steps are recorded without waiting: a SIGKILL can
+        # lose the records sent since the last barrier (Redis drops a reset connection's unread
+        # commands, docs/durability.md), so any of those steps may run again, with its key
+        # (checked above). At "sync" only the step killed inside it may.
+        return
     # Killed inside a step: that step, or the parallel email in flight beside it.
     twice = {e for e, keys in effects.items() if len(keys) > 1}
     point = row["crash"][0] if "crash" in row else "delay"
@@ -98,7 +104,7 @@ def test_never_done_before_end(redis_url: str, prefix: str, nodes: str, durabili
     hit = {r["crash"][0] for r in killed_cases if "crash" in r}
     assert hit == {p.partition(":")[0] for p in points.split(",")}, hit
     for row in cases:
-        _check(base, row)
+        _check(base, row, durability)
     assert base["seen"]["progress"] == "done", base["seen"]
     assert not killed(proc)
 

@@ -43,7 +43,6 @@ def app(redis_url: str, prefix: str) -> Iterator[App]:
     ledger.close()
 
 
-
 @pytest.mark.parametrize("pipeline", ["shop", "shop_sync"])
 def test_a_killed_worker_s_agent_run_is_finished_by_another(
         env: dict[str, str], app: App, tmp_path: Path, pipeline: str) -> None:
