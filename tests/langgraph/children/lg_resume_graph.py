@@ -9,64 +9,34 @@ appends ``name|argument|idempotency key`` to the file named by $LG_EFFECTS.
 
 from __future__ import annotations
 
-import operator
-import os
-from collections.abc import Sequence
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode, tools_condition
+from lg_pipeline import ScriptedChat as PipelineChat
+from lg_pipeline import State, effect, lookup
 
 import agentledger
 
 
-def effect(name: str, arg: str) -> None:
-    path = os.environ.get("LG_EFFECTS")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{name}|{arg}|{agentledger.current_idempotency_key()}\n")
-
-
-class ScriptedChat(BaseChatModel):
+class ScriptedChat(PipelineChat):
     """research: a plan; writer: two emails, then a charge, then a final answer."""
 
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
-        return self.bind(**kwargs)
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
-                  ) -> ChatResult:
+    def answer(self, messages: list[BaseMessage]) -> AIMessage:
         last = str(messages[-1].content) if messages else ""
         seen = sum(isinstance(m, ToolMessage) for m in messages)
         if last.startswith("research:"):
-            answer = AIMessage(content=f"plan for {last[9:].strip()}")
-        elif seen == 0:
-            answer = AIMessage(content="", tool_calls=[
+            return AIMessage(content=f"plan for {last[9:].strip()}")
+        if seen == 0:
+            return AIMessage(content="", tool_calls=[
                 {"name": "send_email", "args": {"to": to}, "id": f"call_mail_{to}"}
                 for to in ("ann", "bob")])
-        elif seen == 2:
-            answer = AIMessage(content="", tool_calls=[
+        if seen == 2:
+            return AIMessage(content="", tool_calls=[
                 {"name": "charge", "args": {"cents": 4200}, "id": "call_charge_1"}])
-        else:
-            answer = AIMessage(content=f"wrote after {seen} tool results")
-        return ChatResult(generations=[ChatGeneration(message=answer)])
-
-
-@tool
-def lookup(q: str) -> str:
-    """Look something up."""
-    effect("lookup", q)
-    return f"{q}=42"
+        return AIMessage(content=f"wrote after {seen} tool results")
 
 
 @tool
@@ -100,11 +70,6 @@ def reserve(what: str) -> str:
 async def areserve(what: str) -> str:
     effect("reserve", what)
     return f"reserved {what}"
-
-
-class State(TypedDict):
-    messages: Annotated[list[BaseMessage], add_messages]
-    notes: Annotated[list[str], operator.add]
 
 
 def build(checkpointer: Any, *, use_async: bool) -> Any:
