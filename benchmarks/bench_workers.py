@@ -6,7 +6,7 @@ small value. agentledger: `agentledger worker` processes (concurrency 4 each) on
 listening to a DBOS queue (worker concurrency 4) on PostgreSQL 15 (fsync on commit), runs
 enqueued with DBOSClient. Both sides: runs submitted at once, clock stopped when the last ends.
 
-    python benchmarks/bench_workers.py [--runs 200] [--steps 20] [--procs 1,2,4]
+    python benchmarks/bench_workers.py [--runs 200] [--steps 20] [--procs 1,2,4] [--rounds 3]
     (DBOS: pip install dbos 'psycopg[binary]' in .venv-dbos; BENCH_PG_URL, default
      postgresql://postgres@127.0.0.1:5432/test)
 """
@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -195,11 +196,26 @@ def dbos_rate(procs: int, runs: int, steps: int) -> float:
 
 
 # ---- report ------------------------------------------------------------------------------
+def dbos_once(procs: int, runs: int, steps: int) -> float | str:
+    """One DBOS measurement in .venv-dbos: its rate, or why it could not run."""
+    if not DBOS_PYTHON.exists():
+        return f"not run: {DBOS_PYTHON} is missing"
+    proc = subprocess.run([str(DBOS_PYTHON), __file__, "--dbos", "--runs", str(runs),
+                           "--steps", str(steps), "--procs", str(procs)],
+                          capture_output=True, text=True, timeout=1800, cwd=str(REPO))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("DBOS ")]
+    if not lines:
+        return f"failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}"
+    return float(json.loads(lines[-1][5:])[str(procs)])
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--procs", default="1,2,4")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds; in each, every setup is measured once, next to the others")
     p.add_argument("--dbos-worker")
     p.add_argument("--dbos", action="store_true", help="(internal) measure the DBOS side")
     p.add_argument("--no-cluster", action="store_true")
@@ -217,52 +233,62 @@ def main() -> int:
 
     from _support import RedisServer, tmpdir
 
-    rows: dict[str, dict[int, float] | str] = {}
+    one, clustered, dbos = "agentledger, one Redis (AOF fsync always)", \
+        "agentledger, Redis Cluster 3+3 (AOF fsync always)", "DBOS 3.4 queue, PostgreSQL 15"
+    names = [one] + ([] if a.no_cluster else [clustered]) + [dbos]
+    rates: dict[str, dict[int, list[float]]] = {name: {n: [] for n in procs} for name in names}
+    dbos_failed = ""
     server = RedisServer(tmpdir("albench-workers-"), appendfsync="always").start()
+    cluster = None if a.no_cluster else Cluster(tmpdir("albench-cluster-")).start(
+        appendfsync="always")
     try:
         sizes = bytes_per_call(server)
         print("bytes per recorded call: " + ", ".join(f"{k} {v:.0f}" for k, v in sizes.items()))
-        rows["agentledger, one Redis (AOF fsync always)"] = {
-            n: agentledger_rate(server.url, n, a.runs, a.steps) for n in procs}
+        # The machine is shared and its load moves from minute to minute: each round measures
+        # every setup back to back, so a ratio compares neighbours in time, not two hours.
+        for r in range(a.rounds):
+            for n in procs:
+                rates[one][n].append(agentledger_rate(server.url, n, a.runs, a.steps))
+                if cluster is not None:
+                    rates[clustered][n].append(agentledger_rate(cluster.url, n, a.runs, a.steps))
+                got = dbos_failed or dbos_once(n, a.runs, a.steps)
+                if isinstance(got, str):
+                    dbos_failed = got
+                else:
+                    rates[dbos][n].append(got)
+                print(f"round {r + 1}, {n} process(es): " + ", ".join(
+                    f"{name.split(',')[0] if name == dbos else name} {v[n][-1]:,.0f}"
+                    for name, v in rates.items() if v[n]), flush=True)
     finally:
         server.kill()
         shutil.rmtree(server.dir, ignore_errors=True)
-    if not a.no_cluster:
-        cluster = Cluster(tmpdir("albench-cluster-")).start(appendfsync="always")
-        try:
-            rows["agentledger, Redis Cluster 3+3 (AOF fsync always)"] = {
-                n: agentledger_rate(cluster.url, n, a.runs, a.steps) for n in procs}
-        finally:
+        if cluster is not None:
             cluster.stop()
             shutil.rmtree(cluster.base, ignore_errors=True)
-    if DBOS_PYTHON.exists():
-        proc = subprocess.run([str(DBOS_PYTHON), __file__, "--dbos", "--runs", str(a.runs),
-                               "--steps", str(a.steps), "--procs", a.procs],
-                              capture_output=True, text=True, timeout=1800, cwd=str(REPO))
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("DBOS ")]
-        rows["DBOS 3.4 queue, PostgreSQL 15"] = (
-            {int(k): v for k, v in json.loads(lines[-1][5:]).items()} if lines
-            else f"failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}")
-    else:
-        rows["DBOS 3.4 queue, PostgreSQL 15"] = f"not run: {DBOS_PYTHON} is missing"
 
     print(f"\n{a.runs} runs x {a.steps} recorded calls, {CONCURRENCY} runs at once per process; "
-          "recorded calls per second")
+          f"recorded calls per second, median of {a.rounds} rounds (min-max)")
     print("| setup | " + " | ".join(f"{n} process{'es' if n > 1 else ''}" for n in procs) + " |")
     print("|---|" + "---:|" * len(procs))
-    for name, r in rows.items():
-        cells = [f"{r[n]:,.0f}" for n in procs] if isinstance(r, dict) else [r] + [""] * (len(procs) - 1)
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, r in rates.items():
+        if name == dbos and dbos_failed:
+            print(f"| {name} | {dbos_failed} |" + " |" * (len(procs) - 1))
+            continue
+        print(f"| {name} | " + " | ".join(
+            f"{statistics.median(r[n]):,.0f} ({min(r[n]):,.0f}-{max(r[n]):,.0f})"
+            for n in procs) + " |")
     if REDIS_CPU:
         print("\nrecorded calls per second of Redis CPU (one Redis; its INFO cpu, submits and "
-              "queue traffic included): "
+              "queue traffic included, last round): "
               + ", ".join(f"{n} process{'es' if n > 1 else ''}: {v:,.0f}"
                           for n, v in REDIS_CPU.items()))
-    dbos = rows["DBOS 3.4 queue, PostgreSQL 15"]
-    mine = rows["agentledger, one Redis (AOF fsync always)"]
-    if isinstance(dbos, dict) and isinstance(mine, dict):
-        print("\nratio agentledger (one Redis) / DBOS: "
-              + ", ".join(f"{n}: {mine[n] / dbos[n]:.1f}x" for n in procs))
+    if not dbos_failed:
+        # Each round's ratio is of two measurements taken one after the other.
+        print("\nratio agentledger (one Redis) / DBOS, per round; median (min-max):")
+        for n in procs:
+            ratios = [x / y for x, y in zip(rates[one][n], rates[dbos][n], strict=True)]
+            print(f"  {n} process{'es' if n > 1 else ''}: {statistics.median(ratios):.1f}x "
+                  f"({min(ratios):.1f}-{max(ratios):.1f}x)")
     return 0
 
 
