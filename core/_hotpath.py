@@ -12,6 +12,14 @@ commands in order, so whatever a crash loses is a suffix of what was sent. That 
 while every record of the session goes over this one connection: at ``async`` a caller that
 finds it busy waits for it instead of using the client, and a broken connection with replies
 still unread is an error at the barrier, never silently reconnected.
+
+On a Redis Cluster the connection goes to the master owning the run's slot (every key of a run
+shares its hash tag), so a run's records reach one node in order and a ``WAIT`` after them
+counts them (:mod:`agentledger._nodes`). A failover (connection lost, MOVED, ...) during a
+synchronous record re-reads the slot map and sends the record again to the new owner: the
+claim and complete scripts are fenced and idempotent under one fencing token (a repeated claim
+finds its own attempt, a repeated complete finds its own outcome), so a record that did reach
+the old master, and its replica, is not applied twice.
 """
 
 from __future__ import annotations
@@ -27,7 +35,16 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from ._connect import ledger_error
 from ._errors import LedgerError
-from ._store import _retry, _retry_async
+from ._nodes import (
+    SLOT_MOVED,
+    aexchange,
+    aowner_connection,
+    arefresh_slots,
+    as_cluster,
+    exchange,
+    owner_connection,
+    refresh_slots,
+)
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -61,17 +78,22 @@ def _size(keys: list[str], args: list[str | bytes]) -> int:
 class StepConnection:
     """One session's connection for step scripts (sync and asyncio)."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, route_key: str | None = None) -> None:
         self._ledger = ledger
-        self._enabled = not ledger.cluster  # a cluster routes by slot: use the client
+        # On a cluster: the key whose slot's master takes the records (the run's hash tag);
+        # without one, a cluster session uses the client.
+        self._route_key = route_key
+        self._enabled = route_key is not None or not ledger.cluster
         self.pipelined = self._enabled and ledger.durability != "sync"
         # Records sent from asyncio are read at an asyncio barrier; a run opened with the
         # synchronous API ends with a synchronous one, so there they are acknowledged at once.
         self.opened_async = False
         self._conn: Any = None
+        self._pool: Any = None  # the pool self._conn goes back to (a cluster node's own)
         self._lock = threading.Lock()
         self._pending = _Pending()
         self._aconn: Any = None
+        self._anode: Any = None  # a cluster node: the owner of self._aconn
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._alock: asyncio.Lock | None = None
         self._apending = _Pending()
@@ -100,33 +122,55 @@ class StepConnection:
             return self._ledger.script(name, keys, args)
         try:
             self._drain()
-            conn = self._connection()
             sha, source = self._ledger._scripts[name].sha, self._ledger._scripts[name].script
-
-            def send() -> Any:
-                try:
-                    conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-                    return conn.read_response()
-                except NoScriptError:  # a restarted Redis forgot its scripts
-                    conn.send_command("SCRIPT", "LOAD", source)
-                    conn.read_response()
-                    conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-                    return conn.read_response()
-
-            reply = self._retry().call_with_retry(send, lambda _e: conn.disconnect())
+            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
             if self._ledger.wait_replicas:  # on this connection: WAIT counts its writes
-                conn.send_command(*self._ledger.wait_command())
-                self._ledger.check_replicated(conn.read_response(), f"the {name} script")
-            return reply
+                commands.append(self._ledger.wait_command())
+
+            def send() -> list[Any]:
+                conn = self._connection()
+                replies = exchange(conn, commands)  # the record and its WAIT: one round trip
+                if isinstance(replies[0], NoScriptError):  # a restarted Redis forgot its scripts
+                    exchange(conn, [("SCRIPT", "LOAD", source)])
+                    replies = exchange(conn, commands)
+                if isinstance(replies[0], SLOT_MOVED):  # not run: the slot is elsewhere now
+                    raise replies[0]
+                return replies
+
+            replies = self._retry().call_with_retry(send, self._lost)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            if self._ledger.wait_replicas:
+                self._ledger.check_replicated(replies[1], f"the {name} script")
+            return replies[0]
         except redis.RedisError as e:
             raise ledger_error(e, self._ledger.url, f"the {name} script") from e
         finally:
             self._lock.release()
 
+    def _lost(self, _error: Exception) -> None:
+        """The connection failed or its node no longer owns the slot: on a cluster, re-read the
+        slot map, and take the next connection from the slot's owner then."""
+        if self._conn is not None:
+            self._conn.disconnect()
+        if self._route_key is not None and self._ledger.cluster:
+            self._release()
+            refresh_slots(as_cluster(self._ledger.redis))
+
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = self._ledger.redis.connection_pool.get_connection()
+            if self._route_key is not None and self._ledger.cluster:
+                self._conn, self._pool = owner_connection(as_cluster(self._ledger.redis),
+                                                          self._route_key)
+            else:
+                self._pool = self._ledger.redis.connection_pool
+                self._conn = self._pool.get_connection()
         return self._conn
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._pool.release(self._conn)
+            self._conn = self._pool = None
 
     def send(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
         """Write a record to the socket and return; ``on_reply`` runs at the next barrier
@@ -146,7 +190,7 @@ class StepConnection:
                                   *args, check_health=False)
             except redis.RedisError as e:
                 pending.clear()  # what was sent before is of unknown fate: fail closed
-                conn.disconnect()
+                self._lost(e)
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
             pending.items.append((name, keys, args, on_reply))
             pending.bytes += _size(keys, args)
@@ -171,6 +215,7 @@ class StepConnection:
             return
         conn = self._conn
         first: BaseException | None = None
+        moved = False
         items = list(pending.items)
         pending.clear()
         try:
@@ -179,6 +224,7 @@ class StepConnection:
                     reply = conn.read_response()
                 except ResponseError as e:  # refused (OOM, ...): what follows is read too
                     first = first or ledger_error(e, self._ledger.url, f"the {name} script")
+                    moved = moved or isinstance(e, SLOT_MOVED)
                     continue
                 if first is None:
                     try:
@@ -189,8 +235,10 @@ class StepConnection:
                 conn.send_command(*self._ledger.wait_command())
                 self._ledger.check_replicated(conn.read_response(), "the step records")
             pending.waited = True
+            if moved:  # the slot moved (a failover): the next record goes to its new owner
+                self._lost(first)  # type: ignore[arg-type]
         except redis.RedisError as e:
-            conn.disconnect()  # replies unread: the connection is out of step
+            self._lost(e)  # replies unread: the connection is out of step
             pending.waited = True
             raise ledger_error(e, self._ledger.url, "the step records") from e
         except LedgerError:
@@ -200,7 +248,7 @@ class StepConnection:
             raise first
 
     def _retry(self) -> Any:
-        return _retry(self._ledger.settings)
+        return self._ledger.cluster_retry()
 
     def close(self) -> None:
         with self._lock:
@@ -208,8 +256,7 @@ class StepConnection:
                 if self._pending.items:  # replies never read: do not hand it to the pool
                     self._conn.disconnect()
                     self._pending.clear()
-                self._ledger.redis.connection_pool.release(self._conn)
-                self._conn = None
+                self._release()
 
     # ---- asyncio ----------------------------------------------------------------------------
     def _alock_for(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock | None:
@@ -228,36 +275,50 @@ class StepConnection:
             scripts = self._ledger._async()[1]
             try:
                 await self._adrain()
-                conn = await self._aconnection()
                 sha, source = scripts[name].sha, scripts[name].script
-
-                async def send() -> Any:
-                    try:
-                        await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-                        return await conn.read_response()
-                    except NoScriptError:
-                        await conn.send_command("SCRIPT", "LOAD", source)
-                        await conn.read_response()
-                        await conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
-                        return await conn.read_response()
-
-                async def fail(_e: Exception) -> None:
-                    await conn.disconnect()
-
-                reply = await _retry_async(self._ledger.settings).call_with_retry(send, fail)
+                commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
                 if self._ledger.wait_replicas:
-                    await conn.send_command(*self._ledger.wait_command())
-                    self._ledger.check_replicated(await conn.read_response(),
-                                                  f"the {name} script")
-                return reply
+                    commands.append(self._ledger.wait_command())
+
+                async def send() -> list[Any]:
+                    conn = await self._aconnection()
+                    replies = await aexchange(conn, commands)
+                    if isinstance(replies[0], NoScriptError):
+                        await aexchange(conn, [("SCRIPT", "LOAD", source)])
+                        replies = await aexchange(conn, commands)
+                    if isinstance(replies[0], SLOT_MOVED):
+                        raise replies[0]
+                    return replies
+
+                replies = await self._ledger.acluster_retry().call_with_retry(send, self._alost)
+                if isinstance(replies[0], Exception):
+                    raise replies[0]
+                if self._ledger.wait_replicas:
+                    self._ledger.check_replicated(replies[1], f"the {name} script")
+                return replies[0]
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
+    async def _alost(self, _error: Exception) -> None:
+        if self._aconn is not None:
+            await self._aconn.disconnect()
+        if self._route_key is not None and self._ledger.cluster:
+            self._arelease()
+            await arefresh_slots(self._ledger._async()[0])  # type: ignore[arg-type]
+
     async def _aconnection(self) -> Any:
         if self._aconn is None:
-            client = self._ledger._async()[0]
-            self._aconn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            client: Any = self._ledger._async()[0]
+            if self._route_key is not None and self._ledger.cluster:
+                self._aconn, self._anode = await aowner_connection(client, self._route_key)
+            else:
+                self._aconn = await client.connection_pool.get_connection()
         return self._aconn
+
+    def _arelease(self) -> None:
+        if self._aconn is not None and self._anode is not None:
+            self._anode.release(self._aconn)
+        self._aconn = self._anode = None
 
     async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
         loop = asyncio.get_running_loop()
@@ -278,7 +339,7 @@ class StepConnection:
                                         *keys, *args, check_health=False)
             except redis.RedisError as e:
                 pending.clear()
-                await conn.disconnect()
+                await self._alost(e)
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
             pending.items.append((name, keys, args, on_reply))
             pending.bytes += _size(keys, args)
@@ -305,6 +366,7 @@ class StepConnection:
             return
         conn = self._aconn
         first: BaseException | None = None
+        moved = False
         items = list(pending.items)
         pending.clear()
         try:
@@ -313,6 +375,7 @@ class StepConnection:
                     reply = await conn.read_response()
                 except ResponseError as e:
                     first = first or ledger_error(e, self._ledger.url, f"the {name} script")
+                    moved = moved or isinstance(e, SLOT_MOVED)
                     continue
                 if first is None:
                     try:
@@ -323,8 +386,10 @@ class StepConnection:
                 await conn.send_command(*self._ledger.wait_command())
                 self._ledger.check_replicated(await conn.read_response(), "the step records")
             pending.waited = True
+            if moved:
+                await self._alost(first)  # type: ignore[arg-type]
         except redis.RedisError as e:
-            await conn.disconnect()
+            await self._alost(e)
             pending.waited = True
             raise ledger_error(e, self._ledger.url, "the step records") from e
         except LedgerError:
@@ -338,7 +403,10 @@ class StepConnection:
             if self._apending.items:
                 await self._aconn.disconnect()
                 self._apending.clear()
-            client: aredis.Redis = self._ledger._async()[0]
-            await client.connection_pool.release(self._aconn)
-        self._aconn = None
+            if self._anode is not None:
+                self._arelease()
+            else:
+                client: aredis.Redis = self._ledger._async()[0]
+                await client.connection_pool.release(self._aconn)
+        self._aconn = self._anode = None
         self.close()

@@ -122,7 +122,8 @@ class Ledger(RedisStore):
             (``WAIT``) until this many replicas have it, so a failover loses nothing
             acknowledged; fewer within the timeout fails the call closed with
             LedgerUnavailableError. 0 (default): replication is asynchronous. A standalone
-            Redis with replicas only, for now (not a Redis Cluster).
+            Redis with replicas, or a Redis Cluster (the record and its WAIT go to the master
+            owning the run's slot).
         durability: 'sync' (default): every step record is acknowledged before the call
             returns. 'async': records whose loss a re-run repairs (LLM outcomes, claims and
             outcomes of 'rerun' steps) are sent without waiting, and acknowledged at the next

@@ -134,7 +134,7 @@ class RunSession:
         self._root: tuple[str, int] | None = None  # (scope, thread) where it was activated
         self._lock = threading.Lock()
         self._fence_arg = str(fence)
-        self._hot = StepConnection(ledger)
+        self._hot = StepConnection(ledger, self.keys.run)
         self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
         self.otel: Any = None  # the run's span and attached contexts, when tracing is on
         if _otel.active is not None:

@@ -27,6 +27,16 @@ from ._connect import (
 )
 from ._errors import LedgerUnavailableError
 from ._keys import RunKeys, check_run_id, runs_index
+from ._nodes import (
+    SLOT_MOVED,
+    aexchange,
+    aowner_connection,
+    arefresh_slots,
+    as_cluster,
+    exchange,
+    owner_connection,
+    refresh_slots,
+)
 
 __all__ = ["RedisStore"]
 
@@ -142,12 +152,10 @@ class RedisStore:
     # ---- durability "replicated" ------------------------------------------------------------
     def require_replicas(self, replicas: int, timeout_ms: int = 1000) -> None:
         """Wait after each record until ``replicas`` replicas have it (``WAIT``), so that a
-        failover loses nothing acknowledged. 0 turns it off."""
+        failover loses nothing acknowledged. 0 turns it off. On a Redis Cluster the record and
+        its WAIT go over one connection to the master owning the run's slot."""
         if replicas < 0 or timeout_ms < 1:
             raise ValueError("replicas must be >= 0 and replica_timeout_ms >= 1")
-        if replicas and self.cluster:
-            raise ValueError("replicas= needs a standalone Redis with replicas; on a Redis "
-                             "Cluster it is not supported yet")
         self.wait_replicas, self.wait_timeout_ms = int(replicas), int(timeout_ms)
 
     def wait_command(self) -> tuple[str, int, int]:
@@ -160,45 +168,133 @@ class RedisStore:
                 f"{what}: {int(acked)} of {self.wait_replicas} replicas acknowledged the record "
                 f"within {self.wait_timeout_ms} ms; a failover could lose it")
 
-    def eval_replicated(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
-        """EVALSHA and WAIT on one connection (WAIT counts that connection's writes)."""
-        def attempt() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.execute_command(*self.wait_command())  # type: ignore[no-untyped-call]
-            return list(pipe.execute())
+    def cluster_retry(self) -> DeadlineRetry:
+        """The retry of a command sent to a slot's owner: a lost connection or a reply saying
+        the slot is elsewhere (a failover) is tried again on the owner a fresh slot map names."""
+        retry = _retry(self.settings)
+        retry.update_supported_errors(SLOT_MOVED)
+        return retry
 
-        try:
+    def acluster_retry(self) -> AsyncDeadlineRetry:
+        retry = _retry_async(self.settings)
+        retry.update_supported_errors(SLOT_MOVED)
+        return retry
+
+    def _on_owner(self, key: str, commands: list[tuple[Any, ...]], source: Any) -> list[Any]:
+        # Commands then WAIT on one connection to the master owning key's slot, one round
+        # trip. Retried after a failover: every caller's commands are safe to apply twice
+        # (the ledger's scripts are idempotent under one fencing token; a queue entry sent
+        # twice is read twice and the run lease makes the second a no-op).
+        cluster = as_cluster(self.redis)
+
+        def attempt() -> list[Any]:
+            conn, pool = owner_connection(cluster, key)
             try:
-                reply, acked = attempt()
-            except NoScriptError:
-                self.redis.script_load(script.script)
-                reply, acked = attempt()
+                replies = exchange(conn, commands)
+                if source is not None and isinstance(replies[0], NoScriptError):
+                    exchange(conn, [("SCRIPT", "LOAD", source)])
+                    replies = exchange(conn, commands)
+                for r in replies:
+                    if isinstance(r, SLOT_MOVED):
+                        raise r
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+            return replies
+
+        return self.cluster_retry().call_with_retry(attempt, lambda _e: refresh_slots(cluster))
+
+    async def _aon_owner(self, key: str, commands: list[tuple[Any, ...]],
+                         source: Any) -> list[Any]:
+        cluster = cast(aredis.RedisCluster, self._async()[0])
+
+        async def attempt() -> list[Any]:
+            conn, node = await aowner_connection(cluster, key)
+            try:
+                replies = await aexchange(conn, commands)
+                if source is not None and isinstance(replies[0], NoScriptError):
+                    await aexchange(conn, [("SCRIPT", "LOAD", source)])
+                    replies = await aexchange(conn, commands)
+                for r in replies:
+                    if isinstance(r, SLOT_MOVED):
+                        raise r
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                node.release(conn)
+            return replies
+
+        async def fail(_e: Exception) -> None:
+            await arefresh_slots(cluster)
+
+        return await self.acluster_retry().call_with_retry(attempt, fail)
+
+    def commands_replicated(self, key: str, commands: list[tuple[Any, ...]], what: str,
+                            source: Any = None) -> list[Any]:
+        """Send ``commands`` (all on ``key``'s slot) and WAIT on one connection; their replies.
+        An error reply is raised; fewer replicas than required is an error (fail closed)."""
+        wait = [*commands, self.wait_command()]
+        try:
+            if self.cluster:
+                replies = self._on_owner(key, wait, source)
+            else:
+                def attempt() -> list[Any]:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for cmd in wait:
+                        pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
+                    return list(pipe.execute(raise_on_error=False))
+
+                replies = attempt()
+                if source is not None and isinstance(replies[0], NoScriptError):
+                    self.redis.script_load(source)
+                    replies = attempt()
         except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
             raise ledger_error(e, self.url, what) from e
-        self.check_replicated(acked, what)
-        return reply
+        for r in replies:
+            if isinstance(r, Exception):
+                raise ledger_error(r, self.url, what) from r
+        self.check_replicated(replies[-1], what)
+        return replies[:-1]
+
+    async def acommands_replicated(self, key: str, commands: list[tuple[Any, ...]], what: str,
+                                   source: Any = None) -> list[Any]:
+        wait = [*commands, self.wait_command()]
+        try:
+            if self.cluster:
+                replies = await self._aon_owner(key, wait, source)
+            else:
+                client = self._async()[0]
+
+                async def attempt() -> list[Any]:
+                    pipe = client.pipeline(transaction=False)
+                    for cmd in wait:
+                        pipe.execute_command(*cmd)
+                    return list(await pipe.execute(raise_on_error=False))
+
+                replies = await attempt()
+                if source is not None and isinstance(replies[0], NoScriptError):
+                    await client.script_load(source)
+                    replies = await attempt()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            raise ledger_error(e, self.url, what) from e
+        for r in replies:
+            if isinstance(r, Exception):
+                raise ledger_error(r, self.url, what) from r
+        self.check_replicated(replies[-1], what)
+        return replies[:-1]
+
+    def eval_replicated(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:
+        """EVALSHA and WAIT on one connection (WAIT counts that connection's writes)."""
+        return self.commands_replicated(
+            keys[0], [("EVALSHA", script.sha, len(keys), *keys, *args)], what, script.script)[0]
 
     async def aeval_replicated(self, sha: str, source: Any, keys: list[str], args: list[Any],
                                what: str) -> Any:
-        client = self._async()[0]
-
-        async def attempt() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.evalsha(sha, len(keys), *keys, *args)
-            pipe.execute_command(*self.wait_command())
-            return list(await pipe.execute())
-
-        try:
-            try:
-                reply, acked = await attempt()
-            except NoScriptError:
-                await client.script_load(source)
-                reply, acked = await attempt()
-        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
-            raise ledger_error(e, self.url, what) from e
-        self.check_replicated(acked, what)
-        return reply
+        return (await self.acommands_replicated(
+            keys[0], [("EVALSHA", sha, len(keys), *keys, *args)], what, source))[0]
 
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if self.wait_replicas:

@@ -104,6 +104,39 @@ class Cluster:
                     return next(x for x in self.nodes if x.port == master_port)
         raise RuntimeError(f"no master serves {key!r}")
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The live replica following ``master``."""
+        info = self._client(master).info("replication")
+        ports = {int(v["port"]) for k, v in info.items() if k.startswith("slave")
+                 and isinstance(v, dict)}
+        return next(n for n in self.nodes if n.port in ports and n.proc is not None)
+
+    def take_over(self, replica: RedisServer) -> None:
+        """Promote ``replica`` now (its master was killed): CLUSTER FAILOVER TAKEOVER needs no
+        vote, so the failover does not wait for the node timeout; until the replica is master."""
+        self._client(replica).execute_command("CLUSTER FAILOVER", "TAKEOVER")
+        deadline = time.monotonic() + 30
+        while self.roles().get(replica.port) != "master":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not take over")
+            time.sleep(0.05)
+
+    def rejoin(self, node: RedisServer) -> None:
+        """Start a killed node again (same port, its nodes.conf): the cluster makes it a
+        replica of the master that replaced it; until it is in sync."""
+        node.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = self._client(node).info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                    return
+            except (redis.RedisError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the restarted node did not rejoin as a replica")
+            time.sleep(0.1)
+
     def stop(self) -> None:
         for n in self.nodes:
             n.kill()

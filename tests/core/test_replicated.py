@@ -115,6 +115,6 @@ def test_the_default_loses_what_the_master_had_not_sent(
     promoted.close()
 
 
-def test_replicas_are_refused_on_a_cluster_client_and_checked() -> None:
+def test_replicas_are_checked() -> None:
     with pytest.raises(ValueError, match="replicas must be"):
         Ledger(url="redis://127.0.0.1:1/0", replicas=-1)

@@ -3,7 +3,10 @@
 Run by ``python -m agentledger worker worker_app:app`` (tests/core/children on PYTHONPATH).
 env: AL_URL, AL_PREFIX, AL_EFFECTS (the effects file), AL_LEASE_MS, AL_RETRIES,
      STEP_SLEEP (seconds each step body sleeps after its effect),
-     FAIL_FLAG (a file: while it exists, the 'flaky' pipeline's check step fails).
+     FAIL_FLAG (a file: while it exists, the 'flaky' pipeline's check step fails),
+     AL_REPLICAS, AL_REPLICA_TIMEOUT_MS (durability "replicated"),
+     AL_LOG_ACKED (set: the 'steps' pipeline logs each step once its call returned, i.e. its
+     record was acknowledged: phase "acked").
 Each effect line: {"run", "step", "key" (idempotency key), "pid", "t0", "t1"}.
 """
 
@@ -34,6 +37,17 @@ def _effect(name: str) -> None:
         f.write(json.dumps({**line, "phase": "end", "t1": time.time()}) + "\n")
 
 
+def _acked(name: str) -> None:
+    if not os.environ.get("AL_LOG_ACKED"):
+        return
+    line = {"run": agentledger.current_run().run_id,  # type: ignore[union-attr]
+            "step": name, "phase": "acked", "pid": os.getpid(), "t1": time.time()}
+    with open(os.environ["AL_EFFECTS"], "a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 @agentledger.step
 def work(name: str, n: int) -> int:
     _effect(name)
@@ -62,6 +76,7 @@ def build(ledger: Ledger) -> App:
         n = input["start"]
         for i in range(input.get("count", 5)):
             n = work(f"s{i + 1}", n)
+            _acked(f"s{i + 1}")
         return {"total": n, "run": run.run_id}
 
     @app.pipeline("asteps")
@@ -91,4 +106,7 @@ def build(ledger: Ledger) -> App:
 
 if os.environ.get("AL_URL"):
     app = build(Ledger.from_url(os.environ["AL_URL"], prefix=os.environ["AL_PREFIX"],
-                                lease_ms=int(os.environ.get("AL_LEASE_MS", "3000"))))
+                                lease_ms=int(os.environ.get("AL_LEASE_MS", "3000")),
+                                replicas=int(os.environ.get("AL_REPLICAS", "0")),
+                                replica_timeout_ms=int(os.environ.get("AL_REPLICA_TIMEOUT_MS",
+                                                                      "1000"))))

@@ -1,0 +1,88 @@
+"""A connection to the master that owns a key's slot on a Redis Cluster (sync and asyncio).
+
+``WAIT`` has no key and counts only the writes of the connection it is sent on, and redis-py's
+cluster client picks a connection per command: a record and its ``WAIT`` must go over one
+connection to the master owning the run's slot (all of a run's keys share the hash tag
+``{run_id}``, :mod:`agentledger._keys`). That connection is taken here, from the node's own
+pool; when the master dies or the slot moves (a failover: the connection is lost, or the node
+answers MOVED / ASK / TRYAGAIN / CLUSTERDOWN), :func:`refresh_slots` asks the cluster for the
+slot map again and the next connection goes to the new owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aredis
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    RedisClusterException,
+    TryAgainError,
+)
+
+__all__ = ["SLOT_MOVED", "aexchange", "aowner_connection", "arefresh_slots", "as_cluster",
+           "exchange", "owner_connection", "refresh_slots"]
+
+# Replies that mean the node did not run the command because the slot's owner is elsewhere or
+# changing (MovedError is an AskError): retried on the owner the refreshed slot map names.
+SLOT_MOVED: tuple[type[redis.RedisError], ...] = (AskError, TryAgainError, ClusterDownError)
+
+
+def owner_connection(client: RedisCluster, key: str) -> tuple[Any, Any]:
+    """A connection to the master serving ``key``'s slot now, and the pool to release it to."""
+    node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+    pool = client.get_redis_connection(node).connection_pool
+    return pool.get_connection(), pool
+
+
+def refresh_slots(client: RedisCluster) -> None:
+    """Ask the cluster for its slot map again (after a failover: the new owners)."""
+    # No node answers yet: the next attempt fails as well, and its retry ends it.
+    with contextlib.suppress(redis.RedisError, RedisClusterException):
+        client.nodes_manager.initialize()
+
+
+async def aowner_connection(client: aredis.RedisCluster, key: str) -> tuple[Any, Any]:
+    """:func:`owner_connection` for redis.asyncio: the connection and its node."""
+    await client.initialize()  # the slot map is loaded on first use
+    node = client.get_node_from_key(key)
+    if node is None:  # only with replica=True
+        raise RedisClusterException(f"no node serves {key!r}")  # type: ignore[no-untyped-call]
+    return node.acquire_connection(), node
+
+
+async def arefresh_slots(client: aredis.RedisCluster) -> None:
+    with contextlib.suppress(redis.RedisError, RedisClusterException):
+        await client.nodes_manager.initialize()
+
+
+def exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one write and read every reply (one round trip). An error reply
+    is returned in its place, not raised, so the connection stays in step."""
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as e:
+            replies.append(e)
+    return replies
+
+
+async def aexchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    await conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except redis.ResponseError as e:
+            replies.append(e)
+    return replies
+
+
+def as_cluster(client: Any) -> RedisCluster:
+    return cast(RedisCluster, client)
