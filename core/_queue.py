@@ -178,8 +178,11 @@ class RunQueue:
     def submit(self, run_id: str, pipeline: str, input_json: str) -> bool:
         """Store the run's input and queue it; False if it had already ended."""
         keys, args = self._submit_args(run_id, pipeline, input_json)
-        with self.store.redis_errors():
-            reply = self._submit(keys=keys, args=args)
+        if self.store.wait_replicas:
+            reply = self.store.eval_replicated(self._submit, keys, args, "the run's input")
+        else:
+            with self.store.redis_errors():
+                reply = self._submit(keys=keys, args=args)
         if not self._check_submit(run_id, pipeline, reply):
             return False
         self.enqueue(run_id, "submit")
@@ -187,8 +190,12 @@ class RunQueue:
 
     async def asubmit(self, run_id: str, pipeline: str, input_json: str) -> bool:
         keys, args = self._submit_args(run_id, pipeline, input_json)
-        with self.store.redis_errors():
-            reply = await self._aeval(SUBMIT, self._submit.sha, keys, args)
+        if self.store.wait_replicas:
+            reply = await self.store.aeval_replicated(self._submit.sha, SUBMIT, keys, args,
+                                                      "the run's input")
+        else:
+            with self.store.redis_errors():
+                reply = await self._aeval(SUBMIT, self._submit.sha, keys, args)
         if not self._check_submit(run_id, pipeline, cast(list[Any], reply)):
             return False
         await self.aenqueue(run_id, "submit")
@@ -202,9 +209,19 @@ class RunQueue:
             await client.script_load(script)
             return await client.evalsha(sha, len(keys), *keys, *args)
 
+    def _entry(self, shard: int, run_id: str, why: str) -> list[tuple[Any, ...]]:
+        # Sent twice after a failover (a lost reply), an entry is read twice: the run lease
+        # makes the second read find the run held or ended.
+        return [("XADD", self.stream(shard), "*", "run", run_id, "why", why),
+                ("ZADD", self.active(shard), "NX", int(time.time() * 1000), run_id)]
+
     def enqueue(self, run_id: str, why: str) -> None:
         """Ask a worker to try the run (it stays in the shard's active set until it ends)."""
         shard = self.shard_of(run_id)
+        if self.store.wait_replicas:
+            self.store.commands_replicated(self.stream(shard), self._entry(shard, run_id, why),
+                                           "the queue entry")
+            return
         with self.store.redis_errors():
             pipe = self.store.redis.pipeline(transaction=False)
             pipe.xadd(self.stream(shard), {"run": run_id, "why": why})
@@ -213,6 +230,10 @@ class RunQueue:
 
     async def aenqueue(self, run_id: str, why: str) -> None:
         shard = self.shard_of(run_id)
+        if self.store.wait_replicas:
+            await self.store.acommands_replicated(
+                self.stream(shard), self._entry(shard, run_id, why), "the queue entry")
+            return
         with self.store.redis_errors():
             pipe = self.store.async_client().pipeline(transaction=False)
             pipe.xadd(self.stream(shard), {"run": run_id, "why": why})

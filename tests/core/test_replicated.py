@@ -17,6 +17,7 @@ import redis
 import agentledger
 from _support import RedisServer, tmpdir
 from agentledger import Ledger, LedgerUnavailableError
+from agentledger._queue import app_key
 
 
 @pytest.fixture
@@ -118,3 +119,26 @@ def test_the_default_loses_what_the_master_had_not_sent(
 def test_replicas_are_checked() -> None:
     with pytest.raises(ValueError, match="replicas must be"):
         Ledger(url="redis://127.0.0.1:1/0", replicas=-1)
+
+
+def test_a_submitted_run_is_on_the_replica_when_submit_returns(
+        pair: tuple[RedisServer, RedisServer]) -> None:
+    master, replica = pair
+    ledger = Ledger.from_url(master.url, prefix="rep", replicas=1, replica_timeout_ms=PATIENT)
+    app = agentledger.App(ledger)
+
+    @app.pipeline("echo")
+    def echo(input: dict[str, int], run: agentledger.RunSession) -> dict[str, int]:
+        return input
+
+    app.submit("echo", {"x": 1}, run_id="sub")
+    on_replica = redis.Redis(port=replica.port)
+    assert on_replica.exists(app_key("rep", "sub"))  # the input, and the queue entry
+    assert on_replica.xlen(app.queue.stream(app.queue.shard_of("sub"))) == 1
+    assert replica.proc is not None
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    ledger.require_replicas(1, 200)
+    with pytest.raises(LedgerUnavailableError, match="0 of 1 replicas"):
+        app.submit("echo", {"x": 2}, run_id="sub2")  # never acknowledged unreplicated
+    os.kill(replica.proc.pid, signal.SIGCONT)
+    ledger.close()
