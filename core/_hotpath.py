@@ -172,10 +172,13 @@ class StepConnection:
             self._pool.release(self._conn)
             self._conn = self._pool = None
 
-    def send(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
+    def send(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,
+             defer: bool = False) -> None:
         """Write a record to the socket and return; ``on_reply`` runs at the next barrier
-        (its exception is raised there). Falls back to :meth:`call` at ``sync``."""
-        if not self.pipelined:
+        (its exception is raised there). Falls back to :meth:`call` at ``sync``, unless
+        ``defer``: a write that needs no acknowledgement of its own even at ``sync``, because
+        the next acknowledged call on this connection (or the end of the run) reads it."""
+        if not (self.pipelined or (defer and self._enabled)):
             on_reply(self.call(name, keys, args))
             return
         with self._lock:
@@ -320,10 +323,12 @@ class StepConnection:
             self._anode.release(self._aconn)
         self._aconn = self._anode = None
 
-    async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
+    async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,
+                    defer: bool = False) -> None:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
-        if not (self.pipelined and self.opened_async) or lock is None:
+        pipelined = self.pipelined or (defer and self._enabled)
+        if not (pipelined and self.opened_async) or lock is None:
             on_reply(await self.acall(name, keys, args))
             return
         async with lock:

@@ -219,6 +219,33 @@ class RunSession:
     async def abarrier(self) -> None:
         await self._hot.abarrier()
 
+    # ---- an adapter's own writes, in order with the step records ---------------------------
+    @property
+    def pipelined(self) -> bool:
+        """Records are written without waiting for their replies (durability 'async' or
+        'exit'); False: each is acknowledged before the call returns."""
+        return self._hot.pipelined
+
+    def send_script(self, name: str, keys: list[str], args: list[Any],
+                    on_reply: Callable[[Any], None], *, defer: bool = False) -> None:
+        """Send a script registered with ``Ledger.register_scripts`` on this run's step
+        connection, after the records sent before it. At 'async'/'exit', or with ``defer`` at
+        any level, it is written without waiting and ``on_reply`` runs at the next barrier
+        (its exception is raised there); at 'sync' without ``defer``, it is acknowledged now."""
+        self._hot.send(name, keys, args, on_reply, defer)
+
+    async def asend_script(self, name: str, keys: list[str], args: list[Any],
+                           on_reply: Callable[[Any], None], *, defer: bool = False) -> None:
+        await self._hot.asend(name, keys, args, on_reply, defer)
+
+    def call_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered script and return its reply; for a read that must see this run's
+        writes, call :meth:`barrier` first."""
+        return self._hot.call(name, keys, args)
+
+    async def acall_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._hot.acall(name, keys, args)
+
     def _replay_counts(self) -> list[tuple[str, ...]]:
         # Counted inside the finish script, which a retry cannot apply twice.
         return []

@@ -105,6 +105,7 @@ class RedisStore:
         # the cluster refuses scripts inside pipelines, so those become sequential calls.
         self.cluster = isinstance(client, RedisCluster)
         self.redis: redis.Redis = cast(redis.Redis, client)
+        self._script_sources = dict(_SCRIPTS)
         self._scripts: dict[str, Script] = {n: self.redis.register_script(s)
                                             for n, s in _SCRIPTS.items()}
         self.wait_replicas = 0  # durability "replicated": see require_replicas()
@@ -122,9 +123,24 @@ class RedisStore:
             with self.redis_errors():
                 client = cast(aredis.Redis, async_twin(
                     cast(redis.Redis | RedisCluster, self.redis), self.settings))
-            entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
+            entry = (client, {n: client.register_script(s)
+                              for n, s in self._script_sources.items()})
             self._aclients[loop] = entry
         return entry
+
+    def register_scripts(self, sources: dict[str, str]) -> None:
+        """Add an adapter's own scripts (name -> Lua source), so that a run session can send
+        them on its step connection, in order with its step records. Names must not clash."""
+        for name, source in sources.items():
+            known = self._script_sources.get(name)
+            if known == source:
+                continue
+            if known is not None:
+                raise ValueError(f"a different script is registered as {name!r}")
+            self._script_sources[name] = source
+            self._scripts[name] = self.redis.register_script(source)
+            for client, scripts in self._aclients.values():
+                scripts[name] = client.register_script(source)
 
     def check_server(self) -> None:
         """First contact (once per ledger): connect without retries, so that a wrong password

@@ -15,7 +15,7 @@ import random
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,7 +25,14 @@ import redis.asyncio as aredis
 from langchain_core.runnables import RunnableConfig
 from redis.commands.core import AsyncScript, Script
 
-from agentledger import CorruptRecordError, Ledger, LedgerError, LedgerUnavailableError
+from agentledger import (
+    CorruptRecordError,
+    Ledger,
+    LedgerError,
+    LedgerUnavailableError,
+    RunSession,
+    _context,
+)
 from agentledger._faults import crash_point
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -49,6 +56,8 @@ __all__ = ["DurableCheckpointer"]
 
 _SCRIPTS = {"put": lua.PUT, "put_writes": lua.PUT_WRITES, "load": lua.LOAD,
             "load_many": lua.LOAD_MANY, "drop": lua.DROP}
+# The same scripts as the ledger knows them, to be sent on a run's step connection.
+_RUN_SCRIPTS = {f"langgraph.{n}": _SCRIPTS[n] for n in ("put", "put_writes", "load")}
 _US = codec.US
 _LOAD_CHUNK = 64
 _CACHE_SIZE = 512
@@ -96,6 +105,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                              "without decode_responses=True")
         self.ttl = ttl
         self._ttl_ms = int(ttl * 1000) if ttl is not None else 0
+        self._ttl_arg = str(self._ttl_ms)  # script arguments are text
         self._scripts: dict[str, Script] = {
             n: self.ledger.redis.register_script(s) for n, s in _SCRIPTS.items()}
         self._ascripts: weakref.WeakKeyDictionary[aredis.Redis, dict[str, AsyncScript]] = (
@@ -105,6 +115,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         self._lists: OrderedDict[tuple[str, str, str], tuple[str, list[bytes]]] = OrderedDict()
         self._lists_lock = threading.Lock()
         self._thread_keys: dict[Any, ThreadKeys] = {}
+        self.ledger.register_scripts(_RUN_SCRIPTS)
         _install_call_recording()
 
     @classmethod
@@ -176,6 +187,17 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             for k in [k for k in self._lists if k[0] == thread_id]:
                 del self._lists[k]
 
+    def _run_of(self, thread_id: Any) -> RunSession | None:
+        """The live run of ``thread_id`` in this context: the run a graph invocation opened
+        (LangGraph copies the context into the threads and tasks that save checkpoints).
+        Checkpoint writes go over its step connection, in order with its step records, and
+        are acknowledged as its durability level says (docs/langgraph-checkpointer.md)."""
+        session = _context._session.get()
+        if (session is None or session.finished or session.fenced
+                or session.ledger is not self.ledger or session.run_id != str(thread_id)):
+            return None
+        return session
+
     # ---- put ----------------------------------------------------------------------------------
     def _plan_put(self, config: RunnableConfig, checkpoint: Checkpoint,
                   metadata: CheckpointMetadata, new_versions: ChannelVersions,
@@ -218,7 +240,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                                      conf.get("checkpoint_id"))
         result: RunnableConfig = {"configurable": {
             "thread_id": conf["thread_id"], "checkpoint_ns": ns, "checkpoint_id": cid}}
-        return _PutPlan(keys, [self._ttl_ms, member, record, refs, run_member, *args],
+        return _PutPlan(keys, [self._ttl_arg, member, record, refs, run_member, *args],
                         lists, fields, result)
 
     def _after_put(self, plan: _PutPlan, reply: list[Any]) -> bool:
@@ -243,8 +265,85 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             while len(self._lists) > _CACHE_SIZE:
                 self._lists.popitem(last=False)
 
+    def _sent_put(self, plan: _PutPlan) -> Callable[[Any], None]:
+        """Remember the lists of a put written without waiting (the next put may extend them
+        before its reply is read); the returned callback checks that reply at the barrier."""
+        for k, entry in plan.lists.items():
+            self._remember(k, entry)
+
+        def on_reply(reply: Any) -> None:
+            if text(reply[0]) == "NOBASE":
+                self._forget(plan.keys.thread_id)
+                cid = plan.result["configurable"]["checkpoint_id"]
+                raise _BaseGone(f"checkpoint {cid!r} of thread {plan.keys.thread_id!r} was not "
+                                f"saved: the list blob {text(reply[1])!r} it appends to is gone "
+                                "(the thread was deleted or pruned while the graph ran)")
+            fresh = dict(zip(plan.fields, reply[1], strict=True))
+            for k, entry in plan.lists.items():
+                if fresh.get(entry[0]) != 1:  # stored before: no base to build on
+                    self._forget_list(k, entry[0])
+
+        return on_reply
+
+    def _forget_list(self, key: tuple[str, str, str], field: str) -> None:
+        with self._lists_lock:
+            entry = self._lists.get(key)
+            if entry is not None and entry[0] == field:
+                del self._lists[key]
+
+    def _put_on_run(self, session: RunSession, config: RunnableConfig, checkpoint: Checkpoint,
+                    metadata: CheckpointMetadata, new_versions: ChannelVersions
+                    ) -> RunnableConfig:
+        plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        crash_point("before_checkpoint")
+        try:
+            # Written without waiting; at 'sync' the barrier reads it together with the
+            # task writes sent before it: one round trip for the superstep.
+            session.send_script("langgraph.put", plan.keys.all, plan.args,
+                                self._sent_put(plan), defer=True)
+            if not session.pipelined:
+                try:
+                    session.barrier()
+                except _BaseGone:  # at 'sync' it can be put again at once, whole
+                    plan = self._plan_put(config, checkpoint, metadata, new_versions,
+                                          deltas=False)
+                    session.send_script("langgraph.put", plan.keys.all, plan.args,
+                                        self._sent_put(plan), defer=True)
+                    session.barrier()
+        except BaseException:
+            self._forget(plan.keys.thread_id)
+            raise
+        crash_point("after_checkpoint")
+        return plan.result
+
+    async def _aput_on_run(self, session: RunSession, config: RunnableConfig,
+                           checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                           new_versions: ChannelVersions) -> RunnableConfig:
+        plan = self._plan_put(config, checkpoint, metadata, new_versions)
+        crash_point("before_checkpoint")
+        try:
+            await session.asend_script("langgraph.put", plan.keys.all, plan.args,
+                                       self._sent_put(plan), defer=True)
+            if not session.pipelined:
+                try:
+                    await session.abarrier()
+                except _BaseGone:
+                    plan = self._plan_put(config, checkpoint, metadata, new_versions,
+                                          deltas=False)
+                    await session.asend_script("langgraph.put", plan.keys.all, plan.args,
+                                               self._sent_put(plan), defer=True)
+                    await session.abarrier()
+        except BaseException:
+            self._forget(plan.keys.thread_id)
+            raise
+        crash_point("after_checkpoint")
+        return plan.result
+
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
+        session = self._run_of(config["configurable"]["thread_id"])
+        if session is not None:
+            return self._put_on_run(session, config, checkpoint, metadata, new_versions)
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
         crash_point("before_checkpoint")
         with self._io("put"):
@@ -256,6 +355,9 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+        session = self._run_of(config["configurable"]["thread_id"])
+        if session is not None:
+            return await self._aput_on_run(session, config, checkpoint, metadata, new_versions)
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
         scripts = self._aclient()[1]
         crash_point("before_checkpoint")
@@ -274,7 +376,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         ns = codec.check_name("checkpoint_ns", conf.get("checkpoint_ns", ""))
         member = f"{ns}{_US}{codec.check_name('checkpoint id', conf['checkpoint_id'])}"
         codec.check_name("task id", task_id)
-        args: list[Any] = [self._ttl_ms]
+        args: list[Any] = [self._ttl_arg]
         for idx, (channel, value) in enumerate(writes):
             # Special channels (errors, interrupts) have fixed negative slots and the latest
             # wins; regular writes keep the first one stored, so a retried task is a no-op.
@@ -289,8 +391,15 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         keys, args = self._plan_writes(config, writes, task_id, task_path)
         if len(args) > 1:
             crash_point("before_writes")
-            with self._io("put_writes"):
-                self._scripts["put_writes"](keys.all, args)
+            session = self._run_of(config["configurable"]["thread_id"])
+            if session is not None:
+                # Never waited for, at any level: a task whose writes are lost runs again
+                # (its recorded calls replay); the next put, read or the run's end reads it.
+                session.send_script("langgraph.put_writes", keys.all, args, _no_verdict,
+                                    defer=True)
+            else:
+                with self._io("put_writes"):
+                    self._scripts["put_writes"](keys.all, args)
             crash_point("after_writes")
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
@@ -298,8 +407,13 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         keys, args = self._plan_writes(config, writes, task_id, task_path)
         if len(args) > 1:
             crash_point("before_writes")
-            with self._io("put_writes"):
-                await self._aclient()[1]["put_writes"](keys.all, args)
+            session = self._run_of(config["configurable"]["thread_id"])
+            if session is not None:
+                await session.asend_script("langgraph.put_writes", keys.all, args, _no_verdict,
+                                           defer=True)
+            else:
+                with self._io("put_writes"):
+                    await self._aclient()[1]["put_writes"](keys.all, args)
             crash_point("after_writes")
 
     # ---- reading ------------------------------------------------------------------------------
@@ -374,16 +488,27 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         keys = self._keys(config["configurable"]["thread_id"])
-        with self._io("get_tuple"):
-            reply = self._scripts["load"](keys.all, self._load_args(config))
+        session = self._run_of(config["configurable"]["thread_id"])
+        if session is not None:  # a barrier: the read sees every write sent before it
+            session.barrier()
+            reply = session.call_script("langgraph.load", keys.all, self._load_args(config))
+        else:
+            with self._io("get_tuple"):
+                reply = self._scripts["load"](keys.all, self._load_args(config))
         if not reply:
             return None
         return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         keys = self._keys(config["configurable"]["thread_id"])
-        with self._io("get_tuple"):
-            reply = await self._aclient()[1]["load"](keys.all, self._load_args(config))
+        session = self._run_of(config["configurable"]["thread_id"])
+        if session is not None:
+            await session.abarrier()
+            reply = await session.acall_script("langgraph.load", keys.all,
+                                               self._load_args(config))
+        else:
+            with self._io("get_tuple"):
+                reply = await self._aclient()[1]["load"](keys.all, self._load_args(config))
         if not reply:
             return None
         return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
@@ -430,6 +555,9 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
              ) -> Iterator[CheckpointTuple]:
         ns, b, only = self._list_params(config, before)
         left = limit
+        session = _context._session.get()
+        if session is not None and not session.finished and session.ledger is self.ledger:
+            session.barrier()  # a listing sees the run's writes sent before it
         for thread_id in self._threads(config):
             keys = self._keys(thread_id)
             top, bottom, cap = self._range(ns, b, None if filter or only else left)
@@ -468,6 +596,9 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                     limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
         ns, b, only = self._list_params(config, before)
         left = limit
+        session = _context._session.get()
+        if session is not None and not session.finished and session.ledger is self.ledger:
+            await session.abarrier()
         client, scripts = self._aclient()
         for thread_id in await self._athreads(config):
             keys = self._keys(thread_id)
@@ -501,6 +632,14 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         else:
             n = int(str(current).split(".")[0])
         return f"{n + 1:016}.{random.getrandbits(32):08x}"
+
+
+class _BaseGone(LedgerError):
+    """A checkpoint written as an append to a list blob that is no longer stored: not saved."""
+
+
+def _no_verdict(_reply: Any) -> None:
+    """A pending write's reply carries nothing to check (Redis refusing it is an error)."""
 
 
 def _install_call_recording() -> None:

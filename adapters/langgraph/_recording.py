@@ -178,6 +178,10 @@ def _durable_stream(original: Callable[..., Iterator[Any]], graph: Any, input: A
         try:
             if adopted is None:
                 session.finish(_end_status(session, error), error)
+            elif error is None:
+                # The caller's own run goes on; what this invocation saved is acknowledged
+                # when control goes back to the caller, as the end of a run would.
+                session.barrier()
         finally:
             _release(session)
             _reset(graph_scope, scope_token)
@@ -240,6 +244,8 @@ async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], gr
             try:
                 if session is not None and adopted is None:
                     await session.afinish(_end_status(session, error), error)
+                elif session is not None and error is None:
+                    await session.abarrier()
             finally:
                 if session is not None:
                     _release(session)
