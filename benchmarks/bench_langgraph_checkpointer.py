@@ -51,18 +51,29 @@ NODES = 10
 TURNS = 200
 PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
-# ---- round trip counting (bench only: counts what redis-py sends, one send per round trip) ---
+# ---- round trip counting (bench only) ------------------------------------------------------
+# A round trip is a wait for Redis: the first reply read on a connection after something was
+# sent on it. Commands written without waiting (pipelined) and read together later count once.
 _sends = 0
 _orig_send = redis.connection.AbstractConnection.send_packed_command
+_orig_read = redis.connection.AbstractConnection.read_response
 
 
 def _counting_send(self: Any, command: Any, check_health: bool = True) -> None:
-    global _sends
-    _sends += 1
+    self._bench_sent = True
     _orig_send(self, command, check_health)
 
 
+def _counting_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+    global _sends
+    if getattr(self, "_bench_sent", False):
+        self._bench_sent = False
+        _sends += 1
+    return _orig_read(self, *args, **kwargs)
+
+
 redis.connection.AbstractConnection.send_packed_command = _counting_send  # type: ignore[method-assign]
+redis.connection.AbstractConnection.read_response = _counting_read  # type: ignore[method-assign]
 
 
 # ---- graphs ------------------------------------------------------------------------------

@@ -58,6 +58,13 @@ _METHOD = jsonplus.EXT_METHOD_SINGLE_ARG
 _INERT = {getattr(jsonplus, n) for n in ("EXT_NUMPY_ARRAY", "EXT_DELTA_SNAPSHOT")
           if hasattr(jsonplus, n)}
 _PLAIN_TYPES = ("null", "bytes", "bytearray")
+# The first bytes of msgpack's extension formats (fixext 1-16, ext 8/16/32). A payload holding
+# none of them anywhere holds no extension, so it names no type: nothing to check.
+_EXT_MARKERS = bytes([0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8])
+
+
+def _may_name_types(data: bytes) -> bool:
+    return len(data.translate(None, _EXT_MARKERS)) != len(data)
 
 
 class RefusedTypeError(UnsupportedTypeError):
@@ -127,14 +134,15 @@ class StrictSerializer(SerializerProtocol):
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         type_, data = self._inner.dumps_typed(obj)
-        if type_ == "msgpack":
+        if type_ == "msgpack" and _may_name_types(data):
             self._check(data)
         return type_, data
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         type_, payload = data
         if type_ == "msgpack":
-            self._check(payload)
+            if _may_name_types(payload):
+                self._check(payload)
         elif type_ not in _PLAIN_TYPES:
             raise RefusedTypeError([f"<serialization {type_!r}>"])
         return self._inner.loads_typed(data)

@@ -24,7 +24,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
-from agentledger import Ledger, RunSession, RunStatus, _context, restart_numbering
+from agentledger import Ledger, RunSession, RunStatus, _context
 from agentledger._keys import check_run_id
 from langgraph.errors import GraphInterrupt
 
@@ -282,15 +282,17 @@ def _run_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(task, *args, **kwargs)
         session, scope = entered
         token, scope_token = current_task.set(scope), _context._scope.set(scope.scope)
+        # @agentledger.step calls are numbered per node attempt: a RetryPolicy retry
+        # replays what earlier attempts recorded and re-runs what failed (what
+        # restart_numbering does, without a generator per task).
+        numbering = _context._numbering.set(_context.Numbering(node_attempt))
         try:
-            # @agentledger.step calls are numbered per node attempt: a RetryPolicy retry
-            # replays what earlier attempts recorded and re-runs what failed.
-            with restart_numbering(node_attempt):
-                return original(task, *args, **kwargs)
+            return original(task, *args, **kwargs)
         except GraphInterrupt as e:
             _interrupts.record_interrupts(session, scope, e)
             raise
         finally:
+            _context._numbering.reset(numbering)
             _context._scope.reset(scope_token)
             current_task.reset(token)
 
@@ -305,13 +307,17 @@ def _arun_with_retry(original: Callable[..., Any]) -> Callable[..., Any]:
             return await original(task, *args, **kwargs)
         session, scope = entered
         token, scope_token = current_task.set(scope), _context._scope.set(scope.scope)
+        # @agentledger.step calls are numbered per node attempt: a RetryPolicy retry
+        # replays what earlier attempts recorded and re-runs what failed (what
+        # restart_numbering does, without a generator per task).
+        numbering = _context._numbering.set(_context.Numbering(node_attempt))
         try:
-            with restart_numbering(node_attempt):
-                return await original(task, *args, **kwargs)
+            return await original(task, *args, **kwargs)
         except GraphInterrupt as e:
             _interrupts.record_interrupts(session, scope, e)
             raise
         finally:
+            _context._numbering.reset(numbering)
             _context._scope.reset(scope_token)
             current_task.reset(token)
 

@@ -57,12 +57,19 @@ def probe_reached(kind: str) -> None:
         marks.add(kind)
 
 
+_hookable: dict[type, bool] = {}
+
+
 def scratchpad(config: dict[str, Any]) -> Any | None:
     """The task's scratchpad, or None when there is none (or not one the adapter can hook)."""
     pad = (config.get("configurable") or {}).get(_SCRATCHPAD)
-    if pad is None or not dataclasses.is_dataclass(pad):
+    if pad is None:
         return None
-    return pad if all(hasattr(pad, f) for f in _SCRATCHPAD_FIELDS) else None
+    hookable = _hookable.get(type(pad))
+    if hookable is None:  # once per class: a dataclass's fields are the class's
+        hookable = _hookable[type(pad)] = dataclasses.is_dataclass(pad) and all(
+            hasattr(pad, f) for f in _SCRATCHPAD_FIELDS)
+    return pad if hookable else None
 
 
 def with_scratchpad(config: dict[str, Any], pad: Any, **changes: Any) -> None:
