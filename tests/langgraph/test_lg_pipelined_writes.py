@@ -155,7 +155,7 @@ def test_a_refused_checkpoint_write_fails_the_graph_call(redis_url: str, prefix:
 
     graph = _linear(saver, 4, inside)
     try:
-        with pytest.raises(LedgerError, match="WRONGTYPE|wrong kind"):
+        with pytest.raises(LedgerError, match=r"WRONGTYPE|wrong kind"):
             graph.invoke({"count": 0, "log": []}, {"configurable": {"thread_id": "bad"}},
                          durability=durability)
         if durability == "sync":
