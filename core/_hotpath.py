@@ -106,6 +106,20 @@ class StepConnection:
             raise RuntimeError("the durability level is chosen before the first record")
         self.pipelined = self._enabled and level != "sync"
 
+    def swap_level(self, level: str) -> bool:
+        """Record at ``level`` from now on, mid-run (an adapter's own level inside a run opened
+        elsewhere); returns the previous setting for :meth:`restore_level`. Records sent before
+        keep theirs: the next acknowledged record (or barrier) acknowledges them first, and a
+        record is never sent around them (see ``_take``)."""
+        if level not in DURABILITY_LEVELS:
+            raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {level!r}")
+        before = self.pipelined
+        self.pipelined = self._enabled and level != "sync"
+        return before
+
+    def restore_level(self, before: bool) -> None:
+        self.pipelined = before
+
     @property
     def unacknowledged(self) -> int:
         """How many records were sent and not acknowledged yet."""
@@ -113,8 +127,9 @@ class StepConnection:
 
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:
-        # At "async" every record goes over this connection, in order: wait for it.
-        return self._lock.acquire(blocking=self.pipelined)
+        # At "async" every record goes over this connection, in order: wait for it (so too
+        # while records sent at "async" are unacknowledged, after a switch to "sync").
+        return self._lock.acquire(blocking=self.pipelined or bool(self._pending.items))
 
     def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Send a script and wait for its reply (after every record sent before it)."""
@@ -183,8 +198,8 @@ class StepConnection:
             return
         with self._lock:
             pending = self._pending
-            conn = self._connection()
             try:
+                conn = self._connection()
                 # EVAL with the source, not EVALSHA: a Redis that restarted or flushed its
                 # scripts cannot refuse one record (NOSCRIPT) and apply the next.
                 # send_command writes with sendall: in the kernel before it returns (a reset
@@ -272,7 +287,8 @@ class StepConnection:
         lock = self._alock_for(loop)
         # Another loop, or the connection busy with a concurrent task: use the client
         # (at "async", wait for it: one connection keeps the records in order).
-        if not self._enabled or lock is None or (lock.locked() and not self.pipelined):
+        if not self._enabled or lock is None or (lock.locked() and not self.pipelined
+                                                 and not self._apending.items):
             return await self._ledger.ascript(name, keys, args)
         async with lock:
             scripts = self._ledger._async()[1]
@@ -333,8 +349,8 @@ class StepConnection:
             return
         async with lock:
             pending = self._apending
-            conn = await self._aconnection()
             try:
+                conn = await self._aconnection()
                 if not conn.is_connected:
                     await conn.connect()
                 # No bytes left in asyncio's buffer when a send returns (drain waits for an

@@ -32,9 +32,18 @@ __all__ = ["SLOT_MOVED", "aexchange", "aowner_connection", "arefresh_slots", "as
 SLOT_MOVED: tuple[type[redis.RedisError], ...] = (AskError, TryAgainError, ClusterDownError)
 
 
+def _no_owner(key: str, e: Exception) -> redis.ConnectionError:
+    # No node serves the slot in the map just read (a failover under way): an outage, tried
+    # again like a lost connection.
+    return redis.ConnectionError(f"no master serves the slot of {key!r} ({e})")
+
+
 def owner_connection(client: RedisCluster, key: str) -> tuple[Any, Any]:
     """A connection to the master serving ``key``'s slot now, and the pool to release it to."""
-    node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+    try:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+    except RedisClusterException as e:
+        raise _no_owner(key, e) from e
     pool = client.get_redis_connection(node).connection_pool
     return pool.get_connection(), pool
 
@@ -48,10 +57,13 @@ def refresh_slots(client: RedisCluster) -> None:
 
 async def aowner_connection(client: aredis.RedisCluster, key: str) -> tuple[Any, Any]:
     """:func:`owner_connection` for redis.asyncio: the connection and its node."""
-    await client.initialize()  # the slot map is loaded on first use
-    node = client.get_node_from_key(key)
+    try:
+        await client.initialize()  # the slot map is loaded on first use
+        node = client.get_node_from_key(key)
+    except RedisClusterException as e:
+        raise _no_owner(key, e) from e
     if node is None:  # only with replica=True
-        raise RedisClusterException(f"no node serves {key!r}")  # type: ignore[no-untyped-call]
+        raise _no_owner(key, LookupError("no node"))
     return node.acquire_connection(), node
 
 
