@@ -210,6 +210,16 @@ class RunSession:
         if level is not None:
             self._hot.set_level(level)
 
+    def join_durability(self, level: str | None) -> bool | None:
+        """An adapter given its own ``durability=`` that joins this run (opened elsewhere: a
+        worker's pipeline) records its calls at that level, not the opener's; returns what
+        :meth:`leave_durability` puts back when the adapter is done (None: nothing changed)."""
+        return None if level is None else self._hot.swap_level(level)
+
+    def leave_durability(self, before: bool | None) -> None:
+        if before is not None:
+            self._hot.restore_level(before)
+
     def barrier(self) -> None:
         """Wait until every record this session sent is acknowledged (durability "async");
         raise the first error among them. Adapters call it where control goes back to the

@@ -219,8 +219,11 @@ class DurableCrewHandler:
         joined = joinable_run(self.run_id, self.ledger)
         session = joined or self.ledger.open_run(self.run_id, kind="crewai",
                                                  on_busy=self.on_busy)
-        if joined is None:  # a joined run keeps its opener's durability
+        level_before = None
+        if joined is None:
             session.use_durability(self.durability)
+        else:  # this handler's own durability= applies to its calls in the joined run
+            level_before = session.join_durability(self.durability)
         entered = self._enter(session, joined is not None)
         try:
             result = body()
@@ -228,12 +231,14 @@ class DurableCrewHandler:
         except BaseException as e:
             status, error = self._outcome(e)
             self._leave(entered)
+            session.leave_durability(level_before)
             if joined is None:
                 session.finish(status, error if status == RunStatus.FAILED else None)
             if error is not None and error is not e:
                 raise error from e
             raise
         self._leave(entered)
+        session.leave_durability(level_before)
         if joined is None:
             session.finish(RunStatus.COMPLETED)
         return result
@@ -242,8 +247,11 @@ class DurableCrewHandler:
         joined = joinable_run(self.run_id, self.ledger)
         session = joined or await self.ledger.aopen_run(self.run_id, kind="crewai",
                                                         on_busy=self.on_busy)
-        if joined is None:  # a joined run keeps its opener's durability
+        level_before = None
+        if joined is None:
             session.use_durability(self.durability)
+        else:  # this handler's own durability= applies to its calls in the joined run
+            level_before = session.join_durability(self.durability)
         entered = self._enter(session, joined is not None)
         try:
             result = await body()
@@ -251,12 +259,14 @@ class DurableCrewHandler:
         except BaseException as e:
             status, error = self._outcome(e)
             self._leave(entered)
+            session.leave_durability(level_before)
             if joined is None:
                 await session.afinish(status, error if status == RunStatus.FAILED else None)
             if error is not None and error is not e:
                 raise error from e
             raise
         self._leave(entered)
+        session.leave_durability(level_before)
         if joined is None:
             await session.afinish(RunStatus.COMPLETED)
         return result

@@ -166,6 +166,9 @@ def _durable_stream(original: Callable[..., Iterator[Any]], graph: Any, input: A
     adopted = _adoptable(thread)
     session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver,
                                  _durability(kwargs))
+    # An adopted run (a worker's pipeline) records the graph's steps at the invocation's own
+    # durability= when it gives one, as a run of the graph's own would.
+    level_before = None if adopted is None else adopted.join_durability(_durability(kwargs))
     token = session.activate()
     scope_token = graph_scope.set("")
     error: BaseException | None = None
@@ -176,6 +179,7 @@ def _durable_stream(original: Callable[..., Iterator[Any]], graph: Any, input: A
         raise
     finally:
         try:
+            session.leave_durability(level_before)
             if adopted is None:
                 session.finish(_end_status(session, error), error)
             elif error is None:
@@ -205,6 +209,7 @@ async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], gr
     plan = _open_plan(graph, config)
     session: RunSession | None = None
     adopted: RunSession | None = None
+    level_before: bool | None = None
     token: Any = None
     if plan is None:  # a subgraph of a durable run: it runs under the invoking task's scope
         outer = current_task.get()
@@ -214,6 +219,7 @@ async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], gr
         adopted = _adoptable(thread)
         session = adopted or _opened(await ledger.aopen_run(thread, kind="langgraph"), saver,
                                      _durability(kwargs))
+        level_before = None if adopted is None else adopted.join_durability(_durability(kwargs))
         token = session.activate()
         scope_token = graph_scope.set("")
     error: BaseException | None = None
@@ -242,6 +248,8 @@ async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], gr
             await inner.aclose()
         finally:
             try:
+                if session is not None:
+                    session.leave_durability(level_before)
                 if session is not None and adopted is None:
                     await session.afinish(_end_status(session, error), error)
                 elif session is not None and error is None:

@@ -177,9 +177,12 @@ class DurableRunner:
         led = _ledger(joined.ledger if joined is not None else ledger)
         session = joined or await led.aopen_run(run_id, kind=KIND)
         token = None
-        if joined is None:  # a joined run keeps its opener's durability
+        level_before = None
+        if joined is None:
             session.use_durability(durability)
             token = session.activate()
+        else:  # this runner's own durability= applies to its calls in the joined run
+            level_before = session.join_durability(durability)
         asked: list[Decision | ApprovalPending] = []
         try:
             saved = await _aload_state(session)
@@ -229,6 +232,7 @@ class DurableRunner:
                 await session.afinish(RunStatus.FAILED, error=e)
             raise
         finally:
+            session.leave_durability(level_before)
             if token is not None:
                 session.deactivate(token)
         if joined is not None:  # the run's opener finishes it, from what this raises

@@ -159,3 +159,27 @@ def test_script_flush_mid_run_loses_no_record(tmp_path: Path) -> None:
 def test_durability_is_checked() -> None:
     with pytest.raises(ValueError, match="durability"):
         Ledger(redis.Redis(), durability="fast")
+
+
+def test_a_joined_level_applies_until_it_is_left(redis_url: str, prefix: str) -> None:
+    """An adapter with its own durability= inside a run opened elsewhere (a worker's pipeline)
+    records its calls at that level; afterwards the opener's level applies again, and a record
+    at 'sync' is acknowledged together with everything sent before it."""
+    ledger = Ledger.from_url(redis_url, prefix=prefix)  # the opener: sync
+    try:
+        with ledger.run("j") as session:
+            _llm(session, 0)
+            assert session._hot.unacknowledged == 0
+            before = session.join_durability("async")
+            for i in range(1, 4):
+                _llm(session, i)
+            assert session._hot.unacknowledged == 3  # sent, not waited for
+            session.leave_durability(before)
+            assert session.join_durability(None) is None  # no level given: nothing changes
+            _llm(session, 4)
+            assert session._hot.unacknowledged == 0
+            with pytest.raises(ValueError, match="durability must be one of"):
+                session.join_durability("fast")
+        assert [s.status for s in ledger.steps("j")] == ["completed"] * 5
+    finally:
+        ledger.close()

@@ -474,3 +474,16 @@ def test_a_crew_recorded_at_durability_async_completes_and_replays(
     assert second.kickoff(inputs=INPUTS).raw == out1.raw
     assert read_effects(effects) == ran
     assert h2.last_session is not None and h2.last_session.executed == 0
+
+
+def test_a_joined_run_records_the_crew_at_the_handlers_durability(
+        ledger: Ledger, effects: Path) -> None:
+    # Inside a run opened elsewhere (a worker's pipeline): the handler's durability= applies
+    # to the crew's calls; the opener's level ('sync', the ledger's) is back afterwards.
+    with ledger.run("cj") as outer:
+        crew = build_crew()
+        DurableCrewHandler("cj", ledger=ledger, durability="async").attach(crew)
+        crew.kickoff(inputs=INPUTS)
+        assert outer._hot.unacknowledged > 0  # its records were sent without waiting
+        assert outer._hot.pipelined is False
+    assert {s.status for s in ledger.steps("cj")} == {"completed"}

@@ -67,3 +67,32 @@ def test_the_invocations_durability_is_the_runs(redis_url: str, prefix: str,
                                          **kwargs)) == {"n": 15}
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize(("opener", "durability", "pipelined"),
+                         [("sync", None, False), ("sync", "async", True),
+                          ("async", "sync", False), ("async", None, True)])
+def test_a_joined_run_records_the_graph_at_the_invocations_durability(
+        redis_url: str, prefix: str, opener: str, durability: str | None,
+        pipelined: bool) -> None:
+    """A graph invoked inside a run opened elsewhere (a worker's pipeline, ``ledger.run``)
+    records its steps at its own ``durability=``; the opener's level is back afterwards."""
+    ledger = Ledger.from_url(redis_url, prefix=prefix, durability=opener)
+    saver = DurableCheckpointer(ledger)
+    seen: list[tuple[bool, int]] = []
+    graph = _graph(saver, seen)
+    kwargs = {} if durability is None else {"durability": durability}
+    try:
+        with ledger.run("joined") as outer:
+            cfg: Any = {"configurable": {"thread_id": "joined"}}
+            assert graph.invoke({"n": 0}, cfg, **kwargs) == {"n": 15}
+            (flag, unacked), = seen
+            assert flag is pipelined
+            assert unacked == (10 if pipelined else 0)
+            assert outer._hot.pipelined is (opener != "sync")  # the opener's level again
+            fetch(100)
+            if opener == "sync":  # a sync record acknowledges everything sent before it
+                assert outer._hot.unacknowledged == 0
+        assert [s.status for s in ledger.steps("joined")] == ["completed"] * 6
+    finally:
+        ledger.close()

@@ -417,3 +417,16 @@ async def test_durability_level_of_a_run(ledger: Ledger, effects: Path, durabili
                                      durability=durability)
     assert second.final_output == first.final_output
     assert model_of(again).inputs == [] and len(lines(effects)) == 2
+
+
+async def test_a_joined_run_records_the_runner_at_its_own_durability(
+        ledger: Ledger, effects: Path) -> None:
+    # Inside a run opened elsewhere (a worker's pipeline): the runner's durability= applies to
+    # its calls; the opener's level ('sync', the ledger's) is back when it returns.
+    async with ledger.arun("rj") as outer:
+        result = await DurableRunner.run(agent_for("seq"), "go", run_id="rj", ledger=ledger,
+                                         durability="async")
+        assert result.final_output == "done: reserved book; charged 30 for order 42"
+        assert outer._hot.unacknowledged > 0  # its records were sent without waiting
+        assert outer._hot.pipelined is False
+    assert {s.status for s in ledger.steps("rj")} == {"completed"}  # acknowledged at the end
