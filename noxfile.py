@@ -52,7 +52,7 @@ SUITES = {
     "crewai": ["tests/crewai"],
 }
 BENCHES = {
-    "core": ["benchmarks/bench_core.py", "benchmarks/bench_workers.py"],
+    "core": ["benchmarks/bench_core.py", "benchmarks/bench_workers.py", "benchmarks/bench_cluster.py"],
     "langgraph": ["benchmarks/bench_langgraph_checkpointer.py", "benchmarks/bench_langgraph_calls.py"],
     "openai-agents": ["benchmarks/bench_openai_agents.py"],
     "crewai": ["benchmarks/bench_crewai.py"],
