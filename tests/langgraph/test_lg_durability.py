@@ -88,7 +88,9 @@ def test_a_joined_run_records_the_graph_at_the_invocations_durability(
             assert graph.invoke({"n": 0}, cfg, **kwargs) == {"n": 15}
             (flag, unacked), = seen
             assert flag is pipelined
-            assert unacked == (10 if pipelined else 0)
+            # At a pipelined level, the node's ten step records and up to three of LangGraph's
+            # background checkpoint writes (see the test above) are not yet acknowledged.
+            assert (10 <= unacked <= 13) if pipelined else unacked == 0
             assert outer._hot.pipelined is (opener != "sync")  # the opener's level again
             fetch(100)
             if opener == "sync":  # a sync record acknowledges everything sent before it
