@@ -208,6 +208,7 @@ class StepConnection:
                                   *args, check_health=False)
             except redis.RedisError as e:
                 pending.clear()  # what was sent before is of unknown fate: fail closed
+                pending.waited = True  # (reported here: no WAIT on a connection that lost it)
                 self._lost(e)
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
             pending.items.append((name, keys, args, on_reply))
@@ -360,6 +361,7 @@ class StepConnection:
                                         *keys, *args, check_health=False)
             except redis.RedisError as e:
                 pending.clear()
+                pending.waited = True
                 await self._alost(e)
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
             pending.items.append((name, keys, args, on_reply))

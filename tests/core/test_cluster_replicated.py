@@ -173,6 +173,52 @@ def test_a_failover_mid_run_loses_no_acknowledged_record(cluster: Cluster) -> No
     ledger.close()
 
 
+@agentledger.step
+async def acharge(n: int) -> int:
+    charged.append(n)
+    return n * 10
+
+
+@pytest.mark.parametrize("level", ["sync", "async"])
+async def test_asyncio_records_survive_a_failover_mid_run(cluster: Cluster, level: str) -> None:
+    charged.clear()
+    ledger = Ledger.from_url(cluster.url, prefix="ra", replicas=1, replica_timeout_ms=PATIENT,
+                             lease_ms=20_000, durability=level)
+    master = cluster.node_of(ledger.keys("afo").run)
+    replica = cluster.replica_of(master)
+    session = await ledger.aopen_run("afo")
+    token = session.activate()
+    try:
+        assert [await acharge(i) for i in range(4)] == [0, 10, 20, 30]
+        await session.abarrier()  # at async: acknowledged here, with one WAIT
+        on_replica = records(replica, ledger, "afo")
+        assert [on_replica[s]["status"] for s in range(1, 5)] == ["completed"] * 4
+        master.kill()
+        cluster.take_over(replica)
+        cluster.rejoin(master)
+        if level == "sync":
+            # The session's connection was to the dead master: the record is sent again to
+            # the promoted one, and the session goes on.
+            assert [await acharge(i) for i in range(4, 6)] == [40, 50]
+        else:
+            # A record sent without waiting is not sent again: its connection broke under it
+            # (at the claim, or at the outcome once the body ran), so the run stops (closed,
+            # never a silent reconnect) and resumes below; the step in flight runs once more.
+            with pytest.raises(LedgerUnavailableError, match="unreachable"):
+                await acharge(4)
+    finally:
+        session.deactivate(token)
+    await session.afinish(RunStatus.COMPLETED if level == "sync" else RunStatus.FAILED)
+    async with ledger.arun("afo") as again:
+        assert [await acharge(i) for i in range(6)] == [0, 10, 20, 30, 40, 50]
+        assert again.replayed == (6 if level == "sync" else 4)
+    # No completed effect ran again; at async the one in flight at the failover at most once.
+    assert charged in ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 4, 5])
+    assert level == "async" or charged == [0, 1, 2, 3, 4, 5]
+    await ledger.aclose()
+    ledger.close()
+
+
 def test_without_replicas_a_failover_can_lose_acknowledged_records(cluster: Cluster) -> None:
     """The control: the same failover with the default durability, the replica behind."""
     charged.clear()
