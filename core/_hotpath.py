@@ -40,6 +40,7 @@ from ._nodes import (
     aexchange,
     aowner_connection,
     arefresh_slots,
+    arelease,
     as_cluster,
     exchange,
     owner_connection,
@@ -337,7 +338,7 @@ class StepConnection:
 
     def _arelease(self) -> None:
         if self._aconn is not None and self._anode is not None:
-            self._anode.release(self._aconn)
+            arelease(self._anode, self._aconn)
         self._aconn = self._anode = None
 
     async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,

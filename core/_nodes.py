@@ -24,7 +24,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-__all__ = ["SLOT_MOVED", "aexchange", "aowner_connection", "arefresh_slots", "as_cluster",
+__all__ = ["SLOT_MOVED", "aexchange", "aowner_connection", "arefresh_slots", "arelease",
+           "as_cluster",
            "exchange", "owner_connection", "refresh_slots"]
 
 # Replies that mean the node did not run the command because the slot's owner is elsewhere or
@@ -65,6 +66,16 @@ async def aowner_connection(client: aredis.RedisCluster, key: str) -> tuple[Any,
     if node is None:  # only with replica=True
         raise _no_owner(key, LookupError("no node"))
     return node.acquire_connection(), node
+
+
+def arelease(node: Any, conn: Any) -> None:
+    """Give an asyncio cluster node its connection back (redis-py before 6 has no
+    ``ClusterNode.release``: its own commands append to the free list)."""
+    release = getattr(node, "release", None)
+    if release is not None:
+        release(conn)
+    else:
+        node._free.append(conn)
 
 
 async def arefresh_slots(client: aredis.RedisCluster) -> None:

@@ -32,6 +32,7 @@ from ._nodes import (
     aexchange,
     aowner_connection,
     arefresh_slots,
+    arelease,
     as_cluster,
     exchange,
     owner_connection,
@@ -240,7 +241,7 @@ class RedisStore:
                 await conn.disconnect()
                 raise
             finally:
-                node.release(conn)
+                arelease(node, conn)
             return replies
 
         async def fail(_e: Exception) -> None:
