@@ -7,11 +7,20 @@ scripts and sends EVALSHA on it directly; a second thread or task that finds it 
 client as usual, so parallel tool calls never wait on each other.
 
 At the ``async`` durability level (docs/durability.md) a record whose loss a re-run repairs is
-*sent* and its reply read later, at the next barrier. Redis applies and logs one connection's
-commands in order, so whatever a crash loses is a suffix of what was sent. That only holds
-while every record of the session goes over this one connection: at ``async`` a caller that
-finds it busy waits for it instead of using the client, and a broken connection with replies
-still unread is an error at the barrier, never silently reconnected.
+*sent* and not waited for: the connection switches Redis's replies off (``CLIENT REPLY OFF``)
+before the first such record, and the next barrier switches them on and reads, in the same
+round trip, the state the records kept of themselves (:mod:`agentledger._replyoff`): how many
+were applied, and the first one refused (fenced out, out of memory, a script error), raised
+there as its reply would have been. With no reply ever left unread, a process killed right
+after a send closes its socket cleanly and Redis applies everything it was handed. Redis applies
+and logs one connection's commands in order, and a record runs only if the one before it did,
+so whatever a crash or a refusal loses is a suffix of what was sent. That only holds while
+every record of the session goes over this one connection: at ``async`` a caller that finds it
+busy waits for it instead of using the client, and a broken connection with records
+unacknowledged is an error at the barrier, never silently reconnected. While records are
+unacknowledged the connection is named after the session's owner (``CLIENT SETNAME``), so that
+a process taking the run over can wait until Redis has read all of it
+(:func:`agentledger._replyoff.wait_until_gone`).
 
 On a Redis Cluster the connection goes to the master owning the run's slot (every key of a run
 shares its hash tag), so a run's records reach one node in order and a ``WAIT`` after them
@@ -25,13 +34,13 @@ the old master, and its replica, is not applied twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from ._connect import ledger_error
 from ._errors import LedgerError
@@ -46,6 +55,22 @@ from ._nodes import (
     owner_connection,
     refresh_slots,
 )
+from ._replyoff import (
+    BATCH_STATE,
+    KEEP_REPLY,
+    Batch,
+    OnReply,
+    Sent,
+    aquiet_exchange,
+    batch_error,
+    client_name,
+    not_run_from,
+    quiet_exchange,
+    state_key,
+    wrapped,
+    wrapped_acknowledged,
+    wrapped_sha,
+)
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
@@ -53,23 +78,15 @@ if TYPE_CHECKING:
 __all__ = ["DURABILITY_LEVELS", "StepConnection"]
 
 DURABILITY_LEVELS = ("sync", "async", "exit")
-OnReply = Callable[[Any], None]
+log = logging.getLogger("agentledger")
+
+_REPLY_ON = ("CLIENT", "REPLY", "ON")
+_REPLY_OFF = ("CLIENT", "REPLY", "OFF")
+_SENT_AGAIN = object()  # a record after a batch that had to be sent again: send it as usual
 
 
-class _Pending:
-    """Records sent on one connection whose replies are not read yet."""
-
-    __slots__ = ("bytes", "items", "waited")
-
-    def __init__(self) -> None:
-        # (script name, keys, args, what to do with the reply)
-        self.items: list[tuple[str, list[str], list[Any], OnReply]] = []
-        self.bytes = 0
-        self.waited = True  # False: writes since the last WAIT (durability "replicated")
-
-    def clear(self) -> None:
-        self.items.clear()
-        self.bytes = 0
+def _expected(expect: str | None) -> str:
+    return KEEP_REPLY if expect is None else expect
 
 
 def _size(keys: list[str], args: list[str | bytes]) -> int:
@@ -77,27 +94,36 @@ def _size(keys: list[str], args: list[str | bytes]) -> int:
 
 
 class StepConnection:
-    """One session's connection for step scripts (sync and asyncio)."""
+    """One session's connection for step scripts (sync and asyncio).
 
-    def __init__(self, ledger: Ledger, route_key: str | None = None) -> None:
+    ``base``, ``fence`` and ``owner`` name the run's slot, the session's lease and its owner:
+    without them (``base=''``) nothing is sent unacknowledged."""
+
+    def __init__(self, ledger: Ledger, route_key: str | None = None, *, base: str = "",
+                 fence: int = 0, owner: str = "") -> None:
         self._ledger = ledger
         # On a cluster: the key whose slot's master takes the records (the run's hash tag);
         # without one, a cluster session uses the client.
         self._route_key = route_key
         self._enabled = route_key is not None or not ledger.cluster
-        self.pipelined = self._enabled and ledger.durability != "sync"
+        self._quiet_ok = bool(base)
+        self.pipelined = self._enabled and self._quiet_ok and ledger.durability != "sync"
         # Records sent from asyncio are read at an asyncio barrier; a run opened with the
         # synchronous API ends with a synchronous one, so there they are acknowledged at once.
         self.opened_async = False
+        self._state = {which: state_key(base, fence, which) for which in ("s", "a")}
+        self._name = client_name(owner) if owner else ""
+        # A refused batch stops the session: what it believed recorded is not (sticky).
+        self._failed: BaseException | None = None
         self._conn: Any = None
         self._pool: Any = None  # the pool self._conn goes back to (a cluster node's own)
         self._lock = threading.Lock()
-        self._pending = _Pending()
+        self._pending = Batch()
         self._aconn: Any = None
         self._anode: Any = None  # a cluster node: the owner of self._aconn
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._alock: asyncio.Lock | None = None
-        self._apending = _Pending()
+        self._apending = Batch()
 
     def set_level(self, level: str) -> None:
         """This session's durability level (before it records anything)."""
@@ -105,7 +131,7 @@ class StepConnection:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {level!r}")
         if self._pending.items or self._apending.items:
             raise RuntimeError("the durability level is chosen before the first record")
-        self.pipelined = self._enabled and level != "sync"
+        self.pipelined = self._enabled and self._quiet_ok and level != "sync"
 
     def swap_level(self, level: str) -> bool:
         """Record at ``level`` from now on, mid-run (an adapter's own level inside a run opened
@@ -115,7 +141,7 @@ class StepConnection:
         if level not in DURABILITY_LEVELS:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {level!r}")
         before = self.pipelined
-        self.pipelined = self._enabled and level != "sync"
+        self.pipelined = self._enabled and self._quiet_ok and level != "sync"
         return before
 
     def restore_level(self, before: bool) -> None:
@@ -125,6 +151,98 @@ class StepConnection:
     def unacknowledged(self) -> int:
         """How many records were sent and not acknowledged yet."""
         return len(self._pending.items) + len(self._apending.items)
+
+    # ---- what the records sent with replies off need ------------------------------------------
+    def _probe_commands(self, conn: Any) -> list[tuple[Any, ...]]:
+        # The ACL may deny CLIENT REPLY or SETNAME (or a proxy not know them), or EVAL and the
+        # wrapper's HMGET: asked once per ledger. SETNAME restores the name the connection
+        # was given (none: '').
+        return [_REPLY_ON, ("CLIENT", "SETNAME", self._restored_name(conn)),
+                ("EVAL", "return redis.call('HMGET', KEYS[1], 'n', 'f')", 1, self._state["s"])]
+
+    @staticmethod
+    def _restored_name(conn: Any) -> str:
+        return getattr(conn, "client_name", None) or ""
+
+    def _after_probe(self, replies: list[Any]) -> None:
+        ledger = self._ledger
+        refused = next((r for r in (replies[0], replies[2]) if isinstance(r, Exception)), None)
+        if refused is not None:
+            ledger._replies_off = False
+            log.warning("agentledger: Redis refused what records sent without waiting need "
+                        "(CLIENT REPLY, EVAL, HMGET: %s): records at durability 'async'/'exit' "
+                        "are acknowledged one by one, as at 'sync'", refused)
+        else:
+            ledger._replies_off = True
+        if isinstance(replies[1], Exception):
+            ledger._names_denied = True
+            log.warning("agentledger: Redis refused CLIENT SETNAME (%s): a process taking a run "
+                        "over cannot wait for Redis to read what a killed owner sent, and may "
+                        "re-run those steps (with their keys)", replies[1])
+
+    def _open_batch(self, conn: Any) -> list[tuple[Any, ...]]:
+        if self._name and not self._ledger._names_denied:
+            return [_REPLY_OFF, ("CLIENT", "SETNAME", self._name)]
+        return [_REPLY_OFF]
+
+    def _close_batch(self, conn: Any, which: str, sent: int) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = [_REPLY_ON, ("EVAL", BATCH_STATE, 1, self._state[which],
+                                                       sent)]
+        if self._name and not self._ledger._names_denied:
+            commands.append(("CLIENT", "SETNAME", self._restored_name(conn)))
+        return commands
+
+    def _record(self, batch: Batch, name: str, keys: list[str], args: list[Any], which: str,
+                expect: str | None) -> list[tuple[Any, ...]]:
+        """The commands that send one record of ``batch`` (its script loaded first, once per
+        batch: EVALSHA spares Redis hashing the script's body on every record)."""
+        source = self._ledger._scripts[name].script
+        commands: list[tuple[Any, ...]] = []
+        if name not in batch.loaded:
+            batch.loaded.add(name)
+            commands.append(("SCRIPT", "LOAD", wrapped(source)))
+        commands.append(("EVALSHA", wrapped_sha(source), len(keys) + 1, *keys,
+                         self._state[which], *args, len(batch.items) + 1, _expected(expect)))
+        return commands
+
+    def _again(self, conn: Any, items: list[Sent], which: str
+               ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Records whose scripts were not run (flushed after the batch loaded them), sent again
+        as a batch of their own with their source (EVAL: no NOSCRIPT), and its barrier: the
+        commands sent with replies off, and those whose replies are read."""
+        quiet = [*self._open_batch(conn)]
+        for seq, (name, keys, args, expect, _on_reply) in enumerate(items, 1):
+            quiet.append(("EVAL", wrapped(self._ledger._scripts[name].script), len(keys) + 1,
+                          *keys, self._state[which], *args, seq, _expected(expect)))
+        loud = self._close_batch(conn, which, len(items))
+        if self._ledger.wait_replicas:
+            loud.append(self._ledger.wait_command())
+        return quiet, loud
+
+    def _acknowledged(self, name: str, keys: list[str], args: list[Any], which: str,
+                      seq: int) -> tuple[Any, ...]:
+        return ("EVAL", wrapped_acknowledged(self._ledger._scripts[name].script), len(keys) + 1,
+                *keys, self._state[which], *args, seq, "")
+
+    def _failed_with(self, error: BaseException) -> BaseException:
+        self._failed = error
+        return error
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def _closed(self, replies: list[Any], items: list[Sent], at: int) -> None:
+        """Raise what the batch's state (``replies[at]``) means, if anything; ``replies[0]`` is
+        CLIENT REPLY ON's."""
+        if isinstance(replies[0], Exception):  # refused: the connection is out of step
+            raise self._failed_with(ledger_error(replies[0], self._ledger.url,
+                                                 "the step records"))
+        if isinstance(replies[at], SLOT_MOVED):  # a failover: the next connection is elsewhere
+            self._lost(replies[at])
+        error = batch_error(replies[at], items, self._ledger.url)
+        if error is not None:
+            raise self._failed_with(error)
 
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:
@@ -137,6 +255,11 @@ class StepConnection:
         if not self._enabled or not self._take():
             return self._ledger.script(name, keys, args)
         try:
+            self._check_failed()
+            if self._pending.items:  # the barrier and this record: one round trip
+                reply = self._call_after_batch(name, keys, args)
+                if reply is not _SENT_AGAIN:
+                    return reply
             self._drain()
             sha, source = self._ledger._scripts[name].sha, self._ledger._scripts[name].script
             commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
@@ -164,6 +287,38 @@ class StepConnection:
         finally:
             self._lock.release()
 
+    def _call_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        pending, conn = self._pending, self._conn
+        items = list(pending.items)
+        pending.clear()
+        commands = [_REPLY_ON, self._acknowledged(name, keys, args, "s", len(items) + 1),
+                    *self._close_batch(conn, "s", len(items))[1:]]
+        if self._ledger.wait_replicas:
+            commands.append(self._ledger.wait_command())
+        try:
+            replies = exchange(conn, commands, check_health=False)
+            start = None if isinstance(replies[0], Exception) else not_run_from(replies[2],
+                                                                                len(items))
+            if start is not None:  # this record was skipped too: sent as usual after them
+                items = items[start:]
+                self._closed(quiet_exchange(conn, *self._again(conn, items, "s")), items, 1)
+                return _SENT_AGAIN
+        except redis.RedisError as e:
+            self._lost(e)  # replies unread: the connection is out of step
+            raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        finally:
+            pending.waited = True
+        return self._after_batch_call(name, replies, items)
+
+    def _after_batch_call(self, name: str, replies: list[Any], items: list[Sent]) -> Any:
+        self._closed(replies, items, 2)  # replies[1] is this record's: skipped if the batch failed
+        reply = replies[1]
+        if isinstance(reply, Exception):
+            raise ledger_error(reply, self._ledger.url, f"the {name} script")
+        if self._ledger.wait_replicas:
+            self._ledger.check_replicated(replies[-1], f"the {name} script")
+        return reply
+
     def _lost(self, _error: Exception) -> None:
         """The connection failed or its node no longer owns the slot: on a cluster, re-read the
         slot map, and take the next connection from the slot's owner then."""
@@ -189,35 +344,55 @@ class StepConnection:
             self._conn = self._pool = None
 
     def send(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,
-             defer: bool = False) -> None:
-        """Write a record to the socket and return; ``on_reply`` runs at the next barrier
-        (its exception is raised there). Falls back to :meth:`call` at ``sync``, unless
-        ``defer``: a write that needs no acknowledgement of its own even at ``sync``, because
-        the next acknowledged call on this connection (or the end of the run) reads it."""
-        if not (self.pipelined or (defer and self._enabled)):
+             defer: bool = False, *, expect: str | None = None) -> None:
+        """Write a record to the socket and return. At ``sync`` (or where replies cannot be
+        switched off) this is :meth:`call` and ``on_reply`` gets the reply, unless ``defer``:
+        a write that needs no acknowledgement of its own even at ``sync``, because the next
+        acknowledged call on this connection (or the end of the run) reads it.
+
+        ``expect``: None (default): the script's reply is kept, and ``on_reply`` gets it at
+        the next barrier (its exception is raised there); only an error reply (a script error,
+        out of memory, ...) stops the records sent after it. A reply (or first element of the
+        reply): that reply means "applied as the caller expects" (the caller has already set
+        what it would set) and is not kept; any other reply stops the batch, so nothing sent
+        after it is applied, and ``on_reply`` gets it at the barrier."""
+        pipelined = self.pipelined or (defer and self._enabled)
+        if pipelined and self._ledger._replies_off is None:
+            self._probe()
+        if not (pipelined and self._ledger._replies_off):
             on_reply(self.call(name, keys, args))
             return
         with self._lock:
+            self._check_failed()
             pending = self._pending
             try:
                 conn = self._connection()
-                # EVAL with the source, not EVALSHA: a Redis that restarted or flushed its
-                # scripts cannot refuse one record (NOSCRIPT) and apply the next.
-                # send_command writes with sendall: in the kernel before it returns (a reset
-                # connection can still lose it: docs/durability.md).
-                conn.send_command("EVAL", self._ledger._scripts[name].script, len(keys), *keys,
-                                  *args, check_health=False)
+                opening = self._open_batch(conn) if not pending.items else []
+                # One write: in the kernel when it returns (sendall).
+                conn.send_packed_command(conn.pack_commands(
+                    [*opening, *self._record(pending, name, keys, args, "s", expect)]),
+                    check_health=False)
             except redis.RedisError as e:
                 pending.clear()  # what was sent before is of unknown fate: fail closed
                 pending.waited = True  # (reported here: no WAIT on a connection that lost it)
                 self._lost(e)
-                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
-            pending.items.append((name, keys, args, on_reply))
+                raise self._failed_with(
+                    ledger_error(e, self._ledger.url, f"the {name} script")) from e
+            pending.items.append((name, keys, args, expect, on_reply))
             pending.bytes += _size(keys, args)
             pending.waited = False
             if (len(pending.items) >= self._ledger.max_unacked_records
                     or pending.bytes >= self._ledger.max_unacked_bytes):
                 self._drain()
+
+    def _probe(self) -> None:
+        with self._lock:
+            conn = self._connection()
+            try:
+                self._after_probe(exchange(conn, self._probe_commands(conn)))
+            except redis.RedisError as e:
+                self._lost(e)
+                raise ledger_error(e, self._ledger.url, "CLIENT REPLY") from e
 
     def barrier(self) -> None:
         """Wait until every record sent so far is acknowledged; raise the first error."""
@@ -225,6 +400,7 @@ class StepConnection:
             raise LedgerError("step records sent from asyncio are not acknowledged yet and a "
                               "synchronous barrier cannot read them: end the run with afinish "
                               "(or record this run at durability 'sync')")
+        self._check_failed()
         if self._pending.items or not self._pending.waited:
             with self._lock:
                 self._drain()
@@ -234,38 +410,30 @@ class StepConnection:
         if not pending.items and pending.waited:
             return
         conn = self._conn
-        first: BaseException | None = None
-        moved = False
         items = list(pending.items)
         pending.clear()
-        try:
-            for name, _keys, _args, on_reply in items:
-                try:
-                    reply = conn.read_response()
-                except ResponseError as e:  # refused (OOM, ...): what follows is read too
-                    first = first or ledger_error(e, self._ledger.url, f"the {name} script")
-                    moved = moved or isinstance(e, SLOT_MOVED)
-                    continue
-                if first is None:
-                    try:
-                        on_reply(reply)
-                    except Exception as e:  # the record's own verdict (fenced out, ...)
-                        first = e
-            if self._ledger.wait_replicas and not pending.waited:
-                conn.send_command(*self._ledger.wait_command())
-                self._ledger.check_replicated(conn.read_response(), "the step records")
+        commands = self._close_batch(conn, "s", len(items)) if items else []
+        if self._ledger.wait_replicas and not pending.waited:
+            commands.append(self._ledger.wait_command())
+        if not commands:
             pending.waited = True
-            if moved:  # the slot moved (a failover): the next record goes to its new owner
-                self._lost(first)  # type: ignore[arg-type]
+            return
+        try:
+            replies = exchange(conn, commands, check_health=False)
+            start = (not_run_from(replies[1], len(items))
+                     if items and not isinstance(replies[0], Exception) else None)
+            if start is not None:
+                items = items[start:]
+                replies = quiet_exchange(conn, *self._again(conn, items, "s"))
         except redis.RedisError as e:
             self._lost(e)  # replies unread: the connection is out of step
+            raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        finally:
             pending.waited = True
-            raise ledger_error(e, self._ledger.url, "the step records") from e
-        except LedgerError:
-            pending.waited = True
-            raise
-        if first is not None:
-            raise first
+        if items:
+            self._closed(replies, items, 1)
+        if self._ledger.wait_replicas:
+            self._ledger.check_replicated(replies[-1], "the step records")
 
     def _retry(self) -> Any:
         return self._ledger.cluster_retry()
@@ -273,7 +441,7 @@ class StepConnection:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                if self._pending.items:  # replies never read: do not hand it to the pool
+                if self._pending.items:  # replies off: never hand it to the pool like this
                     self._conn.disconnect()
                     self._pending.clear()
                 self._release()
@@ -295,6 +463,11 @@ class StepConnection:
         async with lock:
             scripts = self._ledger._async()[1]
             try:
+                self._check_failed()
+                if self._apending.items:
+                    reply = await self._acall_after_batch(name, keys, args)
+                    if reply is not _SENT_AGAIN:
+                        return reply
                 await self._adrain()
                 sha, source = scripts[name].sha, scripts[name].script
                 commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
@@ -320,6 +493,30 @@ class StepConnection:
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
+    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        pending, conn = self._apending, self._aconn
+        items = list(pending.items)
+        pending.clear()
+        commands = [_REPLY_ON, self._acknowledged(name, keys, args, "a", len(items) + 1),
+                    *self._close_batch(conn, "a", len(items))[1:]]
+        if self._ledger.wait_replicas:
+            commands.append(self._ledger.wait_command())
+        try:
+            replies = await aexchange(conn, commands, check_health=False)
+            start = None if isinstance(replies[0], Exception) else not_run_from(replies[2],
+                                                                                len(items))
+            if start is not None:
+                items = items[start:]
+                self._closed(await aquiet_exchange(conn, *self._again(conn, items, "a")),
+                             items, 1)
+                return _SENT_AGAIN
+        except redis.RedisError as e:
+            await self._alost(e)
+            raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        finally:
+            pending.waited = True
+        return self._after_batch_call(name, replies, items)
+
     async def _alost(self, _error: Exception) -> None:
         if self._aconn is not None:
             await self._aconn.disconnect()
@@ -342,37 +539,56 @@ class StepConnection:
         self._aconn = self._anode = None
 
     async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,
-                    defer: bool = False) -> None:
+                    defer: bool = False, *, expect: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
         pipelined = self.pipelined or (defer and self._enabled)
         if not (pipelined and self.opened_async) or lock is None:
             on_reply(await self.acall(name, keys, args))
             return
+        if self._ledger._replies_off is None:
+            await self._aprobe(lock)
+        if not self._ledger._replies_off:
+            on_reply(await self.acall(name, keys, args))
+            return
         async with lock:
+            self._check_failed()
             pending = self._apending
             try:
                 conn = await self._aconnection()
                 if not conn.is_connected:
                     await conn.connect()
                 # No bytes left in asyncio's buffer when a send returns (drain waits for an
-                # empty buffer): what a SIGKILL can lose is then only what Redis drops unread.
+                # empty buffer): in the kernel, as with the synchronous sendall.
                 conn._writer.transport.set_write_buffer_limits(high=0)
-                await conn.send_command("EVAL", self._ledger._scripts[name].script, len(keys),
-                                        *keys, *args, check_health=False)
+                opening = self._open_batch(conn) if not pending.items else []
+                await conn.send_packed_command(conn.pack_commands(
+                    [*opening, *self._record(pending, name, keys, args, "a", expect)]),
+                    check_health=False)
             except redis.RedisError as e:
                 pending.clear()
                 pending.waited = True
                 await self._alost(e)
-                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
-            pending.items.append((name, keys, args, on_reply))
+                raise self._failed_with(
+                    ledger_error(e, self._ledger.url, f"the {name} script")) from e
+            pending.items.append((name, keys, args, expect, on_reply))
             pending.bytes += _size(keys, args)
             pending.waited = False
             if (len(pending.items) >= self._ledger.max_unacked_records
                     or pending.bytes >= self._ledger.max_unacked_bytes):
                 await self._adrain()
 
+    async def _aprobe(self, lock: asyncio.Lock) -> None:
+        async with lock:
+            conn = await self._aconnection()
+            try:
+                self._after_probe(await aexchange(conn, self._probe_commands(conn)))
+            except redis.RedisError as e:
+                await self._alost(e)
+                raise ledger_error(e, self._ledger.url, "CLIENT REPLY") from e
+
     async def abarrier(self) -> None:
+        self._check_failed()
         if self._pending.items or not self._pending.waited:  # sent from a thread: read them
             with self._lock:
                 self._drain()
@@ -389,38 +605,30 @@ class StepConnection:
         if not pending.items and pending.waited:
             return
         conn = self._aconn
-        first: BaseException | None = None
-        moved = False
         items = list(pending.items)
         pending.clear()
-        try:
-            for name, _keys, _args, on_reply in items:
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as e:
-                    first = first or ledger_error(e, self._ledger.url, f"the {name} script")
-                    moved = moved or isinstance(e, SLOT_MOVED)
-                    continue
-                if first is None:
-                    try:
-                        on_reply(reply)
-                    except Exception as e:
-                        first = e
-            if self._ledger.wait_replicas and not pending.waited:
-                await conn.send_command(*self._ledger.wait_command())
-                self._ledger.check_replicated(await conn.read_response(), "the step records")
+        commands = self._close_batch(conn, "a", len(items)) if items else []
+        if self._ledger.wait_replicas and not pending.waited:
+            commands.append(self._ledger.wait_command())
+        if not commands:
             pending.waited = True
-            if moved:
-                await self._alost(first)  # type: ignore[arg-type]
+            return
+        try:
+            replies = await aexchange(conn, commands, check_health=False)
+            start = (not_run_from(replies[1], len(items))
+                     if items and not isinstance(replies[0], Exception) else None)
+            if start is not None:
+                items = items[start:]
+                replies = await aquiet_exchange(conn, *self._again(conn, items, "a"))
         except redis.RedisError as e:
             await self._alost(e)
+            raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        finally:
             pending.waited = True
-            raise ledger_error(e, self._ledger.url, "the step records") from e
-        except LedgerError:
-            pending.waited = True
-            raise
-        if first is not None:
-            raise first
+        if items:
+            self._closed(replies, items, 1)
+        if self._ledger.wait_replicas:
+            self._ledger.check_replicated(replies[-1], "the step records")
 
     async def aclose(self) -> None:
         if self._aconn is not None and self._aloop is asyncio.get_running_loop():

@@ -38,6 +38,7 @@ from ._records import (
     StepStatus,
     parse_step_meta,
 )
+from ._replyoff import wait_until_gone
 from ._session import RunSession
 from ._store import RedisStore, _s
 
@@ -152,6 +153,10 @@ class Ledger(RedisStore):
         self.max_unacked_records = int(max_unacked_records)
         self.max_unacked_bytes = int(max_unacked_bytes)
         self.on_mismatch = on_mismatch
+        # Whether the step connections may switch replies off and name themselves (the ACL
+        # may deny CLIENT REPLY / SETNAME): asked once, at the first record sent unacknowledged.
+        self._replies_off: bool | None = None
+        self._names_denied = False
         self._renewer = LeaseRenewer(self)
 
     @classmethod
@@ -173,10 +178,26 @@ class Ledger(RedisStore):
         # shifted by the ledger's draws.
         return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
-    def _acquire_args(self, run_id: str, kind: str, force: bool) -> tuple[list[str], list[Any]]:
+    def _acquire_args(self, run_id: str, kind: str, force: bool, lapsed: str
+                      ) -> tuple[list[str], list[Any]]:
         k = self.keys(run_id)
         return [k.run, k.steps, k.keyset], [self._owner(), self.lease_ms, "1" if force else "0",
-                                            kind, run_id, "1"]
+                                            kind, run_id, "1", lapsed]
+
+    def _await_owner_gone(self, owner: str, run_id: str) -> None:
+        """Before taking a run over from a dead or lapsed owner: wait (at most a lease) until
+        Redis has read and applied everything that owner's step connection sent."""
+        k = self.keys(run_id)
+
+        def list_clients() -> list[dict[str, Any]]:
+            if self.cluster:  # the node serving the run's slot
+                cluster = cast(RedisCluster, self.redis)
+                node = cluster.get_node_from_key(k.run)  # type: ignore[no-untyped-call]
+                return cast(list[dict[str, Any]], cluster.client_list(target_nodes=node))
+            return cast(list[dict[str, Any]], self.redis.client_list())
+
+        with self.redis_errors():  # a denied CLIENT LIST is a warning (wait_until_gone)
+            wait_until_gone(list_clients, owner, self.lease_ms / 1000, run_id)
 
     def _busy_owner_is_dead(self, owner: str) -> bool:
         # Same host and its pid is gone: the lease belongs to a crashed process of this
@@ -198,16 +219,24 @@ class Ledger(RedisStore):
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
+        lapsed = ""
         self.check_server()
         while True:
-            keys, args = self._acquire_args(run_id, kind, force)
+            keys, args = self._acquire_args(run_id, kind, force, lapsed)
             reply = self.script_and_index("acquire", keys, args, run_id)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
                 session.start_renewing()
                 return session
-            force = self._busy_owner_is_dead(_s(reply[1]))
-            if not force:
+            owner = _s(reply[1])
+            if _s(reply[0]) == "LAPSED":
+                self._await_owner_gone(owner, run_id)
+                lapsed = owner
+                continue
+            force = self._busy_owner_is_dead(owner)
+            if force:
+                self._await_owner_gone(owner, run_id)
+            else:
                 time.sleep(min(0.2, max(0.01, reply[2] / 1000)))
 
     async def aopen_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
@@ -215,17 +244,25 @@ class Ledger(RedisStore):
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
+        lapsed = ""
         await self.acheck_server()
         while True:
-            keys, args = self._acquire_args(run_id, kind, force)
+            keys, args = self._acquire_args(run_id, kind, force, lapsed)
             reply = await self.ascript_and_index("acquire", keys, args, run_id)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
                 session._hot.opened_async = True  # its records may be sent from asyncio unread
                 session.start_renewing()
                 return session
-            force = self._busy_owner_is_dead(_s(reply[1]))
-            if not force:
+            owner = _s(reply[1])
+            if _s(reply[0]) == "LAPSED":
+                await asyncio.to_thread(self._await_owner_gone, owner, run_id)
+                lapsed = owner
+                continue
+            force = self._busy_owner_is_dead(owner)
+            if force:
+                await asyncio.to_thread(self._await_owner_gone, owner, run_id)
+            else:
                 await asyncio.sleep(min(0.2, max(0.01, reply[2] / 1000)))
 
     def _after_acquire(self, run_id: str, kind: str, owner: str, reply: list[Any],
@@ -233,6 +270,8 @@ class Ledger(RedisStore):
         tag = _s(reply[0])
         if tag == "VERSION":
             raise UnknownSchemaVersionError(self.keys(run_id).run, _s(reply[1]), SCHEMA_VERSION)
+        if tag == "LAPSED":
+            return None
         if tag == "BUSY":
             if on_busy == "fail" or time.monotonic() > deadline:
                 raise RunBusyError(run_id, _s(reply[1]), int(reply[2]))

@@ -83,10 +83,11 @@ async def arefresh_slots(client: aredis.RedisCluster) -> None:
         await client.nodes_manager.initialize()
 
 
-def exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def exchange(conn: Any, commands: list[tuple[Any, ...]], check_health: bool = True) -> list[Any]:
     """Send ``commands`` in one write and read every reply (one round trip). An error reply
-    is returned in its place, not raised, so the connection stays in step."""
-    conn.send_packed_command(conn.pack_commands(commands))
+    is returned in its place, not raised, so the connection stays in step. ``check_health``
+    False on a connection whose replies are off (a health check's PING would get none)."""
+    conn.send_packed_command(conn.pack_commands(commands), check_health=check_health)
     replies: list[Any] = []
     for _ in commands:
         try:
@@ -96,8 +97,9 @@ def exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return replies
 
 
-async def aexchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    await conn.send_packed_command(conn.pack_commands(commands))
+async def aexchange(conn: Any, commands: list[tuple[Any, ...]], check_health: bool = True
+                    ) -> list[Any]:
+    await conn.send_packed_command(conn.pack_commands(commands), check_health=check_health)
     replies: list[Any] = []
     for _ in commands:
         try:

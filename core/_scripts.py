@@ -19,8 +19,10 @@ local now = tonumber(__t[1]) * 1000 + math.floor(tonumber(__t[2]) / 1000)
 
 # KEYS[1] run hash, KEYS[2] steps hash, KEYS[3] key set
 # ARGV[1] owner, ARGV[2] lease ms, ARGV[3] '1' to take over a live lease, ARGV[4] kind,
-# ARGV[5] run id, ARGV[6] '1' to return the run's step records
-# -> {'BUSY', owner, remaining ms} | {'VERSION', v}
+# ARGV[5] run id, ARGV[6] '1' to return the run's step records, ARGV[7] the owner whose lapsed
+# lease this acquire may take ('': none yet; the caller first waits until Redis has read what
+# that owner sent, see agentledger._replyoff.wait_until_gone)
+# -> {'BUSY', owner, remaining ms} | {'LAPSED', owner} | {'VERSION', v}
 #    | {'OK', fence, now, {field, value, ...}, status before this acquire ('' for a new run)}
 ACQUIRE_RUN = _NOW + """
 local run = KEYS[1]
@@ -28,8 +30,9 @@ local v = redis.call('HGET', run, 'v')
 if v and v ~= '1' then return {'VERSION', v} end
 local owner = redis.call('HGET', run, 'owner')
 local lease_until = tonumber(redis.call('HGET', run, 'lease_until') or '0') or 0
-if owner and owner ~= '' and owner ~= ARGV[1] and lease_until > now and ARGV[3] ~= '1' then
-  return {'BUSY', owner, lease_until - now}
+if owner and owner ~= '' and owner ~= ARGV[1] and ARGV[3] ~= '1' then
+  if lease_until > now then return {'BUSY', owner, lease_until - now} end
+  if ARGV[7] ~= owner then return {'LAPSED', owner} end
 end
 -- Fencing tokens grow for the life of the prefix: never below the server clock in ms, so a run
 -- whose keys vanished (deleted, evicted, flushed) does not hand an old holder's token out again.

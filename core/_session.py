@@ -134,7 +134,8 @@ class RunSession:
         self._root: tuple[str, int] | None = None  # (scope, thread) where it was activated
         self._lock = threading.Lock()
         self._fence_arg = str(fence)
-        self._hot = StepConnection(ledger, self.keys.run)
+        self._hot = StepConnection(ledger, self.keys.run, base=self.keys.base, fence=fence,
+                                   owner=owner)
         self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
         self.otel: Any = None  # the run's span and attached contexts, when tracing is on
         if _otel.active is not None:
@@ -237,16 +238,19 @@ class RunSession:
         return self._hot.pipelined
 
     def send_script(self, name: str, keys: list[str], args: list[Any],
-                    on_reply: Callable[[Any], None], *, defer: bool = False) -> None:
+                    on_reply: Callable[[Any], None], *, defer: bool = False,
+                    expect: str | None = None) -> None:
         """Send a script registered with ``Ledger.register_scripts`` on this run's step
         connection, after the records sent before it. At 'async'/'exit', or with ``defer`` at
         any level, it is written without waiting and ``on_reply`` runs at the next barrier
-        (its exception is raised there); at 'sync' without ``defer``, it is acknowledged now."""
-        self._hot.send(name, keys, args, on_reply, defer)
+        (its exception is raised there); at 'sync' without ``defer``, it is acknowledged now.
+        ``expect``: see :meth:`StepConnection.send` (None: ``on_reply`` gets every reply)."""
+        self._hot.send(name, keys, args, on_reply, defer, expect=expect)
 
     async def asend_script(self, name: str, keys: list[str], args: list[Any],
-                           on_reply: Callable[[Any], None], *, defer: bool = False) -> None:
-        await self._hot.asend(name, keys, args, on_reply, defer)
+                           on_reply: Callable[[Any], None], *, defer: bool = False,
+                           expect: str | None = None) -> None:
+        await self._hot.asend(name, keys, args, on_reply, defer, expect=expect)
 
     def call_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a registered script and return its reply; for a read that must see this run's
@@ -487,10 +491,12 @@ class RunSession:
         base = args[1][4] or self._new_meta(start, InDoubtPolicy.RERUN)
         self._meta[start.key] = self._expected_meta(base, start, args[1][2])
         self._outcomes[start.key] = args[1][3]
+        self.executed += 1
         return True
 
     def _on_complete(self, start: StepStart, args: list[Any]) -> Callable[[Any], None]:
-        return lambda reply: self._after_complete(start, args, reply)
+        # Counted as executed when sent (the reply is read only if it is a refusal).
+        return lambda reply: self._after_complete(start, args, reply, counted=True)
 
     def _expected_meta(self, new_meta: str, start: StepStart, status: str) -> bytes:
         """The step's metadata as the script will write it, until its reply is read (the
@@ -505,7 +511,8 @@ class RunSession:
         if args is not None:
             crash_point("before_claim")
             if self._claim_unacknowledged(start, args):
-                self._hot.send("claim", args[0], args[1], self._on_claim(start))
+                self._hot.send("claim", args[0], args[1], self._on_claim(start),
+                               expect="CLAIMED")
             else:
                 start = self._after_claim(start, self._hot.call("claim", *args))
             crash_point("after_claim")
@@ -519,7 +526,8 @@ class RunSession:
         if args is not None:
             crash_point("before_claim")
             if self._claim_unacknowledged(start, args):
-                await self._hot.asend("claim", args[0], args[1], self._on_claim(start))
+                await self._hot.asend("claim", args[0], args[1], self._on_claim(start),
+                                      expect="CLAIMED")
             else:
                 start = self._after_claim(start, await self._hot.acall("claim", *args))
             crash_point("after_claim")
@@ -567,12 +575,13 @@ class RunSession:
         meta = "" if call.intent else self._new_meta(start, InDoubtPolicy.RERUN)
         return [[self.keys.run, self.keys.steps], [start.key, self._fence_arg, status, raw, meta]]
 
-    def _after_complete(self, start: StepStart, args: list[Any], reply: list[Any]) -> None:
+    def _after_complete(self, start: StepStart, args: list[Any], reply: list[Any],
+                        counted: bool = False) -> None:
         tag = _s(reply[0])
         if tag == "OK":
             self._meta[start.key] = reply[1]
             self._outcomes[start.key] = args[1][3]
-            self.executed += 1
+            self.executed += 0 if counted else 1
             return
         if tag == "MISSING":
             raise CorruptRecordError(f"{self.keys.steps} m:{start.key}",
@@ -619,7 +628,8 @@ class RunSession:
         hooks = _otel.active
         t = time.perf_counter() if hooks is not None else 0.0
         if self._outcome_unacknowledged(start, args):
-            self._hot.send("complete", args[0], args[1], self._on_complete(start, args))
+            self._hot.send("complete", args[0], args[1], self._on_complete(start, args),
+                           expect="OK")
         else:
             self._after_complete(start, args, self._hot.call("complete", *args))
         crash_point("after_record")
@@ -641,7 +651,8 @@ class RunSession:
         hooks = _otel.active
         t = time.perf_counter() if hooks is not None else 0.0
         if self._outcome_unacknowledged(start, args):
-            await self._hot.asend("complete", args[0], args[1], self._on_complete(start, args))
+            await self._hot.asend("complete", args[0], args[1], self._on_complete(start, args),
+                                  expect="OK")
         else:
             self._after_complete(start, args, await self._hot.acall("complete", *args))
         crash_point("after_record")

@@ -18,7 +18,7 @@ from redis.sentinel import Sentinel
 
 import agentledger
 from _support import RedisServer, answers, free_cluster_port, free_port, redis_server_binary, tmpdir
-from agentledger import Ledger, RunStatus
+from agentledger import Ledger, RunStatus, StepCall
 
 PASSWORD = "cl0ud-Pa55"
 SLOTS = 16384
@@ -341,4 +341,29 @@ async def test_a_least_privilege_acl_user_can_do_everything_the_ledger_does(
     with pytest.raises(agentledger.RedisAuthError):
         Ledger.from_url(url, prefix="other").open_run("r")
     ledger.close()
+    admin.close()
+
+
+async def test_durability_async_as_a_least_privilege_acl_user(
+        own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """With the documented extras, records go with replies off; without them, the ledger warns
+    and acknowledges each record at once, as at 'sync' (a denied CLIENT REPLY never leaves a
+    record's fate unknown)."""
+    admin = redis.Redis.from_url(own_redis.url)
+    extras = "+eval +hmget +client|reply +client|setname +client|list"
+    for user, acl in (("fast", f"{LEDGER_ACL} {extras}"), ("plain", LEDGER_ACL)):
+        admin.execute_command("ACL", "SETUSER", user, "on", f">{PASSWORD}",
+                              *acl.format(prefix=user).split())
+        url = f"redis://{user}:{PASSWORD}@127.0.0.1:{own_redis.port}/0"
+        ledger = Ledger.from_url(url, prefix=user, durability="async")
+        caplog.clear()
+        with ledger.run("r") as session:
+            for i in range(3):
+                session.call(StepCall(kind="llm", name="chat", inputs=i, intent=False), lambda i=i: i)
+            unacknowledged = session._hot.unacknowledged
+        assert ledger._replies_off is (user == "fast")
+        assert unacknowledged == (3 if user == "fast" else 0)
+        assert ("acknowledged one by one" in caplog.text) is (user == "plain")
+        assert [s.status for s in ledger.steps("r")] == ["completed"] * 3
+        ledger.close()
     admin.close()
