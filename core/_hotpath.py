@@ -387,6 +387,8 @@ class StepConnection:
 
     def _probe(self) -> None:
         with self._lock:
+            if self._ledger._replies_off is not None:  # another thread asked meanwhile
+                return
             conn = self._connection()
             try:
                 self._after_probe(exchange(conn, self._probe_commands(conn)))
@@ -580,6 +582,8 @@ class StepConnection:
 
     async def _aprobe(self, lock: asyncio.Lock) -> None:
         async with lock:
+            if self._ledger._replies_off is not None:
+                return
             conn = await self._aconnection()
             try:
                 self._after_probe(await aexchange(conn, self._probe_commands(conn)))
