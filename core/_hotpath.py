@@ -66,6 +66,7 @@ from ._replyoff import (
     client_name,
     not_run_from,
     quiet_exchange,
+    skipped_after_refusal,
     state_key,
     wrapped,
     wrapped_acknowledged,
@@ -241,8 +242,11 @@ class StepConnection:
         if isinstance(replies[at], SLOT_MOVED):  # a failover: the next connection is elsewhere
             self._lost(replies[at])
         error = batch_error(replies[at], items, self._ledger.url)
-        if error is not None:
+        if error is None:
+            return
+        if skipped_after_refusal(replies[at], len(items)):  # believed recorded, and not
             raise self._failed_with(error)
+        raise error  # the last record's own refusal, or a kept reply rejected
 
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:

@@ -38,9 +38,10 @@ import redis
 from ._connect import ledger_error
 from ._errors import LedgerError
 
-__all__ = ["BATCH_STATE", "KEEP_REPLY", "Batch", "Sent", "aquiet_exchange", "batch_error", "client_name", "not_run_from",
-           "owner_connections", "quiet_exchange", "state_key", "wait_until_gone", "wrapped", "wrapped_acknowledged",
-           "wrapped_sha"]
+__all__ = ["BATCH_STATE", "KEEP_REPLY", "Batch", "Sent", "aquiet_exchange", "batch_error",
+           "client_name", "not_run_from", "owner_connections", "quiet_exchange",
+           "skipped_after_refusal", "state_key", "wait_until_gone", "wrapped",
+           "wrapped_acknowledged", "wrapped_sha"]
 
 log = logging.getLogger("agentledger")
 
@@ -233,6 +234,17 @@ def not_run_from(reply: Any, sent: int) -> int | None:
     state = _state(reply)
     applied = int(state.get(b"n", 0))
     return None if b"f" in state or applied >= sent else applied
+
+
+def skipped_after_refusal(reply: Any, sent: int) -> int:
+    """How many records sent after a refused one were not applied (all of them if the state
+    could not be read): the session believed them recorded, so it cannot go on."""
+    if isinstance(reply, BaseException):
+        return sent
+    state = _state(reply)
+    if b"f" in state:
+        return sent - int(state[b"f"])
+    return max(0, sent - int(state.get(b"n", 0)) - 1)
 
 
 def batch_error(reply: Any, items: list[Sent], url: str | None) -> BaseException | None:
