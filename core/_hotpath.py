@@ -379,9 +379,8 @@ class StepConnection:
             except redis.RedisError as e:
                 pending.clear()  # what was sent before is of unknown fate: fail closed
                 pending.waited = True  # (reported here: no WAIT on a connection that lost it)
-                self._lost(e)
-                raise self._failed_with(
-                    ledger_error(e, self._ledger.url, f"the {name} script")) from e
+                self._lost(e)  # reported here, as an acknowledged call's failure would be
+                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
             pending.items.append((name, keys, args, expect, on_reply))
             pending.bytes += _size(keys, args)
             pending.waited = False
@@ -575,8 +574,7 @@ class StepConnection:
                 pending.clear()
                 pending.waited = True
                 await self._alost(e)
-                raise self._failed_with(
-                    ledger_error(e, self._ledger.url, f"the {name} script")) from e
+                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
             pending.items.append((name, keys, args, expect, on_reply))
             pending.bytes += _size(keys, args)
             pending.waited = False
