@@ -43,13 +43,12 @@ def _check_case(base: dict[str, Any], case: dict[str, Any], durability: str) -> 
     for k in twice:
         iks = effects[k]
         assert len(iks) == 2 and iks[0] == iks[1], f"{name}: {k} ran {iks}"
-    if twice and durability == "sync":
-        # At "async"/"exit" (an invocation's durability= is its run's level since 7fd53f6) the
-        # records since the last barrier are unacknowledged: a restart that takes the run over
-        # before Redis has read the killed process's last bytes runs those rerun steps again,
-        # with the same key (checked above; docs/durability.md "Known limits").
-        # At "sync" only a step killed inside its body runs again: the one at the crash point, or a
-        # parallel sibling that was in flight. Each such step shows a second attempt.
+    if twice:
+        # At every level only a step killed inside its body runs again: the one at the crash
+        # point, or a parallel sibling that was in flight. Each such step shows a second attempt.
+        # (At "async"/"exit" the records since the last barrier are unacknowledged, but a killed
+        # process loses none it sent: they go with replies off, and the restart waits until
+        # Redis has read them; docs/durability.md.)
         assert len(twice) <= sum(1 for s in case["steps"] if s[2] >= 2), name
         if point != "before_record":
             # Killed elsewhere: only one of the two parallel emails can have been in flight.

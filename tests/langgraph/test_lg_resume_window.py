@@ -73,13 +73,8 @@ def _check(base: dict[str, Any], row: dict[str, Any], durability: str) -> None:
     for effect, keys in effects.items():
         # Twice only when killed inside it, with the same idempotency key.
         assert len(keys) == 1 or (len(keys) == 2 and keys[0] == keys[1]), f"{name}: {effect}"
-    if durability != "sync":
-        # At "async"/"exit" the invocation's steps are recorded without waiting: a SIGKILL can
-        # lose the records sent since the last barrier (Redis drops a reset connection's unread
-        # commands, docs/durability.md), so any of those steps may run again, with its key
-        # (checked above). At "sync" only the step killed inside it may.
-        return
-    # Killed inside a step: that step, or the parallel email in flight beside it.
+    # Killed inside a step: that step, or the parallel email in flight beside it, at every
+    # level (at "async"/"exit" a killed process loses no record it sent: docs/durability.md).
     twice = {e for e, keys in effects.items() if len(keys) > 1}
     point = row["crash"][0] if "crash" in row else "delay"
     siblings = {"send_email|ann", "send_email|bob"}
