@@ -90,6 +90,11 @@ def _expected(expect: str | None) -> str:
     return KEEP_REPLY if expect is None else expect
 
 
+def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    # Most records are one EVALSHA: packed directly (pack_commands costs more per call).
+    return conn.pack_command(*commands[0]) if len(commands) == 1 else conn.pack_commands(commands)
+
+
 def _size(keys: list[str], args: list[str | bytes]) -> int:
     return sum(map(len, keys)) + sum(map(len, args))  # the step scripts' arguments: all text
 
@@ -371,11 +376,11 @@ class StepConnection:
             pending = self._pending
             try:
                 conn = self._connection()
-                opening = self._open_batch(conn) if not pending.items else []
+                commands = self._record(pending, name, keys, args, "s", expect)
+                if not pending.items:
+                    commands[:0] = self._open_batch(conn)
                 # One write: in the kernel when it returns (sendall).
-                conn.send_packed_command(conn.pack_commands(
-                    [*opening, *self._record(pending, name, keys, args, "s", expect)]),
-                    check_health=False)
+                conn.send_packed_command(_packed(conn, commands), check_health=False)
             except redis.RedisError as e:
                 pending.clear()  # what was sent before is of unknown fate: fail closed
                 pending.waited = True  # (reported here: no WAIT on a connection that lost it)
@@ -566,10 +571,10 @@ class StepConnection:
                 # No bytes left in asyncio's buffer when a send returns (drain waits for an
                 # empty buffer): in the kernel, as with the synchronous sendall.
                 conn._writer.transport.set_write_buffer_limits(high=0)
-                opening = self._open_batch(conn) if not pending.items else []
-                await conn.send_packed_command(conn.pack_commands(
-                    [*opening, *self._record(pending, name, keys, args, "a", expect)]),
-                    check_health=False)
+                commands = self._record(pending, name, keys, args, "a", expect)
+                if not pending.items:
+                    commands[:0] = self._open_batch(conn)
+                await conn.send_packed_command(_packed(conn, commands), check_health=False)
             except redis.RedisError as e:
                 pending.clear()
                 pending.waited = True
