@@ -15,13 +15,14 @@ recorded and runs none of them again.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from _support import RedisServer, killed, run_child, tmpdir
-from agentledger import Ledger, RunStatus, StepCall
+from agentledger import FencedOutError, Ledger, RunStatus, StepCall
 
 N = 2500  # LLM steps and 'rerun' tool steps, alternating: 3,750 records
 
@@ -114,3 +115,38 @@ def test_a_process_killed_after_sending_loses_nothing(server: RedisServer, trans
     finally:
         ledger.delete_run(run_id, force=True)
         ledger.close()
+
+
+def test_a_lapsed_owner_with_records_unacknowledged_is_waited_for(
+        server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A run whose lease lapsed while its owner's connection still holds unacknowledged records
+    (a hung process, a half-open connection): the takeover waits for that connection (named
+    after the owner) at most a lease, then warns and goes on; the old owner is fenced out."""
+    import redis as redis_py
+
+    url = _url(server, "tcp")
+    old = Ledger(url=url, prefix="lapsed", durability="async", lease_ms=300)
+    new = Ledger(url=url, prefix="lapsed", durability="async", lease_ms=300)
+    admin = redis_py.Redis.from_url(url)
+    try:
+        session = old.open_run("r")
+        session.stop_renewing()  # hung: its lease lapses, its connection stays
+        for i in range(3):
+            session.call(StepCall(kind="llm", name="chat", inputs=i, intent=False), lambda i=i: i)
+        names = [c["name"] for c in admin.client_list()]
+        assert f"agentledger:{session.owner}" in names  # named while records are unacknowledged
+        while not old.is_stalled(old.get_run("r")):  # type: ignore[arg-type]
+            time.sleep(0.01)
+        taker = new.open_run("r")
+        assert "still holds a connection of its previous owner" in caplog.text
+        assert taker.fence > session.fence and taker.replayed == 0
+        assert len(new.steps("r")) == 3  # the three were applied before the takeover
+        with pytest.raises(FencedOutError):
+            session.call(StepCall(kind="llm", name="chat", inputs=9, intent=False), lambda: 9)
+            session.barrier()
+        taker.finish(RunStatus.COMPLETED)
+    finally:
+        new.delete_run("r", force=True)
+        old.close()
+        new.close()
+        admin.close()
