@@ -115,6 +115,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         self._lists: OrderedDict[tuple[str, str, str], tuple[str, list[bytes]]] = OrderedDict()
         self._lists_lock = threading.Lock()
         self._thread_keys: dict[Any, ThreadKeys] = {}
+        self._channel_names: set[str] = set()  # checked for separator bytes already
         self.ledger.register_scripts(_RUN_SCRIPTS)
         _install_call_recording()
 
@@ -207,13 +208,16 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         ns = codec.check_name("checkpoint_ns", conf.get("checkpoint_ns", ""))
         cid = codec.check_name("checkpoint id", checkpoint["id"])
         member = f"{ns}{_US}{cid}"
+        at = f"{ns}{_US}"
         c = checkpoint.copy()
         values: dict[str, Any] = c.pop("channel_values")  # type: ignore[misc]
         args: list[Any] = []
         lists: dict[tuple[str, str, str], tuple[str, list[bytes]]] = {}
         fields: list[str] = []
         for ch, ver in new_versions.items():
-            field = f"{ns}{_US}{codec.check_name('channel', ch)}{_US}{ver}"
+            if ch not in self._channel_names:  # a graph has few channels: check each once
+                self._channel_names.add(codec.check_name("channel", ch))
+            field = f"{at}{ch}{_US}{ver}"
             base = ""
             if ch not in values:
                 blob = codec.encode_blob(codec.EMPTY, b"")
@@ -234,8 +238,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         run_id = md.get("run_id")
         run_member = (f"{run_id}{_US}{member}"
                       if isinstance(run_id, str) and run_id and _US not in run_id else "")
-        refs = codec.RS.join(f"{ns}{_US}{ch}{_US}{ver}"
-                             for ch, ver in c["channel_versions"].items())
+        refs = codec.RS.join([f"{at}{ch}{_US}{ver}" for ch, ver in c["channel_versions"].items()])
         record = codec.encode_record(codec.dumps(self.serde, c), codec.dumps(self.serde, md),
                                      conf.get("checkpoint_id"))
         result: RunnableConfig = {"configurable": {

@@ -68,7 +68,7 @@ def check_serde(serde: SerializerProtocol) -> SerializerProtocol:
 
 
 def _is_pickle(type_: str) -> bool:
-    return type_.split("+", 1)[0] == "pickle"
+    return type_.startswith("pickle") and type_.split("+", 1)[0] == "pickle"
 
 
 def dumps(serde: SerializerProtocol, value: Any) -> tuple[str, bytes]:
