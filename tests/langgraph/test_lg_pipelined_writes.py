@@ -238,7 +238,8 @@ def test_a_sigkill_at_async_leaves_a_prefix(redis_url: str, prefix: str, kill_no
         applied = [_applied(ledger, name, what, steps) for name, what in sent]
         # A prefix: nothing applied after the first record that was not.
         cut = applied.index(False) if False in applied else len(applied)
-        assert not any(applied[cut:]), list(zip(sent, applied, strict=True))
+        assert not any(applied[cut:]), "\n".join(
+            f"{int(a)} {n} {w!r}" for (n, w), a in zip(sent, applied, strict=True))
         completed = {k for k, status in steps.items() if status == "completed"}
 
         second = run_child(CHILD, redis_url, prefix, str(out), "resume", str(kill_node),

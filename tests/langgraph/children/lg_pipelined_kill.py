@@ -18,6 +18,7 @@ import operator
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -42,24 +43,38 @@ def _what(name: str, args: list[Any]) -> str:
     return ""
 
 
+# Held across logging a record and sending it, so that the log's order is the order the
+# records reached the connection (LangGraph saves checkpoints from its own threads).
+_order = threading.RLock()
+
+
 def _logged(method: Any) -> Any:
     # Test instrumentation only: Redis and the connection are the real ones.
     def logged(self: StepConnection, name: str, keys: list[str], args: list[Any],
                *rest: Any, **kw: Any) -> Any:
-        if name != "langgraph.load":
-            os.write(_log, (json.dumps([name, _what(name, args)]) + "\n").encode())
-        try:
+        with _order:
+            if name != "langgraph.load":
+                os.write(_log, (json.dumps([name, _what(name, args)]) + "\n").encode())
             return method(self, name, keys, args, *rest, **kw)
+
+    return logged
+
+
+def _addressed(method: Any) -> Any:
+    def addressed(self: StepConnection, *args: Any, **kw: Any) -> Any:
+        try:
+            return method(self, *args, **kw)
         finally:
             sock = getattr(self._conn, "_sock", None)
             if sock is not None:  # where Redis sees this connection (CLIENT LIST addr)
                 host, port = sock.getsockname()[:2]
                 os.write(_log, (json.dumps(["addr", f"{host}:{port}"]) + "\n").encode())
-    return logged
+
+    return addressed
 
 
-StepConnection.send = _logged(StepConnection.send)  # type: ignore[method-assign]
-StepConnection.call = _logged(StepConnection.call)  # type: ignore[method-assign]
+StepConnection.send = _logged(_addressed(StepConnection.send))  # type: ignore[method-assign]
+StepConnection.call = _logged(_addressed(StepConnection.call))  # type: ignore[method-assign]
 
 
 @agentledger.step
