@@ -4,8 +4,9 @@ N worker processes run hundreds of runs of a few dozen recorded calls each (the 
 pipeline of tests/core/children/worker_app.py, whose steps log their effect to a file), while
 workers are SIGKILLed and restarted at random and Redis is SIGKILLed and restarted on its
 append-only file (standalone), then, on a 3+3 Redis Cluster, a master is SIGKILLed and its
-replica takes over. At the end: every run completed with the right value, no run lost, and no
-step's effect under two idempotency keys; steps re-executed (in flight at a kill, or lost with
+replica takes over (once more with ``replicas=1``, the old master rejoining as a replica).
+The standalone phase runs at durability ``sync`` and again at ``async``. At the end: every run
+completed with the right value, no run lost, and no step's effect under two idempotency keys; steps re-executed (in flight at a kill, or lost with
 an unreplicated record at the failover) are counted.
 
     python benchmarks/soak_workers.py [--runs 200] [--steps 24] [--workers 4] [--minutes 8]
@@ -41,8 +42,9 @@ _apps: dict[int, Any] = {}
 
 
 class Fleet:
-    def __init__(self, url: str, prefix: str, work: Path, n: int) -> None:
-        self.env = {**os.environ, **OFFLINE_ENV, "AL_URL": url, "AL_PREFIX": prefix,
+    def __init__(self, url: str, prefix: str, work: Path, n: int,
+                 settings: dict[str, str]) -> None:
+        self.env = {**os.environ, **OFFLINE_ENV, **settings, "AL_URL": url, "AL_PREFIX": prefix,
                     "AL_EFFECTS": str(work / "effects.jsonl"), "AL_LEASE_MS": "2000",
                     "STEP_SLEEP": "0.002", "PYTHONPATH": str(REPO / "tests/core/children")}
         self.work = work
@@ -80,13 +82,14 @@ def remaining(ledger: Ledger, runs: list[str]) -> list[str]:
     return left
 
 
-def phase(name: str, url: str, args: argparse.Namespace,
-          disaster: Any, deadline: float) -> dict[str, Any]:
+def phase(name: str, url: str, args: argparse.Namespace, disaster: Any, deadline: float,
+          durability: str = "sync", replicas: int = 0) -> dict[str, Any]:
     work = tmpdir(f"agentledger-soak-{name}-")
     prefix = f"soak{random.randrange(10**6)}"
     os.environ["AL_EFFECTS"] = str(work / "effects.jsonl")
-    fleet = Fleet(url, prefix, work, args.workers)
-    ledger = Ledger.from_url(url, prefix=prefix, lease_ms=2000)
+    fleet = Fleet(url, prefix, work, args.workers,
+                  {"AL_DURABILITY": durability, "AL_REPLICAS": str(replicas)})
+    ledger = Ledger.from_url(url, prefix=prefix, lease_ms=2000, replicas=replicas)
     app = build(ledger)
     t0 = time.monotonic()
     runs = [app.submit("steps", {"start": i, "count": args.steps}, run_id=f"{name}-{i}")
@@ -118,7 +121,7 @@ def phase(name: str, url: str, args: argparse.Namespace,
         if e["phase"] == "start":
             keys[(e["run"], e["step"])].add(e["key"])
             times[(e["run"], e["step"])] += 1
-    out = {"phase": name, "runs": len(runs), "calls": len(runs) * args.steps,
+    out = {"phase": name, "durability": durability, "replicas": replicas, "runs": len(runs), "calls": len(runs) * args.steps,
            "completed": len(runs) - len(left), "lost_or_unfinished": len(left),
            "wrong_value": len(wrong), "worker_kills": fleet.kills,
            "disaster": disaster.__doc__ if disaster_done else "none (ended early)",
@@ -143,6 +146,10 @@ def main() -> int:
     end = time.monotonic() + args.minutes * 60
     results = []
 
+    def budget(phases_left: int) -> float:
+        return time.monotonic() + (end - time.monotonic()) / phases_left
+
+    phases_left = 2 if args.no_cluster else 4
     server = RedisServer(tmpdir("agentledger-soak-redis-"), appendfsync="always").start()
 
     def restart_redis() -> None:
@@ -150,8 +157,12 @@ def main() -> int:
         server.restart(down_s=0.5)
 
     try:
-        budget = end if args.no_cluster else time.monotonic() + (end - time.monotonic()) / 2
-        results.append(phase("standalone", server.url, args, restart_redis, budget))
+        # At async the records after the last barrier die with Redis: those steps run again,
+        # each under its own key (steps_re_executed_same_key), never under a second one.
+        for level in ("sync", "async"):
+            results.append(phase(f"standalone-{level}", server.url, args, restart_redis,
+                                 budget(phases_left), durability=level))
+            phases_left -= 1
     finally:
         server.kill()
         shutil.rmtree(server.dir, ignore_errors=True)
@@ -165,8 +176,23 @@ def main() -> int:
             victim.kill()
             cluster.wait_ok()
 
+        def fail_over_and_rejoin() -> None:
+            """a cluster master SIGKILLed, its replica took over, the old one rejoined"""
+            # With replicas=1 the promoted master has no replica until the old one rejoins:
+            # its slots' records fail closed (the runs wait) until then.
+            victim = cluster.masters()[-1]
+            victim.kill()
+            cluster.wait_ok()
+            cluster.rejoin(victim)
+
         try:
-            results.append(phase("cluster", cluster.url, args, fail_over, end))
+            results.append(phase("cluster", cluster.url, args, fail_over, budget(phases_left)))
+            phases_left -= 1
+            for node in cluster.nodes:  # the node killed above comes back as a replica
+                if node.proc is None:
+                    cluster.rejoin(node)
+            results.append(phase("cluster-replicated", cluster.url, args, fail_over_and_rejoin,
+                                 budget(phases_left), replicas=1))
         finally:
             cluster.stop()
             shutil.rmtree(cluster.base, ignore_errors=True)

@@ -108,5 +108,6 @@ if os.environ.get("AL_URL"):
     app = build(Ledger.from_url(os.environ["AL_URL"], prefix=os.environ["AL_PREFIX"],
                                 lease_ms=int(os.environ.get("AL_LEASE_MS", "3000")),
                                 replicas=int(os.environ.get("AL_REPLICAS", "0")),
+                                durability=os.environ.get("AL_DURABILITY", "sync"),
                                 replica_timeout_ms=int(os.environ.get("AL_REPLICA_TIMEOUT_MS",
                                                                       "1000"))))
