@@ -122,6 +122,8 @@ class RunSession:
         self._replayed_keys: list[str] = []
         self._meta: dict[str, bytes] = {}
         self._outcomes: dict[str, bytes] = {}
+        # durability "async": a model's answer was sent since the last acknowledged claim
+        self._answer_unacknowledged = False
         for i in range(0, len(steps), 2):
             f = _s(steps[i])
             if f.startswith("m:"):
@@ -472,6 +474,13 @@ class RunSession:
         if not (self._hot.pipelined and mode == "claim" and policy == InDoubtPolicy.RERUN
                 and key not in self._meta):
             return False
+        if self._answer_unacknowledged and self._hot.unacknowledged:
+            # A model's answer decided this call (which tool, its arguments, in some
+            # frameworks its key: the call id in the answer). Lost, the model is asked again
+            # and may decide otherwise, while this effect already happened: the answer is
+            # acknowledged (with this claim) before the body runs.
+            self._answer_unacknowledged = False
+            return False
         start.attempt = 1
         self._meta[key] = self._expected_meta(_meta, start, StepStatus.RUNNING)
         return True
@@ -492,6 +501,8 @@ class RunSession:
         self._meta[start.key] = self._expected_meta(base, start, args[1][2])
         self._outcomes[start.key] = args[1][3]
         self.executed += 1
+        if call.kind == StepKind.LLM:
+            self._answer_unacknowledged = True
         return True
 
     def _on_complete(self, start: StepStart, args: list[Any]) -> Callable[[Any], None]:

@@ -79,6 +79,35 @@ def test_records_wait_at_a_fail_step_an_approval_and_the_end(redis_url: str, pre
         ledger.close()
 
 
+def test_a_tool_after_a_model_answer_runs_once_the_answer_is_acknowledged(
+        redis_url: str, prefix: str) -> None:
+    # The answer decided the call (and, in the OpenAI Agents SDK, its key: the call id in it).
+    # Lost after the effect, the model would be asked again and might decide otherwise; so
+    # the tool's claim waits for the answer (tests/openai_agents: the end-to-end case).
+    ledger = Ledger.from_url(redis_url, prefix=prefix, durability="async")
+    in_body: list[int] = []
+
+    def tool(session: agentledger.RunSession, i: int) -> int:
+        def body() -> int:
+            in_body.append(session._hot.unacknowledged)
+            return i
+        return session.call(StepCall(kind="tool", name="store", inputs=i, intent=True), body)
+
+    try:
+        with ledger.run("r") as session:
+            _llm(session, 1)
+            _llm(session, 2)
+            assert session._hot.unacknowledged == 2
+            tool(session, 1)  # its claim acknowledged both answers
+            tool(session, 2)  # no answer between: sent without waiting
+            _llm(session, 3)
+            tool(session, 3)
+        assert in_body == [0, 2, 0]
+        assert [s.status for s in ledger.steps("r")] == ["completed"] * 6
+    finally:
+        ledger.close()
+
+
 def test_a_lost_lease_is_raised_at_the_next_barrier(redis_url: str, prefix: str) -> None:
     ledger = Ledger.from_url(redis_url, prefix=prefix, durability="async")
     other = Ledger.from_url(redis_url, prefix=prefix)

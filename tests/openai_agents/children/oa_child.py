@@ -3,6 +3,8 @@
     python oa_child.py <scenario> <run_id> <redis_url> <prefix> [run|stream|sync|resume]
 
 Crashes come from AGENTLEDGER_CRASH_AT (a named step boundary) or AL_KILL_IN_TOOL.
+AL_DURABILITY=sync|async|exit is passed to DurableRunner.run/resume (``durability=``);
+``run_streamed`` always records at 'sync'.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ async def main(scenario: str, run_id: str, url: str, prefix: str, mode: str) -> 
             return {"final": streamed.final_output, "events": kinds,
                     "interruptions": len(streamed.interruptions)}
         extra: dict[str, object] = {}
+        if os.environ.get("AL_DURABILITY"):
+            extra["durability"] = os.environ["AL_DURABILITY"]
         if os.environ.get("AL_SESSION_DB"):
             from agents import SQLiteSession
 

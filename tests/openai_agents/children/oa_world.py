@@ -197,6 +197,28 @@ def refund(order: int, amount: int) -> str:
     return f"refunded {amount} for order {order}"
 
 
+def redis_hook(where: str, n: int) -> None:
+    """``AL_PAUSE_REDIS=<where>:<n>`` pauses writes on the redis-server at ``AL_REDIS_URL``
+    there (the commands that arrive after it stay unapplied); ``AL_KILL_REDIS=<where>:<n>``
+    SIGKILLs the redis-server whose pid is ``AL_REDIS_PID``. ``where``: tool (the bulk
+    scenario's n-th store call, after its effect) or model (its call that saw n results)."""
+    if os.environ.get("AL_PAUSE_REDIS") == f"{where}:{n}":
+        import redis
+
+        with redis.Redis.from_url(os.environ["AL_REDIS_URL"]) as r:
+            r.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+    if os.environ.get("AL_KILL_REDIS") == f"{where}:{n}":
+        os.kill(int(os.environ["AL_REDIS_PID"]), signal.SIGKILL)
+
+
+@function_tool
+def store(part: int) -> str:
+    """Store one part of a document (a big result)."""
+    effect("store", {"part": part})
+    redis_hook("tool", part)
+    return f"stored part {part}: " + "x" * BULK_RESULT
+
+
 # ---- scenarios ---------------------------------------------------------------------------
 def _seq(items: list[dict[str, Any]]) -> list[Any]:
     seen = outputs(items)
@@ -258,6 +280,16 @@ def _approval(items: list[dict[str, Any]]) -> list[Any]:
     return [say("done: " + "; ".join(seen))]
 
 
+BULK_PARTS = 8  # and the answer: 9 turns, within the SDK's default max_turns (10)
+BULK_RESULT = 40_000  # characters per tool result: Redis is still busy when it is killed
+
+
+def _bulk(items: list[dict[str, Any]]) -> list[Any]:
+    n = len(outputs(items))
+    redis_hook("model", n)
+    return [call("store", part=n)] if n < BULK_PARTS else [say(f"stored {n} parts")]
+
+
 def _loop(items: list[dict[str, Any]]) -> list[Any]:
     return [call("reserve", item=f"n{len(outputs(items))}")]
 
@@ -290,6 +322,9 @@ def agent_for(scenario: str) -> Agent[Any]:
     if scenario == "approval":
         return Agent(name="shop", instructions="sell", tools=[reserve, refund],
                      model=ScriptedModel("shop", _approval))
+    if scenario == "bulk":
+        return Agent(name="archive", instructions="store", tools=[store],
+                     model=ScriptedModel("archive", _bulk))
     if scenario == "loop":
         return Agent(name="shop", instructions="sell", tools=[reserve],
                      model=ScriptedModel("shop", _loop))
