@@ -458,19 +458,22 @@ def test_the_proxy_is_inert_outside_a_run(ledger: Ledger, effects: Path) -> None
     assert ledger.list_runs() == []
 
 
+@pytest.mark.parametrize("durability", ["async", "exit"])
 def test_a_crew_recorded_at_durability_async_completes_and_replays(
-        ledger: Ledger, effects: Path) -> None:
+        ledger: Ledger, effects: Path, durability: str) -> None:
     # docs/durability.md: records sent without waiting, acknowledged when the kickoff ends.
+    # ('exit' is 'async' for the ledger; the crash matrix runs at 'async'.)
     first = build_crew()
-    h1 = DurableCrewHandler("async-1", ledger=ledger, durability="async").attach(first)
+    h1 = DurableCrewHandler("async-1", ledger=ledger, durability=durability).attach(first)
     out1 = first.kickoff(inputs=INPUTS)
     ran = read_effects(effects)
     assert h1.last_session is not None and h1.last_session.executed > 0
+    assert h1.last_session._hot.pipelined  # the level reached the run's records
     run = ledger.get_run("async-1")
     assert run is not None and run.status == RunStatus.COMPLETED
     assert {s.status for s in ledger.steps("async-1")} == {"completed"}
     second = build_crew()
-    h2 = DurableCrewHandler("async-1", ledger=ledger, durability="async").attach(second)
+    h2 = DurableCrewHandler("async-1", ledger=ledger, durability=durability).attach(second)
     assert second.kickoff(inputs=INPUTS).raw == out1.raw
     assert read_effects(effects) == ran
     assert h2.last_session is not None and h2.last_session.executed == 0

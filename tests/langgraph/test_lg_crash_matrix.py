@@ -39,6 +39,11 @@ def _check_case(base: dict[str, Any], case: dict[str, Any], durability: str) -> 
     assert all(s[1] == "completed" for s in case["steps"]), name
     effects, expected = _effects(case["effects"]), _effects(base["effects"])
     assert set(effects) == set(expected), name
+    # Whatever Redis held as completed after the kill never ran again, at every level.
+    kept, at_kill = set(case["kept_completed"]), Counter(case["effects_at_kill"])
+    for line, n in Counter(case["effects"]).items():
+        if line.split("|")[2] in kept:
+            assert n == at_kill[line], f"{name}: {line} ran again after it was recorded"
     twice = [k for k, iks in effects.items() if len(iks) > 1]
     for k in twice:
         iks = effects[k]

@@ -8,8 +8,15 @@ child dies by SIGKILL at the named point; the next child is a new process with t
 id. For each point, n = 1, 2, ... until the child no longer crashes (n passed the last
 boundary of that kind). Prints one JSON document describing every case; the test asserts.
 
-Usage: crew_matrix.py URL PREFIX WORKDIR MODE KICK PROCESS HUMAN
-  MODE react|native, KICK sync|async, PROCESS seq|hier, HUMAN 0|1
+Usage: crew_matrix.py URL PREFIX WORKDIR MODE KICK PROCESS HUMAN [DURABILITY [PHASES]]
+  MODE react|native, KICK sync|async, PROCESS seq|hier, HUMAN 0|1,
+  DURABILITY sync|async|exit (the handler's level; default sync),
+  PHASES the phases to crash in, comma-separated (default: all; with HUMAN=1 a phase ends at
+  each of the two decisions)
+
+After each kill the case also keeps what Redis held then: the idempotency keys of the steps
+recorded as completed, and the effects so far. A step Redis kept as completed must never run
+again (at ``async``/``exit`` the unacknowledged suffix may be lost and re-run; not that).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ FEEDBACK = "FEEDBACK: make it shorter"
 
 
 def kickoff_child(url: str, prefix: str, run_id: str, crash: str | None, effects: Path,
-                  result: Path, mode: str, kick: str, process: str, human: bool) -> int:
+                  result: Path, mode: str, kick: str, process: str, human: bool,
+                  durability: str) -> int:
     """Fork a child that runs one kickoff; return its wait status."""
     pid = os.fork()
     if pid:
@@ -49,7 +57,7 @@ def kickoff_child(url: str, prefix: str, run_id: str, crash: str | None, effects
         ledger = Ledger.from_url(url, prefix=prefix, lease_ms=2000)
         crew = crew_fakes.build_crew(native=mode == "native", hierarchical=process == "hier",
                                      human_input=human)
-        handler = DurableCrewHandler(run_id, ledger=ledger).attach(crew)
+        handler = DurableCrewHandler(run_id, ledger=ledger, durability=durability).attach(crew)
         out: dict[str, Any] = {}
         try:
             if kick == "async":
@@ -65,6 +73,7 @@ def kickoff_child(url: str, prefix: str, run_id: str, crash: str | None, effects
         session = handler.last_session
         assert session is not None
         out["executed"] = session.executed
+        out["pipelined"] = session._hot.pipelined  # records sent without waiting
         out["replayed"] = session.replayed
         run = ledger.get_run(run_id)
         out["status"] = None if run is None else str(run.status)
@@ -105,8 +114,19 @@ def decide(url: str, prefix: str, run_id: str, step: str, note: str | None) -> A
         ledger.close()
 
 
+def completed_keys(url: str, prefix: str, run_id: str) -> list[str]:
+    """The idempotency keys of the run's steps that Redis holds as completed."""
+    from agentledger import Ledger
+
+    ledger = Ledger.from_url(url, prefix=prefix)
+    try:
+        return [s.ik for s in ledger.steps(run_id) if str(s.status) == "completed"]
+    finally:
+        ledger.close()
+
+
 def run_case(url: str, prefix: str, work: Path, run_id: str, crash: str | None,
-             crash_phase: int, args: tuple[str, str, str, bool]) -> dict[str, Any]:
+             crash_phase: int, args: tuple[str, str, str, bool, str]) -> dict[str, Any]:
     """Kick off until the run completes: the crash (if any) hits in phase ``crash_phase``
     (a phase ends at a person's decision), then plain restarts with the same run id."""
     effects = work / f"{run_id}.effects"
@@ -124,6 +144,9 @@ def run_case(url: str, prefix: str, work: Path, run_id: str, crash: str | None,
             pending_crash = None
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                 case["crashed"] = True
+                case["kept_completed"] = in_child(
+                    work, functools.partial(completed_keys, url, prefix, run_id))
+                case["effects_at_kill"] = crew_fakes.read_effects(effects)
                 continue
         if os.WIFSIGNALED(status):
             case["error"] = f"child died by signal {os.WTERMSIG(status)}"
@@ -148,11 +171,14 @@ def run_case(url: str, prefix: str, work: Path, run_id: str, crash: str | None,
 
 def main() -> None:
     url, prefix, workdir, mode, kick, process, human_flag = sys.argv[1:8]
+    durability = sys.argv[8] if len(sys.argv) > 8 else "sync"
     human = human_flag == "1"
     work = Path(workdir)
-    args = (mode, kick, process, human)
+    args = (mode, kick, process, human, durability)
     cases = [run_case(url, prefix, work, "baseline", None, 0, args)]
     phases = (0, 1) if human else (0,)
+    if len(sys.argv) > 9:
+        phases = tuple(int(p) for p in sys.argv[9].split(","))
     for phase in phases:
         for point in POINTS:
             n = 1

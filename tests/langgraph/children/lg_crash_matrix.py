@@ -68,6 +68,9 @@ def case(url: str, prefix: str, outdir: Path, mode: str, durability: str,
     effects = outdir / f"{name}.effects"
     os.environ["LG_EFFECTS"] = str(effects)
     first = forked(run_once, url, prefix, name, mode, durability, crash=crash)
+    # What Redis holds as completed once the killed process is gone must never run again.
+    kept = completed_keys(url, prefix, name) if crash else []
+    at_kill = effects.read_text().splitlines() if effects.exists() else []
     second = forked(run_once, url, prefix, name, mode, durability) if crash else None
     state_file = Path(str(effects) + ".state")
     ledger = Ledger.from_url(url, prefix=prefix)
@@ -78,7 +81,17 @@ def case(url: str, prefix: str, outdir: Path, mode: str, durability: str,
         "effects": effects.read_text().splitlines() if effects.exists() else [],
         "state": json.loads(state_file.read_text()) if state_file.exists() else None,
         "steps": [[s.key, str(s.status), s.attempts, str(s.kind)] for s in steps],
+        "kept_completed": kept, "effects_at_kill": at_kill,
     }
+
+
+def completed_keys(url: str, prefix: str, run_id: str) -> list[str]:
+    """The idempotency keys of the run's steps that Redis holds as completed."""
+    ledger = Ledger.from_url(url, prefix=prefix)
+    try:
+        return [s.ik for s in ledger.steps(run_id) if str(s.status) == "completed"]
+    finally:
+        ledger.close()
 
 
 def main() -> None:
