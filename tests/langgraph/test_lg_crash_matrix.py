@@ -87,5 +87,8 @@ def test_lg_crash_matrix(redis_url: str, prefix: str, mode: str, durability: str
     intents = sum(n for k, n in kinds.items() if k != "llm")
     assert len(cases) == 2 * intents + 2 * sum(kinds.values())
     for case in cases:
-        _check_case(base, case, durability)
+        try:
+            _check_case(base, case, durability)
+        except AssertionError as e:  # the children's errors are in the driver's stderr
+            raise AssertionError(f"{e}\n{proc.stderr[-3000:]}") from None
     assert not killed(proc)
