@@ -243,6 +243,18 @@ def bench(session: nox.Session, extra: str) -> None:
 
 
 @nox.session(python=PYTHON)
+def prefix_soak(session: nox.Session) -> None:
+    """The prefix property's state machine (tests/core/test_durability_stateful.py) with many
+    more examples than CI runs (``AGENTLEDGER_PREFIX_EXAMPLES``, default here 400); not among
+    the default sessions."""
+    _install(session, "core")
+    examples = os.environ.get("AGENTLEDGER_PREFIX_EXAMPLES", "400")
+    session.run("python", "-m", "pytest", "tests/core/test_durability_stateful.py", "-n", "0",
+                "-o", "timeout=0", *session.posargs,
+                env={**OFFLINE, "AGENTLEDGER_PREFIX_EXAMPLES": examples})
+
+
+@nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
     """Chaos soak of workers: SIGKILLed workers, a restarted Redis, a cluster failover.
     Bounded (``-- --minutes 8``); not among the default sessions."""
