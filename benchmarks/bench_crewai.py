@@ -130,8 +130,11 @@ def _noop_hook(ctx: Any) -> None:
     return None
 
 
-def kickoff_once(ledger: Any, tool_calls: int, run_id: str, noop_hooks: bool
-                 ) -> tuple[float, float, float]:
+LEVELS = ("sync", "async", "exit")
+
+
+def kickoff_once(ledger: Any, tool_calls: int, run_id: str, noop_hooks: bool,
+                 durability: str = "sync") -> tuple[float, float, float]:
     """One kickoff: plain CrewAI (``ledger`` None; with two do-nothing tool hooks when
     ``noop_hooks``) or with the handler. Returns (kickoff s, proxy s beyond the real LLM,
     s in our tool hooks)."""
@@ -145,7 +148,7 @@ def kickoff_once(ledger: Any, tool_calls: int, run_id: str, noop_hooks: bool
     handler = None
     original_call = DurableLLM.call
     if ledger is not None:
-        handler = DurableCrewHandler(run_id, ledger=ledger).attach(crew)
+        handler = DurableCrewHandler(run_id, ledger=ledger, durability=durability).attach(crew)
         tools = handler._tools
         tools.before = hooks.wrap(tools.before)  # type: ignore[method-assign]
         tools.after = hooks.wrap(tools.after)  # type: ignore[method-assign]
@@ -179,7 +182,8 @@ def measure(url: str, prefix: str) -> dict[str, float]:
 
     ledger = Ledger.from_url(url, prefix=prefix)
     samples: dict[str, list[float]] = {k: [] for k in (
-        "plain_k", "hooked_k", "ours_k", "plain_0", "ours_0", "llm_us", "tool_us", "set_us")}
+        "plain_k", "hooked_k", "ours_k", "plain_0", "ours_0", "llm_us", "tool_us", "set_us",
+        *(f"{k}_{level}" for k in ("ours_k", "ours_0") for level in LEVELS[1:]))}
     probe = redis.Redis.from_url(url)
     try:
         for i in range(REPEATS + 3):
@@ -191,9 +195,16 @@ def measure(url: str, prefix: str) -> dict[str, float]:
             ours_k, proxy_s, hooks_s = kickoff_once(ledger, TOOL_CALLS, f"b-{i}", False)
             plain_0 = kickoff_once(None, 0, "", False)[0]
             ours_0 = kickoff_once(ledger, 0, f"b0-{i}", False)[0]
+            by_level = {level: (kickoff_once(ledger, TOOL_CALLS, f"b-{level}-{i}", False,
+                                             level)[0],
+                                kickoff_once(ledger, 0, f"b0-{level}-{i}", False, level)[0])
+                        for level in LEVELS[1:]}
             set_us = set_round_trip_us(url, 200)
             if i < 3:
                 continue  # warm-up
+            for level, (k, zero) in by_level.items():
+                samples[f"ours_k_{level}"].append(k * 1e3)
+                samples[f"ours_0_{level}"].append(zero * 1e3)
             for key, value in (("plain_k", plain_k * 1e3), ("hooked_k", hooked_k * 1e3),
                                ("ours_k", ours_k * 1e3), ("plain_0", plain_0 * 1e3),
                                ("ours_0", ours_0 * 1e3), ("set_us", set_us),
@@ -304,6 +315,15 @@ def main() -> None:
           f"{per_round_us:.0f} | {rt(per_round_us)} | {rt_in(per_round_us)} |")
     print(f"| per kickoff, fixed (open + finish the run, a task step, one LLM call) | "
           f"{fixed_us:.0f} | {rt(fixed_us)} | {rt_in(fixed_us)} |")
+    print("\nBy durability level (`DurableCrewHandler(..., durability=)`), the same interleaved "
+          "repeats: per LLM call + tool call, end to end (kickoff time slope):\n")
+    print("| level | µs | raw SET round trips | SET round trips inside the crew |")
+    print("|---|---:|---:|---:|")
+    for level in LEVELS:
+        k, zero = ((ours_k, ours_0) if level == "sync"
+                   else (m[f"ours_k_{level}"], m[f"ours_0_{level}"]))
+        slope = ((k - base_k) - (zero - base_0)) / TOOL_CALLS * 1000
+        print(f"| `{level}` | {slope:.0f} | {rt(slope)} | {rt_in(slope)} |")
     print(f"\nKickoff with {TOOL_CALLS} tool calls: {base_k:.1f} ms plain, {hooked_k:.1f} ms "
           f"with two do-nothing hooks, {ours_k:.1f} ms with the handler "
           f"({ours_k / base_k:.2f}× plain). With no tool call: {base_0:.1f} ms and "

@@ -38,6 +38,9 @@ from agentledger.langgraph import DurableCheckpointer, _recording
 N_CALLS = 20
 ROUNDS = 40
 DURABILITY = os.environ.get("BENCH_DURABILITY", "async")
+# The recorded variant runs at each level in the same rounds (the graph's durability= is its
+# run's level): one table row per level.
+LEVELS = ("sync", "async", "exit")
 
 
 class EchoChat(BaseChatModel):
@@ -98,30 +101,34 @@ def sample_set(client: redis.Redis, n: int) -> None:
         SET_SAMPLES.append(time.perf_counter() - t0)
 
 
-def invoke_us(graph: Any, thread: str) -> float:
+def invoke_us(graph: Any, thread: str, durability: str = DURABILITY) -> float:
     t0 = time.perf_counter()
-    graph.invoke({"n": 0}, {"configurable": {"thread_id": thread}}, durability=DURABILITY)
+    graph.invoke({"n": 0}, {"configurable": {"thread_id": thread}}, durability=durability)
     return (time.perf_counter() - t0) * 1e6
 
 
 def measure(saver: DurableCheckpointer, client: redis.Redis, kind: str) -> dict[str, float]:
     """Three variants, alternating: plain, recorded, and plain with one raw SET made next to
     each call (what one round trip costs when it is interleaved with LangChain's work)."""
-    calls: dict[str, list[float]] = {"plain": [], "recorded": [], "set": []}
+    calls: dict[str, list[float]] = {"plain": [], "recorded": [], "set": [],
+                                     **{f"recorded-{level}": [] for level in LEVELS}}
     for i in range(ROUNDS + 3):
         for variant in calls:
-            (_recording.install if variant == "recorded" else _recording.uninstall)()
+            recorded = variant.startswith("recorded")
+            (_recording.install if recorded else _recording.uninstall)()
             timings: list[float] = []
             before = (lambda: client.set("bench-lg-calls:set", "x")) if variant == "set" else None
             graph = build(saver, kind, N_CALLS, timings, before)
-            invoke_us(graph, f"bench-{kind}-{variant}-{i}-{uuid.uuid4().hex[:6]}")
+            level = variant.split("-", 1)[1] if "-" in variant else DURABILITY
+            invoke_us(graph, f"bench-{kind}-{variant}-{i}-{uuid.uuid4().hex[:6]}", level)
             if i >= 3:  # warm-up rounds
                 calls[variant].extend(timings)
         sample_set(client, 50)
     _recording.install()
     med = {v: statistics.median(t) * 1e6 for v, t in calls.items()}
     return {"per_call": med["recorded"] - med["plain"], "plain_call": med["plain"],
-            "set_in_node": med["set"] - med["plain"]}
+            "set_in_node": med["set"] - med["plain"],
+            **{level: med[f"recorded-{level}"] - med["plain"] for level in LEVELS}}
 
 
 def chain(saver: DurableCheckpointer, nodes: int, stamps: list[float]) -> Any:
@@ -241,6 +248,16 @@ def main() -> None:
               "—"))
     print(row("the step protocol alone, no graph: one tool step (claim + record)", proto_tool,
               "—"))
+    print()
+    print("By durability level (the graph invoked with `durability=`, the levels taking turns "
+          "in the same rounds as the variants above):\n")
+    print("| level | per chat-model call, µs | × SET | × a SET in the node | "
+          "per tool call, µs | × SET | × a SET in the node |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for level in LEVELS:
+        print(f"| `{level}` | {llm[level]:.0f} | {llm[level] / set_ref:.2f} | "
+              f"{llm[level] / llm['set_in_node']:.2f} | {tools[level]:.0f} | "
+              f"{tools[level] / set_ref:.2f} | {tools[level] / tools['set_in_node']:.2f} |")
     print()
     print(f"For scale, without recording one fake-model call costs {llm['plain_call']:.0f} µs "
           f"and one tool call {tools['plain_call']:.0f} µs (LangChain's own overhead), and one "

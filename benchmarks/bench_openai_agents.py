@@ -255,6 +255,34 @@ async def ledger_costs(url: str) -> dict[str, float]:
     return out
 
 
+LEVELS = ("sync", "async", "exit")
+
+
+async def level_costs(url: str, rounds: int = 3) -> dict[str, list[float]]:
+    """Extra seconds per turn (one tool call + one model call) at each durability level,
+    the levels taking turns in each round so that the machine's load falls on all alike."""
+    from agentledger import Ledger
+    from agentledger.openai_agents import DurableRunner
+
+    prefix = f"albench-oal-{uuid.uuid4().hex[:6]}"
+    ledger = Ledger.from_url(url, prefix=prefix)
+    make = build_agent()
+    out: dict[str, list[float]] = {level: [] for level in LEVELS}
+    for _ in range(rounds):
+        for level in LEVELS:
+            async def durable(agent: Any, max_turns: int, level: str = level) -> Any:
+                return await DurableRunner.run(agent, "go", run_id=uuid.uuid4().hex,
+                                               ledger=ledger, max_turns=max_turns,
+                                               durability=level)
+
+            out[level].append(per_turn_extra(await compare(make, durable)))
+    for run in ledger.list_runs(limit=10_000):
+        ledger.delete_run(run.run_id)
+    await ledger.aclose()
+    ledger.close()
+    return out
+
+
 @contextlib.contextmanager
 def no_step_io() -> Any:
     """Answer a run session's step scripts (claim, complete) in-process as a fresh run's Redis
@@ -401,6 +429,8 @@ def report(url: str, private: bool) -> int:
                  f"{ours['cpu_turn_no_io'] * 1e6:.0f} µs",
                  f"{ours['cpu_turn_no_io'] / sync_rt:.2f}"))
     replay = ours["replay_many"] / ours["plain_many"]
+    levels = asyncio.run(level_costs(url))
+    level_set_rt = set_round_trip(url)[0]  # the unit again, right after the levels
     print("## OpenAI Agents SDK\n")
     print(f"`python benchmarks/bench_openai_agents.py` on {platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}; Redis at {url}; "
@@ -415,6 +445,17 @@ def report(url: str, private: bool) -> int:
               f"trip each) per turn - a tool call's intent and outcome, a model call's outcome - "
               f"so 1.5 round trips per call; {per_turn_cmds:.1f} commands per turn including "
               f"those the scripts run inside Redis.")
+    print("\nBy durability level (`DurableRunner.run(..., durability=)`; 3 rounds, the levels "
+          "taking turns; extra per recorded call = half the extra per turn of one tool call "
+          f"and one model call; unit: a sync SET measured right after, {level_set_rt * 1e6:.0f} "
+          "µs):\n")
+    print("| level | extra per recorded call, median of rounds | in sync SETs (rounds) |")
+    print("|---|---|---|")
+    for level in LEVELS:
+        per_call = [t / 2 for t in levels[level]]
+        ratios = ", ".join(f"{t / level_set_rt:.2f}" for t in per_call)
+        print(f"| `{level}` | {statistics.median(per_call) * 1e6:.0f} µs | "
+              f"{statistics.median(per_call) / level_set_rt:.2f} ({ratios}) |")
     print(f"\nA completed run started again (all {2 * TURNS + 1} calls replayed from records) "
           f"takes {replay:.2f}× the time of the plain run.\n")
     print("Against dbos-openai-agents 0.3 (DBOS 3.4; model calls are DBOS steps, the tool body "
