@@ -78,7 +78,11 @@ def _check(base: dict[str, Any], row: dict[str, Any], durability: str) -> None:
     twice = {e for e, keys in effects.items() if len(keys) > 1}
     point = row["crash"][0] if "crash" in row else "delay"
     siblings = {"send_email|ann", "send_email|bob"}
-    assert not twice or point in ("before_record", "delay") or (
+    # At LangGraph's "async" a checkpoint is saved while the next superstep's tasks run: a kill
+    # inside the saver can land while a tool body is in flight, which then runs once more.
+    in_saver = durability == "async" and point in (
+        "before_checkpoint", "after_checkpoint", "before_writes", "after_writes")
+    assert not twice or point in ("before_record", "delay") or in_saver or (
         point == "after_record" and twice <= siblings), f"{name}: {twice} ran twice"
 
 
