@@ -99,6 +99,12 @@ def _size(keys: list[str], args: list[str | bytes]) -> int:
     return sum(map(len, keys)) + sum(map(len, args))  # the step scripts' arguments: all text
 
 
+def _raise_error_in(replies: list[Any]) -> None:
+    error = next((r for r in replies if isinstance(r, Exception)), None)
+    if error is not None:
+        raise error
+
+
 class StepConnection:
     """One session's connection for step scripts (sync and asyncio).
 
@@ -125,6 +131,10 @@ class StepConnection:
         self._pool: Any = None  # the pool self._conn goes back to (a cluster node's own)
         self._lock = threading.Lock()
         self._pending = Batch()
+        # Records held in this process until the next record or barrier (``send(hold=...)``,
+        # and ``defer`` at 'sync'): they go in the same write as what comes next.
+        self._held: list[Sent] = []
+        self._aheld: list[Sent] = []
         self._aconn: Any = None
         self._anode: Any = None  # a cluster node: the owner of self._aconn
         self._aloop: asyncio.AbstractEventLoop | None = None
@@ -135,7 +145,7 @@ class StepConnection:
         """This session's durability level (before it records anything)."""
         if level not in DURABILITY_LEVELS:
             raise ValueError(f"durability must be one of {DURABILITY_LEVELS}, not {level!r}")
-        if self._pending.items or self._apending.items:
+        if self.unacknowledged:
             raise RuntimeError("the durability level is chosen before the first record")
         self.pipelined = self._enabled and self._quiet_ok and level != "sync"
 
@@ -156,7 +166,8 @@ class StepConnection:
     @property
     def unacknowledged(self) -> int:
         """How many records were sent and not acknowledged yet."""
-        return len(self._pending.items) + len(self._apending.items)
+        return (len(self._pending.items) + len(self._apending.items) + len(self._held)
+                + len(self._aheld))
 
     # ---- what the records sent with replies off need ------------------------------------------
     def _probe_commands(self, conn: Any) -> list[tuple[Any, ...]]:
@@ -199,7 +210,7 @@ class StepConnection:
         return commands
 
     def _record(self, batch: Batch, name: str, keys: list[str], args: list[Any], which: str,
-                expect: str | None) -> list[tuple[Any, ...]]:
+                expect: str | None, seq: int) -> list[tuple[Any, ...]]:
         """The commands that send one record of ``batch`` (its script loaded first, once per
         batch: EVALSHA spares Redis hashing the script's body on every record)."""
         source = self._ledger._scripts[name].script
@@ -208,7 +219,7 @@ class StepConnection:
             batch.loaded.add(name)
             commands.append(("SCRIPT", "LOAD", wrapped(source)))
         commands.append(("EVALSHA", wrapped_sha(source), len(keys) + 1, *keys,
-                         self._state[which], *args, len(batch.items) + 1, _expected(expect)))
+                         self._state[which], *args, seq, _expected(expect)))
         return commands
 
     def _again(self, conn: Any, items: list[Sent], which: str
@@ -257,51 +268,51 @@ class StepConnection:
     def _take(self) -> bool:
         # At "async" every record goes over this connection, in order: wait for it (so too
         # while records sent at "async" are unacknowledged, after a switch to "sync").
-        return self._lock.acquire(blocking=self.pipelined or bool(self._pending.items))
+        return self._lock.acquire(blocking=self.pipelined or bool(self._pending.items)
+                                  or bool(self._held))
 
-    def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Send a script and wait for its reply (after every record sent before it)."""
-        if not self._enabled or not self._take():
-            return self._ledger.script(name, keys, args)
+    @property
+    def shares_finish(self) -> bool:
+        """The run's end can go on this connection with the runs index's update (``call``'s
+        ``after``): one Redis, so the index is reachable from it."""
+        return self._enabled and not self._ledger.cluster
+
+    def call(self, name: str, keys: list[str], args: list[Any],
+             after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+        """Send a script and wait for its reply (after every record sent before it).
+        ``after``: commands sent right after it in the same write (errors raised), only where
+        :attr:`shares_finish`."""
+        if not self._enabled or not self._lock.acquire(
+                blocking=self.pipelined or bool(self._pending.items) or bool(self._held)
+                or bool(after)):
+            reply = self._ledger.script(name, keys, args)
+            with self._ledger.redis_errors():
+                for command in after:
+                    self._ledger.redis.execute_command(*command)  # type: ignore[no-untyped-call]
+            return reply
         try:
             self._check_failed()
+            if self._held and self._quiet_mode():
+                self._send_held_quiet()
             if self._pending.items:  # the barrier and this record: one round trip
-                reply = self._call_after_batch(name, keys, args)
+                reply = self._call_after_batch(name, keys, args, after)
                 if reply is not _SENT_AGAIN:
                     return reply
             self._drain()
-            sha, source = self._ledger._scripts[name].sha, self._ledger._scripts[name].script
-            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
-            if self._ledger.wait_replicas:  # on this connection: WAIT counts its writes
-                commands.append(self._ledger.wait_command())
-
-            def send() -> list[Any]:
-                conn = self._connection()
-                replies = exchange(conn, commands)  # the record and its WAIT: one round trip
-                if isinstance(replies[0], NoScriptError):  # a restarted Redis forgot its scripts
-                    exchange(conn, [("SCRIPT", "LOAD", source)])
-                    replies = exchange(conn, commands)
-                if isinstance(replies[0], SLOT_MOVED):  # not run: the slot is elsewhere now
-                    raise replies[0]
-                return replies
-
-            replies = self._retry().call_with_retry(send, self._lost)
-            if isinstance(replies[0], Exception):
-                raise replies[0]
-            if self._ledger.wait_replicas:
-                self._ledger.check_replicated(replies[1], f"the {name} script")
-            return replies[0]
+            held, self._held = self._held, []
+            return self._loud(held, (name, keys, args), after)
         except redis.RedisError as e:
             raise ledger_error(e, self._ledger.url, f"the {name} script") from e
         finally:
             self._lock.release()
 
-    def _call_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _call_after_batch(self, name: str, keys: list[str], args: list[Any],
+                          after: tuple[tuple[Any, ...], ...] = ()) -> Any:
         pending, conn = self._pending, self._conn
         items = list(pending.items)
         pending.clear()
         commands = [_REPLY_ON, self._acknowledged(name, keys, args, "s", len(items) + 1),
-                    *self._close_batch(conn, "s", len(items))[1:]]
+                    *self._close_batch(conn, "s", len(items))[1:], *after]
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
@@ -324,6 +335,7 @@ class StepConnection:
         reply = replies[1]
         if isinstance(reply, Exception):
             raise ledger_error(reply, self._ledger.url, f"the {name} script")
+        _raise_error_in(replies[2:])
         if self._ledger.wait_replicas:
             self._ledger.check_replicated(replies[-1], f"the {name} script")
         return reply
@@ -353,7 +365,7 @@ class StepConnection:
             self._conn = self._pool = None
 
     def send(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,
-             defer: bool = False, *, expect: str | None = None) -> None:
+             defer: bool = False, *, expect: str | None = None, hold: bool = False) -> None:
         """Write a record to the socket and return. At ``sync`` (or where replies cannot be
         switched off) this is :meth:`call` and ``on_reply`` gets the reply, unless ``defer``:
         a write that needs no acknowledgement of its own even at ``sync``, because the next
@@ -364,7 +376,19 @@ class StepConnection:
         out of memory, ...) stops the records sent after it. A reply (or first element of the
         reply): that reply means "applied as the caller expects" (the caller has already set
         what it would set) and is not kept; any other reply stops the batch, so nothing sent
-        after it is applied, and ``on_reply`` gets it at the barrier."""
+        after it is applied, and ``on_reply`` gets it at the barrier.
+
+        ``hold`` (and ``defer`` at 'sync'): the record stays in this process and goes in the
+        same write as the next record or barrier of this connection (a write that something
+        else always follows soon: a task's writes, then its superstep's checkpoint). A process
+        killed before that loses it, as it loses a record not sent yet."""
+        if (hold or (defer and not self.pipelined)) and self._enabled:
+            with self._lock:
+                self._check_failed()
+                self._held.append((name, keys, args, expect, on_reply))
+                if self._held_over_bound(self._held):
+                    self._drain()
+            return
         pipelined = self.pipelined or (defer and self._enabled)
         if pipelined and self._ledger._replies_off is None:
             self._probe()
@@ -373,25 +397,109 @@ class StepConnection:
             return
         with self._lock:
             self._check_failed()
-            pending = self._pending
+            self._send_quiet([(name, keys, args, expect, on_reply)])
+
+    def _held_over_bound(self, held: list[Sent]) -> bool:
+        # Held and unacknowledged records count together against the bounds.
+        pending = self._apending if held is self._aheld else self._pending
+        if len(held) + len(pending.items) >= self._ledger.max_unacked_records:
+            return True
+        return (pending.bytes + sum(_size(r[1], r[2]) for r in held)
+                >= self._ledger.max_unacked_bytes)
+
+    def _quiet_mode(self) -> bool:
+        """Records sent now go with replies off (a batch is open, or the level says so)."""
+        return bool(self._pending.items) or (self.pipelined and bool(self._ledger._replies_off))
+
+    def _send_held_quiet(self) -> None:
+        held, self._held = self._held, []
+        self._send_quiet(held)
+
+    def _send_quiet(self, records: list[Sent]) -> None:
+        """Write ``records`` (after any held ones) with replies off, in one write; the caller
+        holds the lock."""
+        if self._held:
+            records = [*self._held, *records]
+            self._held = []
+        pending = self._pending
+        try:
+            conn = self._connection()
+            commands = [] if pending.items else self._open_batch(conn)
+            for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
+                commands += self._record(pending, name, keys, args, "s", expect,
+                                         len(pending.items) + seq + 1)
+            # One write: in the kernel when it returns (sendall).
+            conn.send_packed_command(_packed(conn, commands), check_health=False)
+        except redis.RedisError as e:
+            pending.clear()  # what was sent before is of unknown fate: fail closed
+            pending.waited = True  # (reported here: no WAIT on a connection that lost it)
+            self._lost(e)  # reported here, as an acknowledged call's failure would be
+            raise ledger_error(e, self._ledger.url, f"the {records[-1][0]} script") from e
+        for record in records:
+            pending.items.append(record)
+            pending.bytes += _size(record[1], record[2])
+        pending.waited = False
+        if (len(pending.items) >= self._ledger.max_unacked_records
+                or pending.bytes >= self._ledger.max_unacked_bytes):
+            self._drain()
+
+    def _loud_commands(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
+                       after: tuple[tuple[Any, ...], ...] = ()) -> list[tuple[Any, ...]]:
+        scripts = self._ledger._scripts
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", scripts[n].sha, len(k), *k, *a) for n, k, a, _e, _r in held]
+        if own is not None:
+            commands.append(("EVALSHA", scripts[own[0]].sha, len(own[1]), *own[1], *own[2]))
+        commands += after
+        if self._ledger.wait_replicas:  # on this connection: WAIT counts its writes
+            commands.append(self._ledger.wait_command())
+        return commands
+
+    def _loud(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
+              after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+        """Send the held records and ``own`` (a script call) in one write and read every
+        reply: one round trip. The held records' replies go to their callbacks (the first
+        error raised after all are read); returns ``own``'s reply."""
+        commands = self._loud_commands(held, own, after)
+        names = [r[0] for r in held] + ([own[0]] if own is not None else [])
+
+        def send() -> list[Any]:
+            conn = self._connection()
+            replies = exchange(conn, commands)
+            missing = next((i for i, r in enumerate(replies[:len(names)])
+                            if isinstance(r, NoScriptError)), None)
+            if missing is not None:  # a restarted Redis forgot its scripts: load, send again
+                # (from the first not run: the scripts are repeatable under one token)
+                exchange(conn, [("SCRIPT", "LOAD", self._ledger._scripts[n].script)
+                                for n in dict.fromkeys(names[missing:])])
+                replies[missing:] = exchange(conn, commands[missing:])
+            if any(isinstance(r, SLOT_MOVED) for r in replies):  # not run: the slot moved
+                raise next(r for r in replies if isinstance(r, SLOT_MOVED))
+            return replies
+
+        replies = self._retry().call_with_retry(send, self._lost)
+        if self._ledger.wait_replicas:
+            self._ledger.check_replicated(replies[-1], f"the {names[-1]} script")
+        return self._dispatch(held, replies, own is not None)
+
+    def _dispatch(self, held: list[Sent], replies: list[Any], has_own: bool) -> Any:
+        _raise_error_in(replies[len(held) + has_own:])
+        first: BaseException | None = None
+        for (name, _keys, _args, _expect, on_reply), reply in zip(held, replies, strict=False):
             try:
-                conn = self._connection()
-                commands = self._record(pending, name, keys, args, "s", expect)
-                if not pending.items:
-                    commands[:0] = self._open_batch(conn)
-                # One write: in the kernel when it returns (sendall).
-                conn.send_packed_command(_packed(conn, commands), check_health=False)
-            except redis.RedisError as e:
-                pending.clear()  # what was sent before is of unknown fate: fail closed
-                pending.waited = True  # (reported here: no WAIT on a connection that lost it)
-                self._lost(e)  # reported here, as an acknowledged call's failure would be
-                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
-            pending.items.append((name, keys, args, expect, on_reply))
-            pending.bytes += _size(keys, args)
-            pending.waited = False
-            if (len(pending.items) >= self._ledger.max_unacked_records
-                    or pending.bytes >= self._ledger.max_unacked_bytes):
-                self._drain()
+                if isinstance(reply, Exception):
+                    raise ledger_error(reply, self._ledger.url, f"the {name} script")
+                on_reply(reply)
+            except Exception as e:
+                first = first or e
+        if first is not None:
+            raise first
+        if not has_own:
+            return None
+        reply = replies[len(held)]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def _probe(self) -> None:
         with self._lock:
@@ -406,16 +514,23 @@ class StepConnection:
 
     def barrier(self) -> None:
         """Wait until every record sent so far is acknowledged; raise the first error."""
-        if self._apending.items:
+        if self._apending.items or self._aheld:
             raise LedgerError("step records sent from asyncio are not acknowledged yet and a "
                               "synchronous barrier cannot read them: end the run with afinish "
                               "(or record this run at durability 'sync')")
         self._check_failed()
-        if self._pending.items or not self._pending.waited:
+        if self._pending.items or not self._pending.waited or self._held:
             with self._lock:
                 self._drain()
 
     def _drain(self) -> None:
+        if self._held:
+            if not self._quiet_mode():  # acknowledged now, their replies read: one round trip
+                held, self._held = self._held, []
+                self._loud(held, None)
+                self._pending.waited = True
+                return
+            self._send_held_quiet()
         pending = self._pending
         if not pending.items and pending.waited:
             return
@@ -450,6 +565,7 @@ class StepConnection:
 
     def close(self) -> None:
         with self._lock:
+            self._held.clear()  # never sent: as if the process had stopped before them
             if self._conn is not None:
                 if self._pending.items:  # replies off: never hand it to the pool like this
                     self._conn.disconnect()
@@ -462,53 +578,66 @@ class StepConnection:
             self._aloop, self._alock = loop, asyncio.Lock()
         return self._alock if loop is self._aloop else None
 
-    async def acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def acall(self, name: str, keys: list[str], args: list[Any],
+                    after: tuple[tuple[Any, ...], ...] = ()) -> Any:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
         # Another loop, or the connection busy with a concurrent task: use the client
         # (at "async", wait for it: one connection keeps the records in order).
         if not self._enabled or lock is None or (lock.locked() and not self.pipelined
-                                                 and not self._apending.items):
-            return await self._ledger.ascript(name, keys, args)
+                                                 and not self._apending.items
+                                                 and not self._aheld and not after):
+            reply = await self._ledger.ascript(name, keys, args)
+            with self._ledger.redis_errors():
+                for command in after:
+                    await self._ledger._async()[0].execute_command(*command)  # type: ignore[no-untyped-call]
+            return reply
         async with lock:
-            scripts = self._ledger._async()[1]
             try:
                 self._check_failed()
+                if self._aheld and self._aquiet_mode():
+                    await self._asend_held_quiet()
                 if self._apending.items:
-                    reply = await self._acall_after_batch(name, keys, args)
+                    reply = await self._acall_after_batch(name, keys, args, after)
                     if reply is not _SENT_AGAIN:
                         return reply
                 await self._adrain()
-                sha, source = scripts[name].sha, scripts[name].script
-                commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
-                if self._ledger.wait_replicas:
-                    commands.append(self._ledger.wait_command())
-
-                async def send() -> list[Any]:
-                    conn = await self._aconnection()
-                    replies = await aexchange(conn, commands)
-                    if isinstance(replies[0], NoScriptError):
-                        await aexchange(conn, [("SCRIPT", "LOAD", source)])
-                        replies = await aexchange(conn, commands)
-                    if isinstance(replies[0], SLOT_MOVED):
-                        raise replies[0]
-                    return replies
-
-                replies = await self._ledger.acluster_retry().call_with_retry(send, self._alost)
-                if isinstance(replies[0], Exception):
-                    raise replies[0]
-                if self._ledger.wait_replicas:
-                    self._ledger.check_replicated(replies[1], f"the {name} script")
-                return replies[0]
+                held, self._aheld = self._aheld, []
+                return await self._aloud(held, (name, keys, args), after)
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
-    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _aloud(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
+                     after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+        commands = self._loud_commands(held, own, after)
+        names = [r[0] for r in held] + ([own[0]] if own is not None else [])
+        scripts = self._ledger._async()[1]
+
+        async def send() -> list[Any]:
+            conn = await self._aconnection()
+            replies = await aexchange(conn, commands)
+            missing = next((i for i, r in enumerate(replies[:len(names)])
+                            if isinstance(r, NoScriptError)), None)
+            if missing is not None:
+                await aexchange(conn, [("SCRIPT", "LOAD", scripts[n].script)
+                                       for n in dict.fromkeys(names[missing:])])
+                replies[missing:] = await aexchange(conn, commands[missing:])
+            if any(isinstance(r, SLOT_MOVED) for r in replies):
+                raise next(r for r in replies if isinstance(r, SLOT_MOVED))
+            return replies
+
+        replies = await self._ledger.acluster_retry().call_with_retry(send, self._alost)
+        if self._ledger.wait_replicas:
+            self._ledger.check_replicated(replies[-1], f"the {names[-1]} script")
+        return self._dispatch(held, replies, own is not None)
+
+    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any],
+                                 after: tuple[tuple[Any, ...], ...] = ()) -> Any:
         pending, conn = self._apending, self._aconn
         items = list(pending.items)
         pending.clear()
         commands = [_REPLY_ON, self._acknowledged(name, keys, args, "a", len(items) + 1),
-                    *self._close_batch(conn, "a", len(items))[1:]]
+                    *self._close_batch(conn, "a", len(items))[1:], *after]
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
@@ -549,9 +678,18 @@ class StepConnection:
         self._aconn = self._anode = None
 
     async def asend(self, name: str, keys: list[str], args: list[Any], on_reply: OnReply,
-                    defer: bool = False, *, expect: str | None = None) -> None:
+                    defer: bool = False, *, expect: str | None = None, hold: bool = False
+                    ) -> None:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
+        if ((hold or (defer and not self.pipelined)) and self._enabled and self.opened_async
+                and lock is not None):
+            self._check_failed()
+            self._aheld.append((name, keys, args, expect, on_reply))
+            if self._held_over_bound(self._aheld):
+                async with lock:
+                    await self._adrain()
+            return
         pipelined = self.pipelined or (defer and self._enabled)
         if not (pipelined and self.opened_async) or lock is None:
             on_reply(await self.acall(name, keys, args))
@@ -563,29 +701,44 @@ class StepConnection:
             return
         async with lock:
             self._check_failed()
-            pending = self._apending
-            try:
-                conn = await self._aconnection()
-                if not conn.is_connected:
-                    await conn.connect()
-                # No bytes left in asyncio's buffer when a send returns (drain waits for an
-                # empty buffer): in the kernel, as with the synchronous sendall.
-                conn._writer.transport.set_write_buffer_limits(high=0)
-                commands = self._record(pending, name, keys, args, "a", expect)
-                if not pending.items:
-                    commands[:0] = self._open_batch(conn)
-                await conn.send_packed_command(_packed(conn, commands), check_health=False)
-            except redis.RedisError as e:
-                pending.clear()
-                pending.waited = True
-                await self._alost(e)
-                raise ledger_error(e, self._ledger.url, f"the {name} script") from e
-            pending.items.append((name, keys, args, expect, on_reply))
-            pending.bytes += _size(keys, args)
-            pending.waited = False
-            if (len(pending.items) >= self._ledger.max_unacked_records
-                    or pending.bytes >= self._ledger.max_unacked_bytes):
-                await self._adrain()
+            await self._asend_quiet([(name, keys, args, expect, on_reply)])
+
+    def _aquiet_mode(self) -> bool:
+        return bool(self._apending.items) or (self.pipelined and bool(self._ledger._replies_off))
+
+    async def _asend_held_quiet(self) -> None:
+        held, self._aheld = self._aheld, []
+        await self._asend_quiet(held)
+
+    async def _asend_quiet(self, records: list[Sent]) -> None:
+        if self._aheld:
+            records = [*self._aheld, *records]
+            self._aheld = []
+        pending = self._apending
+        try:
+            conn = await self._aconnection()
+            if not conn.is_connected:
+                await conn.connect()
+            # No bytes left in asyncio's buffer when a send returns (drain waits for an
+            # empty buffer): in the kernel, as with the synchronous sendall.
+            conn._writer.transport.set_write_buffer_limits(high=0)
+            commands = [] if pending.items else self._open_batch(conn)
+            for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
+                commands += self._record(pending, name, keys, args, "a", expect,
+                                         len(pending.items) + seq + 1)
+            await conn.send_packed_command(_packed(conn, commands), check_health=False)
+        except redis.RedisError as e:
+            pending.clear()
+            pending.waited = True
+            await self._alost(e)
+            raise ledger_error(e, self._ledger.url, f"the {records[-1][0]} script") from e
+        for record in records:
+            pending.items.append(record)
+            pending.bytes += _size(record[1], record[2])
+        pending.waited = False
+        if (len(pending.items) >= self._ledger.max_unacked_records
+                or pending.bytes >= self._ledger.max_unacked_bytes):
+            await self._adrain()
 
     async def _aprobe(self, lock: asyncio.Lock) -> None:
         async with lock:
@@ -603,7 +756,7 @@ class StepConnection:
         if self._pending.items or not self._pending.waited:  # sent from a thread: read them
             with self._lock:
                 self._drain()
-        if not (self._apending.items or not self._apending.waited):
+        if not (self._apending.items or not self._apending.waited or self._aheld):
             return
         lock = self._alock_for(asyncio.get_running_loop())
         if lock is None:
@@ -612,6 +765,13 @@ class StepConnection:
             await self._adrain()
 
     async def _adrain(self) -> None:
+        if self._aheld:
+            if not self._aquiet_mode():
+                held, self._aheld = self._aheld, []
+                await self._aloud(held, None)
+                self._apending.waited = True
+                return
+            await self._asend_held_quiet()
         pending = self._apending
         if not pending.items and pending.waited:
             return
@@ -642,6 +802,7 @@ class StepConnection:
             self._ledger.check_replicated(replies[-1], "the step records")
 
     async def aclose(self) -> None:
+        self._aheld.clear()
         if self._aconn is not None and self._aloop is asyncio.get_running_loop():
             if self._apending.items:
                 await self._aconn.disconnect()

@@ -197,6 +197,9 @@ class RunSession:
             log.exception("agentledger: could not record that run %r failed", self.run_id)
             return False
 
+    def _index_stamp(self) -> tuple[Any, ...]:
+        return ("ZADD", runs_index(self.ledger.prefix), int(time.time() * 1000), self.run_id)
+
     def _unfinished(self, barrier_error: LedgerError, error: BaseException | None) -> bool:
         # Records sent at durability "async" were not all acknowledged: the run is left
         # unfinished (taken over and resumed like a crashed one), never marked ended.

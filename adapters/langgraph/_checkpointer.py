@@ -397,9 +397,10 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             session = self._run_of(config["configurable"]["thread_id"])
             if session is not None:
                 # Never waited for, at any level: a task whose writes are lost runs again
-                # (its recorded calls replay); the next put, read or the run's end reads it.
+                # (its recorded calls replay). Held until the next record (the superstep's
+                # checkpoint, a step record, a read or the run's end) and sent with it.
                 session.send_script("langgraph.put_writes", keys.all, args, _no_verdict,
-                                    defer=True)
+                                    hold=True)
             else:
                 with self._io("put_writes"):
                     self._scripts["put_writes"](keys.all, args)
@@ -413,7 +414,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             session = self._run_of(config["configurable"]["thread_id"])
             if session is not None:
                 await session.asend_script("langgraph.put_writes", keys.all, args, _no_verdict,
-                                           defer=True)
+                                           hold=True)
             else:
                 with self._io("put_writes"):
                     await self._aclient()[1]["put_writes"](keys.all, args)

@@ -1,0 +1,147 @@
+"""Records held in the process (``send_script(hold=True)``, and ``defer`` at 'sync') go in the
+same write as the next record or barrier, in order; their count and bytes are bounded with the
+unacknowledged records; a flushed script cache does not lose them; a session that ends without
+sending them loses them (as a killed process would)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from _support import RedisServer
+from agentledger import Ledger, RunStatus, StepCall
+
+APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
+
+
+def _ledger(redis_url: str, prefix: str, **options: Any) -> Ledger:
+    ledger = Ledger.from_url(redis_url, prefix=prefix, **options)
+    ledger.register_scripts({"test.append": APPEND})
+    return ledger
+
+
+def _llm(session: Any, i: int) -> str:
+    return str(session.call(StepCall(kind="llm", name="chat", inputs=i, intent=False),
+                            lambda: f"answer {i}"))
+
+
+@pytest.mark.parametrize("level", ["sync", "async"])
+def test_held_records_go_with_the_next_record_in_order(redis_url: str, prefix: str,
+                                                       level: str) -> None:
+    ledger = _ledger(redis_url, prefix)
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    replies: list[Any] = []
+    try:
+        session = ledger.open_run("r")
+        session.use_durability(level)
+        session.send_script("test.append", [key], ["a"], replies.append, hold=True)
+        session.send_script("test.append", [key], ["b"], replies.append, hold=True)
+        assert session._hot.unacknowledged == 2
+        assert plain.lrange(key, 0, -1) == []  # still in this process
+        _llm(session, 1)  # the next record takes them along, before itself
+        assert plain.lrange(key, 0, -1) == [b"a", b"b"]
+        assert len(ledger.steps("r")) == 1
+        session.send_script("test.append", [key], ["c"], replies.append, hold=True)
+        session.barrier()
+        assert plain.lrange(key, 0, -1) == [b"a", b"b", b"c"]
+        assert replies == [1, 2, 3]  # every reply reached its callback
+        assert session.finish(RunStatus.COMPLETED)
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_held_records_are_bounded_by_count_and_bytes(redis_url: str, prefix: str) -> None:
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    for options, value, most in (({"max_unacked_records": 4}, "x", 3),
+                                 ({"max_unacked_bytes": 10_000}, "y" * 3000, 3)):
+        ledger = _ledger(redis_url, prefix, **options)
+        plain.delete(key)
+        try:
+            session = ledger.open_run("r")
+            seen = []
+            for _ in range(13):
+                session.send_script("test.append", [key], [value], lambda _r: None, hold=True)
+                seen.append(session._hot.unacknowledged)
+            assert max(seen) <= most and seen.count(0) >= 3, seen
+            assert plain.llen(key) == 13 - seen[-1]  # what left the process is in Redis
+            session.barrier()
+            assert plain.llen(key) == 13
+            session.finish(RunStatus.COMPLETED)
+        finally:
+            ledger.close()
+    plain.close()
+
+
+def test_a_session_closed_with_held_records_loses_them(redis_url: str, prefix: str) -> None:
+    ledger = _ledger(redis_url, prefix)
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    try:
+        session = ledger.open_run("r")
+        session.send_script("test.append", [key], ["a"], lambda _r: None, hold=True)
+        session._hot.close()  # as a process that stops here: never sent
+        assert plain.llen(key) == 0 and session._hot.unacknowledged == 0
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_held_records_survive_a_script_flush(tmp_path: Path, prefix: str) -> None:
+    """EVALSHA of a held record finds no script (flushed): loaded again and sent again, from
+    the first one not run, in order. (A server of its own: SCRIPT FLUSH is server-wide.)"""
+    server = RedisServer(tmp_path, appendonly=False).start()
+    try:
+        ledger = _ledger(server.url, prefix)
+        plain = redis.Redis.from_url(server.url)
+        key = f"{prefix}:{{r}}:held"
+        try:
+            session = ledger.open_run("r")
+            session.send_script("test.append", [key], ["a"], lambda _r: None, hold=True)
+            session.barrier()
+            plain.script_flush()
+            replies: list[Any] = []
+            session.send_script("test.append", [key], ["b"], replies.append, hold=True)
+            session.send_script("test.append", [key], ["c"], replies.append, hold=True)
+            _llm(session, 1)
+            assert plain.lrange(key, 0, -1) == [b"a", b"b", b"c"]
+            assert replies == [2, 3]
+            assert session.finish(RunStatus.COMPLETED)
+        finally:
+            ledger.close()
+            plain.close()
+    finally:
+        server.stop()
+
+
+def test_held_records_from_asyncio(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        ledger = _ledger(redis_url, prefix)
+        plain = redis.Redis.from_url(redis_url)
+        key = f"{prefix}:{{r}}:held"
+        replies: list[Any] = []
+        try:
+            session = await ledger.aopen_run("r")
+            await session.asend_script("test.append", [key], ["a"], replies.append, hold=True)
+            assert plain.llen(key) == 0
+            await session.acall(StepCall(kind="llm", name="chat", inputs=1, intent=False),
+                                _answer)
+            assert plain.lrange(key, 0, -1) == [b"a"]
+            await session.asend_script("test.append", [key], ["b"], replies.append, hold=True)
+            assert await session.afinish(RunStatus.COMPLETED)  # the end sends them first
+            assert plain.lrange(key, 0, -1) == [b"a", b"b"] and replies == [1, 2]
+        finally:
+            await ledger.aclose()
+            plain.close()
+
+    asyncio.run(main())
+
+
+async def _answer() -> str:
+    return "answer"
