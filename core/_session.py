@@ -37,7 +37,7 @@ from ._errors import (
 )
 from ._faults import crash_point
 from ._hotpath import StepConnection
-from ._keys import RunKeys
+from ._keys import RunKeys, runs_index
 from ._records import (
     SCHEMA_VERSION,
     Decision,
@@ -182,6 +182,15 @@ class RunSession:
         """Record how the run ended (or that it waits) and release the lease. False if this
         process had been fenced out."""
         keys, args = self._finish_args(status, error)
+        if self._hot.shares_finish:
+            # After every record is acknowledged (the batch's barrier), with the runs index:
+            # one round trip. A batch not applied whole leaves the run open.
+            try:
+                return bool(self._hot.call("finish", keys, args, after=(self._index_stamp(),)))
+            except LedgerError as e:
+                return self._unfinished(e, error)
+            finally:
+                self._hot.close()
         try:
             self._hot.barrier()  # the end of a run: every record acknowledged first
         except LedgerError as e:
@@ -244,18 +253,19 @@ class RunSession:
 
     def send_script(self, name: str, keys: list[str], args: list[Any],
                     on_reply: Callable[[Any], None], *, defer: bool = False,
-                    expect: str | None = None) -> None:
+                    expect: str | None = None, hold: bool = False) -> None:
         """Send a script registered with ``Ledger.register_scripts`` on this run's step
         connection, after the records sent before it. At 'async'/'exit', or with ``defer`` at
         any level, it is written without waiting and ``on_reply`` runs at the next barrier
         (its exception is raised there); at 'sync' without ``defer``, it is acknowledged now.
-        ``expect``: see :meth:`StepConnection.send` (None: ``on_reply`` gets every reply)."""
-        self._hot.send(name, keys, args, on_reply, defer, expect=expect)
+        ``expect``, ``hold``: see :meth:`StepConnection.send` (``hold``: kept in this process
+        until the next record or barrier, and sent with it)."""
+        self._hot.send(name, keys, args, on_reply, defer, expect=expect, hold=hold)
 
     async def asend_script(self, name: str, keys: list[str], args: list[Any],
                            on_reply: Callable[[Any], None], *, defer: bool = False,
-                           expect: str | None = None) -> None:
-        await self._hot.asend(name, keys, args, on_reply, defer, expect=expect)
+                           expect: str | None = None, hold: bool = False) -> None:
+        await self._hot.asend(name, keys, args, on_reply, defer, expect=expect, hold=hold)
 
     def call_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a registered script and return its reply; for a read that must see this run's
@@ -271,6 +281,14 @@ class RunSession:
 
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
+        if self._hot.shares_finish:
+            try:
+                return bool(await self._hot.acall("finish", keys, args,
+                                                  after=(self._index_stamp(),)))
+            except LedgerError as e:
+                return self._unfinished(e, error)
+            finally:
+                await self._hot.aclose()
         try:
             await self._hot.abarrier()
         except LedgerError as e:
