@@ -292,12 +292,13 @@ def no_step_io() -> Any:
 
     real = _hotpath.StepConnection.acall
 
-    async def acall(self: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def acall(self: Any, name: str, keys: list[str], args: list[Any],
+                    after: tuple[tuple[Any, ...], ...] = ()) -> Any:
         if name == "claim":  # args: key, fence, meta, mode, policy, request
             return [b"CLAIMED", args[2].encode(), 1]
         if name == "complete":  # args: key, fence, status, outcome, meta
             return [b"OK", (args[4] or "{}").encode()]
-        return await real(self, name, keys, args)
+        return await real(self, name, keys, args, after)
 
     _hotpath.StepConnection.acall = acall  # type: ignore[method-assign]
     try:
