@@ -53,6 +53,7 @@ from ._nodes import (
     as_cluster,
     exchange,
     owner_connection,
+    pack,
     refresh_slots,
 )
 from ._replyoff import (
@@ -90,9 +91,6 @@ def _expected(expect: str | None) -> str:
     return KEEP_REPLY if expect is None else expect
 
 
-def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
-    # Most records are one EVALSHA: packed directly (pack_commands costs more per call).
-    return conn.pack_command(*commands[0]) if len(commands) == 1 else conn.pack_commands(commands)
 
 
 def _size(keys: list[str], args: list[str | bytes]) -> int:
@@ -429,7 +427,7 @@ class StepConnection:
                 commands += self._record(pending, name, keys, args, "s", expect,
                                          len(pending.items) + seq + 1)
             # One write: in the kernel when it returns (sendall).
-            conn.send_packed_command(_packed(conn, commands), check_health=False)
+            conn.send_packed_command(pack(conn, commands), check_health=False)
         except redis.RedisError as e:
             pending.clear()  # what was sent before is of unknown fate: fail closed
             pending.waited = True  # (reported here: no WAIT on a connection that lost it)
@@ -726,7 +724,7 @@ class StepConnection:
             for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
                 commands += self._record(pending, name, keys, args, "a", expect,
                                          len(pending.items) + seq + 1)
-            await conn.send_packed_command(_packed(conn, commands), check_health=False)
+            await conn.send_packed_command(pack(conn, commands), check_health=False)
         except redis.RedisError as e:
             pending.clear()
             pending.waited = True

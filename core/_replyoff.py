@@ -37,6 +37,7 @@ import redis
 
 from ._connect import ledger_error
 from ._errors import LedgerError
+from ._nodes import pack
 
 __all__ = ["BATCH_STATE", "KEEP_REPLY", "Batch", "Sent", "aquiet_exchange", "batch_error",
            "client_name", "not_run_from", "owner_connections", "quiet_exchange",
@@ -294,7 +295,7 @@ def quiet_exchange(conn: Any, quiet: list[tuple[Any, ...]], loud: list[tuple[Any
     """Send ``quiet`` (starting with CLIENT REPLY OFF: no replies) and ``loud`` (starting with
     CLIENT REPLY ON) in one write, and read the replies of ``loud`` (error replies returned in
     their place)."""
-    conn.send_packed_command(conn.pack_commands([*quiet, *loud]), check_health=False)
+    conn.send_packed_command(pack(conn, [*quiet, *loud]), check_health=False)
     replies: list[Any] = []
     for _ in loud:
         try:
@@ -306,7 +307,7 @@ def quiet_exchange(conn: Any, quiet: list[tuple[Any, ...]], loud: list[tuple[Any
 
 async def aquiet_exchange(conn: Any, quiet: list[tuple[Any, ...]],
                           loud: list[tuple[Any, ...]]) -> list[Any]:
-    await conn.send_packed_command(conn.pack_commands([*quiet, *loud]), check_health=False)
+    await conn.send_packed_command(pack(conn, [*quiet, *loud]), check_health=False)
     replies: list[Any] = []
     for _ in loud:
         try:
