@@ -176,19 +176,22 @@ class _Skipped(Exception):
 
 
 # ---- measurements ------------------------------------------------------------------------
-def one_invoke(graph: Any, durability: str) -> tuple[float, int]:
-    """(seconds, Redis round trips) of one invoke of the linear graph on a fresh thread."""
+def one_invoke(graph: Any, durability: str) -> tuple[float, int, float]:
+    """(seconds, Redis round trips, seconds of this process's CPU) of one invoke of the
+    linear graph on a fresh thread."""
     config = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex}"}}
     before = _sends
+    c0 = time.process_time()
     t0 = time.perf_counter()
     # durability="sync" without a checkpointer fails inside langgraph 1.2.24: pass it only
     # to graphs that have one.
     extra = {"durability": durability} if graph.checkpointer else {}
     out = graph.invoke({"count": 0, "trail": []}, config, **extra)
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     if out["count"] != NODES:
         raise RuntimeError(f"graph returned {out}")
-    return elapsed, _sends - before
+    return elapsed, _sends - before, cpu
 
 
 def used_memory(url: str) -> int:
@@ -202,6 +205,9 @@ def used_memory(url: str) -> int:
 def main() -> None:
     times: dict[tuple[str, str], float] = {}
     trips: dict[tuple[str, str], float] = {}
+    # Process CPU (every thread of this process; Redis's own CPU is not in it): what is left
+    # of a saver's cost once nothing is waited for.
+    cpus: dict[tuple[str, str], float] = {}
     notes: list[str] = []
     sizes: dict[str, int] = {}
     tmp = Path(tempfile.mkdtemp(prefix="bench-lg-"))
@@ -280,7 +286,7 @@ def main() -> None:
     from agentledger.langgraph import _recording
 
     for mode in MODES:
-        samples: dict[str, list[tuple[float, int]]] = {n: [] for n in graphs}
+        samples: dict[str, list[tuple[float, int, float]]] = {n: [] for n in graphs}
         for r in range(WARMUP + RUNS):
             for name, (graph, recording_off) in graphs.items():
                 if recording_off:
@@ -292,26 +298,31 @@ def main() -> None:
                 if r >= WARMUP:
                     samples[name].append(got)
         for name, got in samples.items():
-            times[(mode, name)] = statistics.median(t for t, _ in got) * 1000 / NODES
-            trips[(mode, name)] = statistics.median(n for _, n in got) / NODES
+            times[(mode, name)] = statistics.median(t for t, _, _ in got) * 1000 / NODES
+            trips[(mode, name)] = statistics.median(n for _, n, _ in got) / NODES
+            cpus[(mode, name)] = statistics.median(c for _, _, c in got) * 1000 / NODES
 
     # Async graphs (ainvoke): InMemorySaver against DurableCheckpointer's asyncio twin only.
     async_times: dict[tuple[str, str], float] = {}
+    async_cpus: dict[tuple[str, str], float] = {}
 
     async def ainvokes() -> None:
         pair = {"InMemorySaver": graphs["InMemorySaver"][0],
                 "DurableCheckpointer": graphs["DurableCheckpointer"][0]}
         for mode in MODES:
             got: dict[str, list[float]] = {n: [] for n in pair}
+            cpu: dict[str, list[float]] = {n: [] for n in pair}
             for r in range(WARMUP + RUNS):
                 for name, graph in pair.items():
                     config = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex}"}}
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     await graph.ainvoke({"count": 0, "trail": []}, config, durability=mode)
                     if r >= WARMUP:
                         got[name].append(time.perf_counter() - t0)
+                        cpu[name].append(time.process_time() - c0)
             for name, ts in got.items():
                 async_times[(mode, name)] = statistics.median(ts) * 1000 / NODES
+                async_cpus[(mode, name)] = statistics.median(cpu[name]) * 1000 / NODES
 
     if "InMemorySaver" in graphs and "DurableCheckpointer" in graphs:
         asyncio.run(ainvokes())
@@ -374,20 +385,24 @@ def main() -> None:
         mem = times.get((mode, "InMemorySaver"))
         print(f"durability=\"{mode}\"\n")
         print("| saver | ms per superstep | × no checkpointer | × InMemorySaver | "
-              "Redis round trips per superstep |")
-        print("|---|---|---|---|---|")
+              "Redis round trips per superstep | CPU ms per superstep | CPU × InMemorySaver |")
+        print("|---|---|---|---|---|---|---|")
         for (m, name), ms in times.items():
             if m != mode:
                 continue
             r_none = f"{ms / none:.2f}" if none else "n/a"
             r_mem = f"{ms / mem:.2f}" if mem else "n/a"
             rt = f"{trips[(m, name)]:.1f}" if trips[(m, name)] else "–"
-            print(f"| {name} | {ms:.3f} | {r_none} | {r_mem} | {rt} |")
+            cpu, cpu_mem = cpus[(m, name)], cpus.get((m, "InMemorySaver"))
+            r_cpu = f"{cpu / cpu_mem:.2f}" if cpu_mem else "n/a"
+            print(f"| {name} | {ms:.3f} | {r_none} | {r_mem} | {rt} | {cpu:.3f} | {r_cpu} |")
         ours = times.get((mode, "DurableCheckpointer"))
         if ours and mem:
             met = "met" if ours / mem <= TARGET else "**not met**"
             print(f"\nDurableCheckpointer: {ours / mem:.2f}× InMemorySaver; target ≤ {TARGET}× "
-                  f"{met}.\n")
+                  f"{met}. In CPU alone: "
+                  f"{cpus[(mode, 'DurableCheckpointer')] / cpus[(mode, 'InMemorySaver')]:.2f}×."
+                  "\n")
         others = {n: v for (m, n), v in times.items() if m == mode and n in
                   ("SqliteSaver", "PostgresSaver", "langgraph-checkpoint-redis (Redis Stack)")}
         if ours and others and mem:
@@ -398,13 +413,16 @@ def main() -> None:
         print("Async graphs (`ainvoke`, so DurableCheckpointer's asyncio methods; the peers' "
               "async savers were not measured):\n")
         print("| durability | InMemorySaver ms per superstep | DurableCheckpointer ms per "
-              f"superstep | × InMemorySaver | ≤ {TARGET}× |")
-        print("|---|---|---|---|---|")
+              f"superstep | × InMemorySaver | ≤ {TARGET}× | CPU × InMemorySaver |")
+        print("|---|---|---|---|---|---|")
         for mode in MODES:
             mem_a = async_times[(mode, "InMemorySaver")]
             ours_a = async_times[(mode, "DurableCheckpointer")]
             met = "met" if ours_a / mem_a <= TARGET else "not met"
-            print(f"| {mode} | {mem_a:.3f} | {ours_a:.3f} | {ours_a / mem_a:.2f} | {met} |")
+            cpu_a = (async_cpus[(mode, "DurableCheckpointer")]
+                     / async_cpus[(mode, "InMemorySaver")])
+            print(f"| {mode} | {mem_a:.3f} | {ours_a:.3f} | {ours_a / mem_a:.2f} | {met} "
+                  f"| {cpu_a:.2f} |")
     if sizes:
         print(f"\nBytes after a {TURNS}-turn conversation (one 200-character reply per turn; "
               f"{conversation_s:.0f} s for all savers):\n")
