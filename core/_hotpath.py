@@ -422,24 +422,35 @@ class StepConnection:
         pending = self._pending
         try:
             conn = self._connection()
-            commands = [] if pending.items else self._open_batch(conn)
-            for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
-                commands += self._record(pending, name, keys, args, "s", expect,
-                                         len(pending.items) + seq + 1)
             # One write: in the kernel when it returns (sendall).
-            conn.send_packed_command(pack(conn, commands), check_health=False)
+            conn.send_packed_command(pack(conn, self._quiet_commands(conn, records, "s")),
+                                     check_health=False)
         except redis.RedisError as e:
             pending.clear()  # what was sent before is of unknown fate: fail closed
             pending.waited = True  # (reported here: no WAIT on a connection that lost it)
             self._lost(e)  # reported here, as an acknowledged call's failure would be
             raise ledger_error(e, self._ledger.url, f"the {records[-1][0]} script") from e
+        if self._sent(pending, records):
+            self._drain()
+
+    def _quiet_commands(self, conn: Any, records: list[Sent], which: str
+                        ) -> list[tuple[Any, ...]]:
+        """The commands that send ``records`` with replies off (opening a batch if none is)."""
+        pending = self._pending if which == "s" else self._apending
+        commands = [] if pending.items else self._open_batch(conn)
+        for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
+            commands += self._record(pending, name, keys, args, which, expect,
+                                     len(pending.items) + seq + 1)
+        return commands
+
+    def _sent(self, pending: Batch, records: list[Sent]) -> bool:
+        """Count ``records`` as written to ``pending``; True when past a bound (drain now)."""
         for record in records:
             pending.items.append(record)
             pending.bytes += _size(record[1], record[2])
         pending.waited = False
-        if (len(pending.items) >= self._ledger.max_unacked_records
-                or pending.bytes >= self._ledger.max_unacked_bytes):
-            self._drain()
+        return (len(pending.items) >= self._ledger.max_unacked_records
+                or pending.bytes >= self._ledger.max_unacked_bytes)
 
     def _loud_commands(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
                        after: tuple[tuple[Any, ...], ...] = ()) -> list[tuple[Any, ...]]:
@@ -720,22 +731,14 @@ class StepConnection:
             # No bytes left in asyncio's buffer when a send returns (drain waits for an
             # empty buffer): in the kernel, as with the synchronous sendall.
             conn._writer.transport.set_write_buffer_limits(high=0)
-            commands = [] if pending.items else self._open_batch(conn)
-            for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
-                commands += self._record(pending, name, keys, args, "a", expect,
-                                         len(pending.items) + seq + 1)
-            await conn.send_packed_command(pack(conn, commands), check_health=False)
+            await conn.send_packed_command(pack(conn, self._quiet_commands(conn, records, "a")),
+                                           check_health=False)
         except redis.RedisError as e:
             pending.clear()
             pending.waited = True
             await self._alost(e)
             raise ledger_error(e, self._ledger.url, f"the {records[-1][0]} script") from e
-        for record in records:
-            pending.items.append(record)
-            pending.bytes += _size(record[1], record[2])
-        pending.waited = False
-        if (len(pending.items) >= self._ledger.max_unacked_records
-                or pending.bytes >= self._ledger.max_unacked_bytes):
+        if self._sent(pending, records):
             await self._adrain()
 
     async def _aprobe(self, lock: asyncio.Lock) -> None:
