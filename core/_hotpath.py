@@ -97,12 +97,6 @@ def _size(keys: list[str], args: list[str | bytes]) -> int:
     return sum(map(len, keys)) + sum(map(len, args))  # the step scripts' arguments: all text
 
 
-def _raise_error_in(replies: list[Any]) -> None:
-    error = next((r for r in replies if isinstance(r, Exception)), None)
-    if error is not None:
-        raise error
-
-
 class StepConnection:
     """One session's connection for step scripts (sync and asyncio).
 
@@ -265,52 +259,55 @@ class StepConnection:
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:
         # At "async" every record goes over this connection, in order: wait for it (so too
-        # while records sent at "async" are unacknowledged, after a switch to "sync").
+        # while records sent at "async" are unacknowledged or held, after a switch to "sync").
         return self._lock.acquire(blocking=self.pipelined or bool(self._pending.items)
                                   or bool(self._held))
 
-    @property
-    def shares_finish(self) -> bool:
-        """The run's end can go on this connection with the runs index's update (``call``'s
-        ``after``): one Redis, so the index is reachable from it."""
-        return self._enabled and not self._ledger.cluster
-
-    def call(self, name: str, keys: list[str], args: list[Any],
-             after: tuple[tuple[Any, ...], ...] = ()) -> Any:
-        """Send a script and wait for its reply (after every record sent before it).
-        ``after``: commands sent right after it in the same write (errors raised), only where
-        :attr:`shares_finish`."""
-        if not self._enabled or not self._lock.acquire(
-                blocking=self.pipelined or bool(self._pending.items) or bool(self._held)
-                or bool(after)):
-            reply = self._ledger.script(name, keys, args)
-            with self._ledger.redis_errors():
-                for command in after:
-                    self._ledger.redis.execute_command(*command)  # type: ignore[no-untyped-call]
-            return reply
+    def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Send a script and wait for its reply (after every record sent or held before it)."""
+        if not self._enabled or not self._take():
+            return self._ledger.script(name, keys, args)
         try:
             self._check_failed()
-            if self._held and self._quiet_mode():
-                self._send_held_quiet()
+            if self._held:  # written first, in the batch this call's round trip closes
+                self._send_quiet([])
             if self._pending.items:  # the barrier and this record: one round trip
-                reply = self._call_after_batch(name, keys, args, after)
+                reply = self._call_after_batch(name, keys, args)
                 if reply is not _SENT_AGAIN:
                     return reply
             self._drain()
-            held, self._held = self._held, []
-            return self._loud(held, (name, keys, args), after)
+            sha, source = self._ledger._scripts[name].sha, self._ledger._scripts[name].script
+            commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+            if self._ledger.wait_replicas:  # on this connection: WAIT counts its writes
+                commands.append(self._ledger.wait_command())
+
+            def send() -> list[Any]:
+                conn = self._connection()
+                replies = exchange(conn, commands)  # the record and its WAIT: one round trip
+                if isinstance(replies[0], NoScriptError):  # a restarted Redis forgot its scripts
+                    exchange(conn, [("SCRIPT", "LOAD", source)])
+                    replies = exchange(conn, commands)
+                if isinstance(replies[0], SLOT_MOVED):  # not run: the slot is elsewhere now
+                    raise replies[0]
+                return replies
+
+            replies = self._retry().call_with_retry(send, self._lost)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
+            if self._ledger.wait_replicas:
+                self._ledger.check_replicated(replies[1], f"the {name} script")
+            return replies[0]
         except redis.RedisError as e:
             raise ledger_error(e, self._ledger.url, f"the {name} script") from e
         finally:
             self._lock.release()
 
-    def _call_after_batch(self, name: str, keys: list[str], args: list[Any],
-                          after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+    def _call_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
         pending, conn = self._pending, self._conn
         items = list(pending.items)
         pending.clear()
         commands = [_REPLY_ON, self._acknowledged(name, keys, args, "s", len(items) + 1),
-                    *self._close_batch(conn, "s", len(items))[1:], *after]
+                    *self._close_batch(conn, "s", len(items))[1:]]
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
@@ -333,7 +330,6 @@ class StepConnection:
         reply = replies[1]
         if isinstance(reply, Exception):
             raise ledger_error(reply, self._ledger.url, f"the {name} script")
-        _raise_error_in(replies[2:])
         if self._ledger.wait_replicas:
             self._ledger.check_replicated(replies[-1], f"the {name} script")
         return reply
@@ -376,26 +372,28 @@ class StepConnection:
         what it would set) and is not kept; any other reply stops the batch, so nothing sent
         after it is applied, and ``on_reply`` gets it at the barrier.
 
-        ``hold`` (and ``defer`` at 'sync'): the record stays in this process and goes in the
-        same write as the next record or barrier of this connection (a write that something
-        else always follows soon: a task's writes, then its superstep's checkpoint). A process
-        killed before that loses it, as it loses a record not sent yet."""
-        if (hold or (defer and not self.pipelined)) and self._enabled:
-            with self._lock:
-                self._check_failed()
-                self._held.append((name, keys, args, expect, on_reply))
-                if self._held_over_bound(self._held):
-                    self._drain()
-            return
+        ``hold`` (and ``defer`` at 'sync'): the record stays in this process and goes, in
+        order and wrapped like any record sent with replies off, in the same write as the next
+        record, call or barrier of this connection (a write that something else always follows
+        soon: a task's writes, then its superstep's checkpoint). A process killed before that
+        loses it, as it loses a record not sent yet. Where replies cannot be switched off it is
+        acknowledged at once, as a deferred record is."""
+        record: Sent = (name, keys, args, expect, on_reply)
+        held = (hold or (defer and not self.pipelined)) and self._enabled
         pipelined = self.pipelined or (defer and self._enabled)
-        if pipelined and self._ledger._replies_off is None:
+        if (pipelined or held) and self._ledger._replies_off is None:
             self._probe()
-        if not (pipelined and self._ledger._replies_off):
+        if not ((pipelined or held) and self._ledger._replies_off):
             on_reply(self.call(name, keys, args))
             return
         with self._lock:
             self._check_failed()
-            self._send_quiet([(name, keys, args, expect, on_reply)])
+            if not held:
+                self._send_quiet([record])
+                return
+            self._held.append(record)
+            if self._held_over_bound(self._held):
+                self._send_quiet([])
 
     def _held_over_bound(self, held: list[Sent]) -> bool:
         # Held and unacknowledged records count together against the bounds.
@@ -404,14 +402,6 @@ class StepConnection:
             return True
         return (pending.bytes + sum(_size(r[1], r[2]) for r in held)
                 >= self._ledger.max_unacked_bytes)
-
-    def _quiet_mode(self) -> bool:
-        """Records sent now go with replies off (a batch is open, or the level says so)."""
-        return bool(self._pending.items) or (self.pipelined and bool(self._ledger._replies_off))
-
-    def _send_held_quiet(self) -> None:
-        held, self._held = self._held, []
-        self._send_quiet(held)
 
     def _send_quiet(self, records: list[Sent]) -> None:
         """Write ``records`` (after any held ones) with replies off, in one write; the caller
@@ -452,64 +442,6 @@ class StepConnection:
         return (len(pending.items) >= self._ledger.max_unacked_records
                 or pending.bytes >= self._ledger.max_unacked_bytes)
 
-    def _loud_commands(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
-                       after: tuple[tuple[Any, ...], ...] = ()) -> list[tuple[Any, ...]]:
-        scripts = self._ledger._scripts
-        commands: list[tuple[Any, ...]] = [
-            ("EVALSHA", scripts[n].sha, len(k), *k, *a) for n, k, a, _e, _r in held]
-        if own is not None:
-            commands.append(("EVALSHA", scripts[own[0]].sha, len(own[1]), *own[1], *own[2]))
-        commands += after
-        if self._ledger.wait_replicas:  # on this connection: WAIT counts its writes
-            commands.append(self._ledger.wait_command())
-        return commands
-
-    def _loud(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
-              after: tuple[tuple[Any, ...], ...] = ()) -> Any:
-        """Send the held records and ``own`` (a script call) in one write and read every
-        reply: one round trip. The held records' replies go to their callbacks (the first
-        error raised after all are read); returns ``own``'s reply."""
-        commands = self._loud_commands(held, own, after)
-        names = [r[0] for r in held] + ([own[0]] if own is not None else [])
-
-        def send() -> list[Any]:
-            conn = self._connection()
-            replies = exchange(conn, commands)
-            missing = next((i for i, r in enumerate(replies[:len(names)])
-                            if isinstance(r, NoScriptError)), None)
-            if missing is not None:  # a restarted Redis forgot its scripts: load, send again
-                # (from the first not run: the scripts are repeatable under one token)
-                exchange(conn, [("SCRIPT", "LOAD", self._ledger._scripts[n].script)
-                                for n in dict.fromkeys(names[missing:])])
-                replies[missing:] = exchange(conn, commands[missing:])
-            if any(isinstance(r, SLOT_MOVED) for r in replies):  # not run: the slot moved
-                raise next(r for r in replies if isinstance(r, SLOT_MOVED))
-            return replies
-
-        replies = self._retry().call_with_retry(send, self._lost)
-        if self._ledger.wait_replicas:
-            self._ledger.check_replicated(replies[-1], f"the {names[-1]} script")
-        return self._dispatch(held, replies, own is not None)
-
-    def _dispatch(self, held: list[Sent], replies: list[Any], has_own: bool) -> Any:
-        _raise_error_in(replies[len(held) + has_own:])
-        first: BaseException | None = None
-        for (name, _keys, _args, _expect, on_reply), reply in zip(held, replies, strict=False):
-            try:
-                if isinstance(reply, Exception):
-                    raise ledger_error(reply, self._ledger.url, f"the {name} script")
-                on_reply(reply)
-            except Exception as e:
-                first = first or e
-        if first is not None:
-            raise first
-        if not has_own:
-            return None
-        reply = replies[len(held)]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
     def _probe(self) -> None:
         with self._lock:
             if self._ledger._replies_off is not None:  # another thread asked meanwhile
@@ -533,13 +465,8 @@ class StepConnection:
                 self._drain()
 
     def _drain(self) -> None:
-        if self._held:
-            if not self._quiet_mode():  # acknowledged now, their replies read: one round trip
-                held, self._held = self._held, []
-                self._loud(held, None)
-                self._pending.waited = True
-                return
-            self._send_held_quiet()
+        if self._held:  # written first, in the batch this barrier closes
+            self._send_quiet([])
         pending = self._pending
         if not pending.items and pending.waited:
             return
@@ -587,66 +514,56 @@ class StepConnection:
             self._aloop, self._alock = loop, asyncio.Lock()
         return self._alock if loop is self._aloop else None
 
-    async def acall(self, name: str, keys: list[str], args: list[Any],
-                    after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+    async def acall(self, name: str, keys: list[str], args: list[Any]) -> Any:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
         # Another loop, or the connection busy with a concurrent task: use the client
         # (at "async", wait for it: one connection keeps the records in order).
         if not self._enabled or lock is None or (lock.locked() and not self.pipelined
                                                  and not self._apending.items
-                                                 and not self._aheld and not after):
-            reply = await self._ledger.ascript(name, keys, args)
-            with self._ledger.redis_errors():
-                for command in after:
-                    await self._ledger._async()[0].execute_command(*command)  # type: ignore[no-untyped-call]
-            return reply
+                                                 and not self._aheld):
+            return await self._ledger.ascript(name, keys, args)
         async with lock:
+            scripts = self._ledger._async()[1]
             try:
                 self._check_failed()
-                if self._aheld and self._aquiet_mode():
-                    await self._asend_held_quiet()
+                if self._aheld:  # written first, in the batch this call's round trip closes
+                    await self._asend_quiet([])
                 if self._apending.items:
-                    reply = await self._acall_after_batch(name, keys, args, after)
+                    reply = await self._acall_after_batch(name, keys, args)
                     if reply is not _SENT_AGAIN:
                         return reply
                 await self._adrain()
-                held, self._aheld = self._aheld, []
-                return await self._aloud(held, (name, keys, args), after)
+                sha, source = scripts[name].sha, scripts[name].script
+                commands: list[tuple[Any, ...]] = [("EVALSHA", sha, len(keys), *keys, *args)]
+                if self._ledger.wait_replicas:
+                    commands.append(self._ledger.wait_command())
+
+                async def send() -> list[Any]:
+                    conn = await self._aconnection()
+                    replies = await aexchange(conn, commands)
+                    if isinstance(replies[0], NoScriptError):
+                        await aexchange(conn, [("SCRIPT", "LOAD", source)])
+                        replies = await aexchange(conn, commands)
+                    if isinstance(replies[0], SLOT_MOVED):
+                        raise replies[0]
+                    return replies
+
+                replies = await self._ledger.acluster_retry().call_with_retry(send, self._alost)
+                if isinstance(replies[0], Exception):
+                    raise replies[0]
+                if self._ledger.wait_replicas:
+                    self._ledger.check_replicated(replies[1], f"the {name} script")
+                return replies[0]
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
-    async def _aloud(self, held: list[Sent], own: tuple[str, list[str], list[Any]] | None,
-                     after: tuple[tuple[Any, ...], ...] = ()) -> Any:
-        commands = self._loud_commands(held, own, after)
-        names = [r[0] for r in held] + ([own[0]] if own is not None else [])
-        scripts = self._ledger._async()[1]
-
-        async def send() -> list[Any]:
-            conn = await self._aconnection()
-            replies = await aexchange(conn, commands)
-            missing = next((i for i, r in enumerate(replies[:len(names)])
-                            if isinstance(r, NoScriptError)), None)
-            if missing is not None:
-                await aexchange(conn, [("SCRIPT", "LOAD", scripts[n].script)
-                                       for n in dict.fromkeys(names[missing:])])
-                replies[missing:] = await aexchange(conn, commands[missing:])
-            if any(isinstance(r, SLOT_MOVED) for r in replies):
-                raise next(r for r in replies if isinstance(r, SLOT_MOVED))
-            return replies
-
-        replies = await self._ledger.acluster_retry().call_with_retry(send, self._alost)
-        if self._ledger.wait_replicas:
-            self._ledger.check_replicated(replies[-1], f"the {names[-1]} script")
-        return self._dispatch(held, replies, own is not None)
-
-    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any],
-                                 after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
         pending, conn = self._apending, self._aconn
         items = list(pending.items)
         pending.clear()
         commands = [_REPLY_ON, self._acknowledged(name, keys, args, "a", len(items) + 1),
-                    *self._close_batch(conn, "a", len(items))[1:], *after]
+                    *self._close_batch(conn, "a", len(items))[1:]]
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
@@ -691,16 +608,10 @@ class StepConnection:
                     ) -> None:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
-        if ((hold or (defer and not self.pipelined)) and self._enabled and self.opened_async
-                and lock is not None):
-            self._check_failed()
-            self._aheld.append((name, keys, args, expect, on_reply))
-            if self._held_over_bound(self._aheld):
-                async with lock:
-                    await self._adrain()
-            return
+        record: Sent = (name, keys, args, expect, on_reply)
+        held = (hold or (defer and not self.pipelined)) and self._enabled
         pipelined = self.pipelined or (defer and self._enabled)
-        if not (pipelined and self.opened_async) or lock is None:
+        if not ((pipelined or held) and self.opened_async) or lock is None:
             on_reply(await self.acall(name, keys, args))
             return
         if self._ledger._replies_off is None:
@@ -708,16 +619,14 @@ class StepConnection:
         if not self._ledger._replies_off:
             on_reply(await self.acall(name, keys, args))
             return
-        async with lock:
+        async with lock:  # held under the lock: a call in flight never takes it half-way
             self._check_failed()
-            await self._asend_quiet([(name, keys, args, expect, on_reply)])
-
-    def _aquiet_mode(self) -> bool:
-        return bool(self._apending.items) or (self.pipelined and bool(self._ledger._replies_off))
-
-    async def _asend_held_quiet(self) -> None:
-        held, self._aheld = self._aheld, []
-        await self._asend_quiet(held)
+            if not held:
+                await self._asend_quiet([record])
+                return
+            self._aheld.append(record)
+            if self._held_over_bound(self._aheld):
+                await self._asend_quiet([])
 
     async def _asend_quiet(self, records: list[Sent]) -> None:
         if self._aheld:
@@ -754,7 +663,7 @@ class StepConnection:
 
     async def abarrier(self) -> None:
         self._check_failed()
-        if self._pending.items or not self._pending.waited:  # sent from a thread: read them
+        if self._pending.items or not self._pending.waited or self._held:  # from a thread
             with self._lock:
                 self._drain()
         if not (self._apending.items or not self._apending.waited or self._aheld):
@@ -767,12 +676,7 @@ class StepConnection:
 
     async def _adrain(self) -> None:
         if self._aheld:
-            if not self._aquiet_mode():
-                held, self._aheld = self._aheld, []
-                await self._aloud(held, None)
-                self._apending.waited = True
-                return
-            await self._asend_held_quiet()
+            await self._asend_quiet([])
         pending = self._apending
         if not pending.items and pending.waited:
             return

@@ -37,7 +37,7 @@ from ._errors import (
 )
 from ._faults import crash_point
 from ._hotpath import StepConnection
-from ._keys import RunKeys, runs_index
+from ._keys import RunKeys
 from ._records import (
     SCHEMA_VERSION,
     Decision,
@@ -182,15 +182,6 @@ class RunSession:
         """Record how the run ended (or that it waits) and release the lease. False if this
         process had been fenced out."""
         keys, args = self._finish_args(status, error)
-        if self._hot.shares_finish:
-            # After every record is acknowledged (the batch's barrier), with the runs index:
-            # one round trip. A batch not applied whole leaves the run open.
-            try:
-                return bool(self._hot.call("finish", keys, args, after=(self._index_stamp(),)))
-            except LedgerError as e:
-                return self._unfinished(e, error)
-            finally:
-                self._hot.close()
         try:
             self._hot.barrier()  # the end of a run: every record acknowledged first
         except LedgerError as e:
@@ -205,9 +196,6 @@ class RunSession:
                 raise
             log.exception("agentledger: could not record that run %r failed", self.run_id)
             return False
-
-    def _index_stamp(self) -> tuple[Any, ...]:
-        return ("ZADD", runs_index(self.ledger.prefix), int(time.time() * 1000), self.run_id)
 
     def _unfinished(self, barrier_error: LedgerError, error: BaseException | None) -> bool:
         # Records sent at durability "async" were not all acknowledged: the run is left
@@ -281,14 +269,6 @@ class RunSession:
 
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
-        if self._hot.shares_finish:
-            try:
-                return bool(await self._hot.acall("finish", keys, args,
-                                                  after=(self._index_stamp(),)))
-            except LedgerError as e:
-                return self._unfinished(e, error)
-            finally:
-                await self._hot.aclose()
         try:
             await self._hot.abarrier()
         except LedgerError as e:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from _support import RedisServer
-from agentledger import Ledger, RunStatus, StepCall
+from agentledger import Ledger, LedgerError, RunStatus, StepCall
 
 APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
 
@@ -145,3 +145,117 @@ def test_held_records_from_asyncio(redis_url: str, prefix: str) -> None:
 
 async def _answer() -> str:
     return "answer"
+
+
+FAIL = "return redis.error_reply('refused')"
+
+
+def test_a_refused_held_record_stops_those_after_it_and_the_session(redis_url: str,
+                                                                     prefix: str) -> None:
+    """Held records go wrapped like any record sent with replies off: one that Redis refuses
+    stops every record after it (what Redis holds stays a prefix), and the session stops."""
+    ledger = _ledger(redis_url, prefix)
+    ledger.register_scripts({"test.fail": FAIL})
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    try:
+        session = ledger.open_run("r")  # 'sync'
+        session.send_script("test.append", [key], ["a"], lambda _r: None, defer=True)
+        session.send_script("test.fail", [key], [], lambda _r: None, hold=True)
+        session.send_script("test.append", [key], ["c"], lambda _r: None, hold=True)
+        with pytest.raises(LedgerError, match="refused"):
+            session.barrier()
+        assert plain.lrange(key, 0, -1) == [b"a"]
+        with pytest.raises(LedgerError, match="refused"):  # sticky: nothing more is recorded
+            _llm(session, 1)
+        with pytest.raises(LedgerError, match="refused"):
+            session.finish(RunStatus.COMPLETED)
+        assert ledger.get_run("r").status == "running"  # never marked ended: it resumes
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_held_records_keep_their_order_when_only_some_scripts_are_cached(
+        redis_url: str, prefix: str) -> None:
+    """The first held record's script is new to Redis, the second's is cached: the second
+    must not run before the first (nor twice)."""
+    fresh = APPEND + " -- " + prefix  # a script this Redis has never seen
+    ledger = _ledger(redis_url, prefix)
+    ledger.register_scripts({"test.fresh": fresh})
+    plain = redis.Redis.from_url(redis_url)
+    plain.script_load(APPEND)
+    key = f"{prefix}:{{r}}:held"
+    replies: list[Any] = []
+    try:
+        session = ledger.open_run("r")
+        session.send_script("test.fresh", [key], ["first"], replies.append, hold=True)
+        session.send_script("test.append", [key], ["second"], replies.append, hold=True)
+        session.barrier()
+        assert plain.lrange(key, 0, -1) == [b"first", b"second"]
+        assert replies == [1, 2]
+        assert session.finish(RunStatus.COMPLETED)
+    finally:
+        ledger.close()
+        plain.close()
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_afinish_reads_what_a_thread_held_or_sent(redis_url: str, prefix: str,
+                                                  refused: bool) -> None:
+    """A run opened from asyncio whose records also came from a thread (a sync node, a tool
+    in ``to_thread``): its end reads them first; a refused one leaves the run open."""
+    ledger = _ledger(redis_url, prefix, durability="async")
+    ledger.register_scripts({"test.fail": FAIL})
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    replies: list[Any] = []
+
+    async def run() -> None:
+        session = await ledger.aopen_run("r")
+
+        def in_thread() -> None:
+            if refused:
+                session.send_script("test.fail", [key], [], replies.append)
+            else:
+                session.send_script("test.append", [key], ["held"], replies.append, hold=True)
+
+        await asyncio.to_thread(in_thread)
+        if refused:
+            with pytest.raises(LedgerError, match="refused"):
+                await session.afinish(RunStatus.COMPLETED)
+        else:
+            assert await session.afinish(RunStatus.COMPLETED)
+
+    try:
+        asyncio.run(run())
+        if refused:
+            assert ledger.get_run("r").status == "running"
+        else:
+            assert plain.lrange(key, 0, -1) == [b"held"]
+            assert replies == [1]
+            assert ledger.get_run("r").status == "completed"
+    finally:
+        asyncio.run(ledger.aclose())
+        ledger.close()
+        plain.close()
+
+
+def test_a_kept_reply_rejected_at_the_end_leaves_the_run_open(redis_url: str,
+                                                               prefix: str) -> None:
+    """A record whose reply its caller judges (the checkpointer's NOBASE) is rejected at the
+    run's end: the run is not marked ended."""
+    ledger = _ledger(redis_url, prefix, durability="async")
+    ledger.register_scripts({"test.nobase": "return {'NOBASE', 'gone'}"})
+
+    def reject(reply: Any) -> None:
+        raise LedgerError(f"not saved: {reply!r}")
+
+    try:
+        session = ledger.open_run("r")
+        session.send_script("test.nobase", [f"{prefix}:{{r}}:x"], [], reject)
+        with pytest.raises(LedgerError, match="not saved"):
+            session.finish(RunStatus.COMPLETED)
+        assert ledger.get_run("r").status == "running"
+    finally:
+        ledger.close()
