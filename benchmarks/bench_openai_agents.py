@@ -292,13 +292,12 @@ def no_step_io() -> Any:
 
     real = _hotpath.StepConnection.acall
 
-    async def acall(self: Any, name: str, keys: list[str], args: list[Any],
-                    after: tuple[tuple[Any, ...], ...] = ()) -> Any:
+    async def acall(self: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         if name == "claim":  # args: key, fence, meta, mode, policy, request
             return [b"CLAIMED", args[2].encode(), 1]
         if name == "complete":  # args: key, fence, status, outcome, meta
             return [b"OK", (args[4] or "{}").encode()]
-        return await real(self, name, keys, args, after)
+        return await real(self, name, keys, args)
 
     _hotpath.StepConnection.acall = acall  # type: ignore[method-assign]
     try:
