@@ -261,7 +261,7 @@ class StepConnection:
         # At "async" every record goes over this connection, in order: wait for it (so too
         # while records sent at "async" are unacknowledged or held, after a switch to "sync").
         return self._lock.acquire(blocking=self.pipelined or bool(self._pending.items)
-                                  or bool(self._held))
+                                  or bool(self._held) or not self._pending.waited)
 
     def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Send a script and wait for its reply (after every record sent or held before it)."""
@@ -406,10 +406,12 @@ class StepConnection:
     def _send_quiet(self, records: list[Sent]) -> None:
         """Write ``records`` (after any held ones) with replies off, in one write; the caller
         holds the lock."""
-        if self._held:
+        held = bool(self._held)
+        if held:
             records = [*self._held, *records]
             self._held = []
         pending = self._pending
+        pending.waited = False  # in flight: a barrier from another thread waits for the lock
         try:
             conn = self._connection()
             # One write: in the kernel when it returns (sendall).
@@ -419,7 +421,9 @@ class StepConnection:
             pending.clear()  # what was sent before is of unknown fate: fail closed
             pending.waited = True  # (reported here: no WAIT on a connection that lost it)
             self._lost(e)  # reported here, as an acknowledged call's failure would be
-            raise ledger_error(e, self._ledger.url, f"the {records[-1][0]} script") from e
+            error = ledger_error(e, self._ledger.url, f"the {records[-1][0]} script")
+            # Held records were accepted as recorded: their loss stops the session.
+            raise (self._failed_with(error) if held else error) from e
         if self._sent(pending, records):
             self._drain()
 
@@ -521,7 +525,8 @@ class StepConnection:
         # (at "async", wait for it: one connection keeps the records in order).
         if not self._enabled or lock is None or (lock.locked() and not self.pipelined
                                                  and not self._apending.items
-                                                 and not self._aheld):
+                                                 and not self._aheld
+                                                 and self._apending.waited):
             return await self._ledger.ascript(name, keys, args)
         async with lock:
             scripts = self._ledger._async()[1]
@@ -629,10 +634,12 @@ class StepConnection:
                 await self._asend_quiet([])
 
     async def _asend_quiet(self, records: list[Sent]) -> None:
-        if self._aheld:
+        held = bool(self._aheld)
+        if held:
             records = [*self._aheld, *records]
             self._aheld = []
         pending = self._apending
+        pending.waited = False  # in flight (see _send_quiet)
         try:
             conn = await self._aconnection()
             if not conn.is_connected:
@@ -646,7 +653,16 @@ class StepConnection:
             pending.clear()
             pending.waited = True
             await self._alost(e)
-            raise ledger_error(e, self._ledger.url, f"the {records[-1][0]} script") from e
+            error = ledger_error(e, self._ledger.url, f"the {records[-1][0]} script")
+            raise (self._failed_with(error) if held else error) from e
+        except asyncio.CancelledError:
+            # Cancelled mid-write: these records' fate is unknown and the connection may hold
+            # half a command. The session stops; counted as unacknowledged, so that closing
+            # it drops the connection instead of handing it back to the pool.
+            self._failed_with(LedgerError("a write of step records was cancelled before it "
+                                          "completed: their fate is unknown, the run stops"))
+            pending.items.extend(records)
+            raise
         if self._sent(pending, records):
             await self._adrain()
 
@@ -670,7 +686,9 @@ class StepConnection:
             return
         lock = self._alock_for(asyncio.get_running_loop())
         if lock is None:
-            return
+            raise LedgerError("step records were sent from another event loop and cannot be "
+                              "acknowledged from this one: end the run on the loop that "
+                              "recorded its steps")
         async with lock:
             await self._adrain()
 

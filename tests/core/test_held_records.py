@@ -6,6 +6,7 @@ sending them loses them (as a killed process would)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from _support import RedisServer
-from agentledger import Ledger, LedgerError, RunStatus, StepCall
+from agentledger import Ledger, LedgerError, LedgerUnavailableError, RunStatus, StepCall
 
 APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
 
@@ -44,6 +45,9 @@ def test_held_records_go_with_the_next_record_in_order(redis_url: str, prefix: s
         assert session._hot.unacknowledged == 2
         assert plain.lrange(key, 0, -1) == []  # still in this process
         _llm(session, 1)  # the next record takes them along, before itself
+        if level == "async":  # written with it, not waited for: read at the barrier
+            assert not session._hot._held and session._hot.unacknowledged == 3
+            session.barrier()
         assert plain.lrange(key, 0, -1) == [b"a", b"b"]
         assert len(ledger.steps("r")) == 1
         session.send_script("test.append", [key], ["c"], replies.append, hold=True)
@@ -256,6 +260,56 @@ def test_a_kept_reply_rejected_at_the_end_leaves_the_run_open(redis_url: str,
         session.send_script("test.nobase", [f"{prefix}:{{r}}:x"], [], reject)
         with pytest.raises(LedgerError, match="not saved"):
             session.finish(RunStatus.COMPLETED)
+        assert ledger.get_run("r").status == "running"
+    finally:
+        ledger.close()
+
+
+def test_losing_held_records_stops_the_session(redis_url: str, prefix: str) -> None:
+    """The step connection dies with a record held: the barrier that would have written it
+    fails, and so does everything after it (never a run marked ended without it)."""
+    ledger = _ledger(redis_url, prefix, durability="async")
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    try:
+        session = ledger.open_run("r")
+        session.send_script("test.append", [key], ["warm"], lambda _r: None)
+        session.barrier()
+        port = session._hot._conn._sock.getsockname()[1]
+        [mine] = [c for c in plain.client_list() if c["addr"].endswith(f":{port}")]
+        plain.client_kill_filter(_id=mine["id"])
+        time.sleep(0.2)  # the reset is back: the held record's write itself fails
+        session.send_script("test.append", [key], ["held"], lambda _r: None, hold=True)
+        with pytest.raises(LedgerUnavailableError):
+            session.barrier()
+        with pytest.raises(LedgerUnavailableError):  # sticky
+            session.barrier()
+        with pytest.raises(LedgerUnavailableError):
+            session.finish(RunStatus.COMPLETED)
+        assert ledger.get_run("r").status == "running"
+        assert plain.lrange(key, 0, -1) == [b"warm"]
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_afinish_on_another_event_loop_refuses_to_end_the_run(redis_url: str,
+                                                              prefix: str) -> None:
+    ledger = _ledger(redis_url, prefix, durability="async")
+    key = f"{prefix}:{{r}}:held"
+
+    async def record() -> Any:
+        session = await ledger.aopen_run("r")
+        await session.asend_script("test.append", [key], ["held"], lambda _r: None, hold=True)
+        return session
+
+    async def end(session: Any) -> None:
+        with pytest.raises(LedgerError, match="another event loop"):
+            await session.afinish(RunStatus.COMPLETED)
+
+    try:
+        session = asyncio.run(record())
+        asyncio.run(end(session))
         assert ledger.get_run("r").status == "running"
     finally:
         ledger.close()
