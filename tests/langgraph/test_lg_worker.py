@@ -46,5 +46,9 @@ def test_a_killed_worker_s_graph_run_is_finished_by_another(
     assert crashed == clean and len(clean["notes"]) == 5
     per_key = Counter(x.split("|")[-1] for x in effects.read_text().splitlines())
     assert len(per_key) == 2 * 5  # five side effects per run, each under a key of its own
-    # Once each, but the call in flight when the worker died: twice, under the same key.
-    assert sorted(per_key.values()) == [1] * 9 + [2]
+    # Once each, but a call in flight when the worker died: twice, under the same key. The
+    # plan's two send_email calls run in parallel, so the kill (before the third record) can
+    # find two in flight: one body done with its outcome written but not yet acknowledged
+    # (at 'sync' a killed process's unread reply resets the socket and Redis drops it), the
+    # other before its record.
+    assert sorted(per_key.values()) in ([1] * 9 + [2], [1] * 8 + [2, 2])
