@@ -94,7 +94,14 @@ def _expected(expect: str | None) -> str:
 
 
 def _size(keys: list[str], args: list[str | bytes]) -> int:
-    return sum(map(len, keys)) + sum(map(len, args))  # the step scripts' arguments: all text
+    """The bytes a record counts against ``max_unacked_bytes``. A record sent without waiting
+    takes text only (str or bytes); anything else is refused with TypeError."""
+    try:
+        return sum(map(len, keys)) + sum(map(len, args))
+    except TypeError:
+        bad = next(a for a in [*keys, *args] if not isinstance(a, (str, bytes)))
+        raise TypeError(f"a step record's keys and arguments are str or bytes, not "
+                        f"{type(bad).__name__} ({bad!r:.60})") from None
 
 
 class StepConnection:
@@ -381,6 +388,8 @@ class StepConnection:
         record: Sent = (name, keys, args, expect, on_reply)
         held = (hold or (defer and not self.pipelined)) and self._enabled
         pipelined = self.pipelined or (defer and self._enabled)
+        if pipelined or held:
+            _size(keys, args)  # text only: refused here, before anything is queued or written
         if (pipelined or held) and self._ledger._replies_off is None:
             self._probe()
         if not ((pipelined or held) and self._ledger._replies_off):
@@ -616,6 +625,8 @@ class StepConnection:
         record: Sent = (name, keys, args, expect, on_reply)
         held = (hold or (defer and not self.pipelined)) and self._enabled
         pipelined = self.pipelined or (defer and self._enabled)
+        if pipelined or held:
+            _size(keys, args)  # text only (see send)
         if not ((pipelined or held) and self.opened_async) or lock is None:
             on_reply(await self.acall(name, keys, args))
             return

@@ -313,3 +313,23 @@ def test_afinish_on_another_event_loop_refuses_to_end_the_run(redis_url: str,
         assert ledger.get_run("r").status == "running"
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_record_with_a_non_text_argument_is_refused_before_it_is_queued(
+        redis_url: str, prefix: str, hold: bool) -> None:
+    ledger = _ledger(redis_url, prefix, durability="async")
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    try:
+        session = ledger.open_run("r")
+        with pytest.raises(TypeError, match="str or bytes, not int"):
+            session.send_script("test.append", [key], [5], lambda _r: None, hold=hold)
+        assert session._hot.unacknowledged == 0  # nothing queued, nothing written
+        session.send_script("test.append", [key], ["next"], lambda _r: None, hold=hold)
+        session.barrier()
+        assert plain.lrange(key, 0, -1) == [b"next"]
+        assert session.finish(RunStatus.COMPLETED)
+    finally:
+        ledger.close()
+        plain.close()
