@@ -65,6 +65,7 @@ from ._replyoff import (
     aquiet_exchange,
     batch_error,
     client_name,
+    judged_here,
     not_run_from,
     quiet_exchange,
     skipped_after_refusal,
@@ -77,7 +78,7 @@ from ._replyoff import (
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["DURABILITY_LEVELS", "StepConnection"]
+__all__ = ["DURABILITY_LEVELS", "NOT_HERE", "StepConnection"]
 
 DURABILITY_LEVELS = ("sync", "async", "exit")
 log = logging.getLogger("agentledger")
@@ -85,6 +86,9 @@ log = logging.getLogger("agentledger")
 _REPLY_ON = ("CLIENT", "REPLY", "ON")
 _REPLY_OFF = ("CLIENT", "REPLY", "OFF")
 _SENT_AGAIN = object()  # a record after a batch that had to be sent again: send it as usual
+# last_call: the record cannot go in one round trip with the barrier here; the caller waits
+# for the barrier, then sends it as usual.
+NOT_HERE: Any = object()
 
 
 def _expected(expect: str | None) -> str:
@@ -134,6 +138,7 @@ class StepConnection:
         # and ``defer`` at 'sync'): they go in the same write as what comes next.
         self._held: list[Sent] = []
         self._aheld: list[Sent] = []
+        self._held_bytes = self._aheld_bytes = 0  # their sizes (counted once each)
         self._aconn: Any = None
         self._anode: Any = None  # a cluster node: the owner of self._aconn
         self._aloop: asyncio.AbstractEventLoop | None = None
@@ -309,12 +314,13 @@ class StepConnection:
         finally:
             self._lock.release()
 
-    def _call_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _call_after_batch(self, name: str, keys: list[str], args: list[Any],
+                          after: list[tuple[Any, ...]] = ()) -> Any:  # type: ignore[assignment]
         pending, conn = self._pending, self._conn
         items = list(pending.items)
         pending.clear()
         commands = [_REPLY_ON, self._acknowledged(name, keys, args, "s", len(items) + 1),
-                    *self._close_batch(conn, "s", len(items))[1:]]
+                    *self._close_batch(conn, "s", len(items))[1:], *after]
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
@@ -330,16 +336,46 @@ class StepConnection:
             raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
         finally:
             pending.waited = True
-        return self._after_batch_call(name, replies, items)
+        return self._after_batch_call(name, replies, items, len(after))
 
-    def _after_batch_call(self, name: str, replies: list[Any], items: list[Sent]) -> Any:
+    def _after_batch_call(self, name: str, replies: list[Any], items: list[Sent],
+                          n_after: int = 0) -> Any:
         self._closed(replies, items, 2)  # replies[1] is this record's: skipped if the batch failed
+        if n_after:  # last_call: this record's reply and those after it, errors in place
+            return [replies[1], *replies[len(replies) - n_after:]]
         reply = replies[1]
         if isinstance(reply, Exception):
             raise ledger_error(reply, self._ledger.url, f"the {name} script")
         if self._ledger.wait_replicas:
             self._ledger.check_replicated(replies[-1], f"the {name} script")
         return reply
+
+    def _one_trip(self, items: list[Sent]) -> bool:
+        """Whether the last record may go in the round trip that acknowledges ``items``: it
+        runs in Redis only if all of them were applied, so none may still be refused here."""
+        return (bool(items) and self._enabled and not self._ledger.cluster
+                and not self._ledger.wait_replicas and bool(self._ledger._replies_off)
+                and not any(judged_here(r) for r in items))
+
+    def last_call(self, name: str, keys: list[str], args: list[Any],
+                  after: list[tuple[Any, ...]]) -> Any:
+        """The session's last record (the run's finish) and ``after`` (commands on other keys:
+        the runs index), in the round trip that acknowledges every record sent before it: it
+        is applied only if they all were. Returns the list of their replies (an error reply in
+        its place, not raised), or :data:`NOT_HERE` when that cannot be (nothing to
+        acknowledge, a reply to judge here first, a cluster, replicas to wait for): the caller
+        then waits for :meth:`barrier` and sends it as usual. A refused record before it, or
+        a lost connection, raises as :meth:`barrier` would."""
+        if self._apending.items or self._aheld:
+            return NOT_HERE
+        with self._lock:
+            self._check_failed()
+            if not self._one_trip([*self._pending.items, *self._held]):
+                return NOT_HERE
+            if self._held:  # written first, in the batch this round trip closes
+                self._send_quiet([])
+            reply = self._call_after_batch(name, keys, args, after)
+            return NOT_HERE if reply is _SENT_AGAIN else reply
 
     def _lost(self, _error: Exception) -> None:
         """The connection failed or its node no longer owns the slot: on a cluster, re-read the
@@ -401,16 +437,17 @@ class StepConnection:
                 self._send_quiet([record])
                 return
             self._held.append(record)
+            self._held_bytes += _size(keys, args)
             if self._held_over_bound(self._held):
                 self._send_quiet([])
 
     def _held_over_bound(self, held: list[Sent]) -> bool:
         # Held and unacknowledged records count together against the bounds.
-        pending = self._apending if held is self._aheld else self._pending
+        pending, held_bytes = ((self._apending, self._aheld_bytes) if held is self._aheld
+                               else (self._pending, self._held_bytes))
         if len(held) + len(pending.items) >= self._ledger.max_unacked_records:
             return True
-        return (pending.bytes + sum(_size(r[1], r[2]) for r in held)
-                >= self._ledger.max_unacked_bytes)
+        return pending.bytes + held_bytes >= self._ledger.max_unacked_bytes
 
     def _send_quiet(self, records: list[Sent]) -> None:
         """Write ``records`` (after any held ones) with replies off, in one write; the caller
@@ -418,7 +455,7 @@ class StepConnection:
         held = bool(self._held)
         if held:
             records = [*self._held, *records]
-            self._held = []
+            self._held, self._held_bytes = [], 0
         pending = self._pending
         pending.waited = False  # in flight: a barrier from another thread waits for the lock
         try:
@@ -515,6 +552,7 @@ class StepConnection:
     def close(self) -> None:
         with self._lock:
             self._held.clear()  # never sent: as if the process had stopped before them
+            self._held_bytes = 0
             if self._conn is not None:
                 if self._pending.items:  # replies off: never hand it to the pool like this
                     self._conn.disconnect()
@@ -572,12 +610,14 @@ class StepConnection:
             except redis.RedisError as e:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
-    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any],
+                                 after: list[tuple[Any, ...]] = ()  # type: ignore[assignment]
+                                 ) -> Any:
         pending, conn = self._apending, self._aconn
         items = list(pending.items)
         pending.clear()
         commands = [_REPLY_ON, self._acknowledged(name, keys, args, "a", len(items) + 1),
-                    *self._close_batch(conn, "a", len(items))[1:]]
+                    *self._close_batch(conn, "a", len(items))[1:], *after]
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
@@ -594,7 +634,24 @@ class StepConnection:
             raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
         finally:
             pending.waited = True
-        return self._after_batch_call(name, replies, items)
+        return self._after_batch_call(name, replies, items, len(after))
+
+    async def alast_call(self, name: str, keys: list[str], args: list[Any],
+                         after: list[tuple[Any, ...]]) -> Any:
+        """:meth:`last_call` for records sent from asyncio."""
+        if self._pending.items or self._held or not self._pending.waited:
+            return NOT_HERE
+        lock = self._alock_for(asyncio.get_running_loop())
+        if lock is None:
+            return NOT_HERE  # abarrier says why
+        async with lock:
+            self._check_failed()
+            if not self._one_trip([*self._apending.items, *self._aheld]):
+                return NOT_HERE
+            if self._aheld:
+                await self._asend_quiet([])
+            reply = await self._acall_after_batch(name, keys, args, after)
+            return NOT_HERE if reply is _SENT_AGAIN else reply
 
     async def _alost(self, _error: Exception) -> None:
         if self._aconn is not None:
@@ -641,6 +698,7 @@ class StepConnection:
                 await self._asend_quiet([record])
                 return
             self._aheld.append(record)
+            self._aheld_bytes += _size(keys, args)
             if self._held_over_bound(self._aheld):
                 await self._asend_quiet([])
 
@@ -648,7 +706,7 @@ class StepConnection:
         held = bool(self._aheld)
         if held:
             records = [*self._aheld, *records]
-            self._aheld = []
+            self._aheld, self._aheld_bytes = [], 0
         pending = self._apending
         pending.waited = False  # in flight (see _send_quiet)
         try:
@@ -737,6 +795,7 @@ class StepConnection:
 
     async def aclose(self) -> None:
         self._aheld.clear()
+        self._aheld_bytes = 0
         if self._aconn is not None and self._aloop is asyncio.get_running_loop():
             if self._apending.items:
                 await self._aconn.disconnect()

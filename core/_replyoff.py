@@ -39,9 +39,9 @@ from ._connect import ledger_error
 from ._errors import LedgerError
 from ._nodes import pack
 
-__all__ = ["BATCH_STATE", "KEEP_REPLY", "Batch", "Sent", "aquiet_exchange", "batch_error",
-           "client_name", "not_run_from", "owner_connections", "quiet_exchange",
-           "skipped_after_refusal", "state_key", "wait_until_gone", "wrapped",
+__all__ = ["BATCH_STATE", "KEEP_REPLY", "KEEP_UNLESS", "Batch", "Sent", "aquiet_exchange",
+           "batch_error", "client_name", "judged_here", "kept", "no_verdict", "not_run_from",
+           "owner_connections", "quiet_exchange", "skipped_after_refusal", "state_key", "wait_until_gone", "wrapped",
            "wrapped_acknowledged", "wrapped_sha"]
 
 log = logging.getLogger("agentledger")
@@ -83,6 +83,9 @@ end
 """
 
 KEEP_REPLY = "*"  # ARGV "expect" of a record whose reply is kept for the barrier
+# ARGV "expect" prefix: the reply is kept for the barrier unless its tag (the reply, or its
+# first element) is what follows the prefix; that reply is a refusal and stops the batch.
+KEEP_UNLESS = "*!"
 
 _WRAPPED = _PROLOGUE + _ENCODE + """
 if __n ~= __seq - 1 or __failed then return end
@@ -92,12 +95,16 @@ end
 local __ok, __r = pcall(__body)
 local __error = not __ok or (type(__r) == 'table' and __r.err ~= nil)
 if not __error then
-  if __expect == '*' then  -- the reply is kept for the barrier
+  local __tag = __r
+  if type(__r) == 'table' then __tag = __r[1] or __r.ok end
+  local __keep = __expect == '*'
+  if string.sub(__expect, 1, 2) == '*!' then
+    __keep = __tag == nil or tostring(__tag) ~= string.sub(__expect, 3)
+  end
+  if __keep then  -- the reply is kept for the barrier
     redis.call('HSET', __state, 'n', __seq, 'p' .. __seq, __enc(__r))
     return
   end
-  local __tag = __r
-  if type(__r) == 'table' then __tag = __r[1] or __r.ok end
   if __tag ~= nil and tostring(__tag) == __expect then
     redis.call('HSET', __state, 'n', __seq)
     return
@@ -201,6 +208,25 @@ class Batch:
         self.bytes = 0
 
 
+def kept(expect: str | None) -> bool:
+    """Whether a record sent with this ``expect`` has its reply kept for the barrier."""
+    return expect is None or expect.startswith(KEEP_UNLESS)
+
+
+def no_verdict(_reply: Any) -> None:
+    """The ``on_reply`` of a record whose reply asks nothing of the caller (only an error
+    reply, which stops the batch, would)."""
+
+
+def judged_here(record: Sent) -> bool:
+    """Whether ``record``'s kept reply may still refuse it at the barrier, in this process
+    (its ``on_reply`` raising): nothing that depends on it being applied may be sent in the
+    same round trip as that barrier. A record whose refusal Redis sees (``expect``) or whose
+    reply asks nothing (:func:`no_verdict`) is judged by Redis alone."""
+    expect, on_reply = record[3], record[4]
+    return expect is None and on_reply is not no_verdict
+
+
 def _decode(text: bytes) -> Any:
     """A reply as ``__enc`` wrote it, as redis-py would have returned it."""
     kind, value = text[:1], text[1:]
@@ -260,7 +286,7 @@ def batch_error(reply: Any, items: list[Sent], url: str | None) -> BaseException
     sent = len(items)
     failed = int(state.get(b"f", 0))
     for seq, (_name, _keys, _args, expect, on_reply) in enumerate(items[:applied], 1):
-        if expect is None:  # its reply was kept: read now, as it was before replies went off
+        if kept(expect):  # its reply was kept: read now, as it was before replies went off
             try:
                 on_reply(_decode(state[b"p%d" % seq]))
             except Exception as e:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _context, _otel
 from ._codec import fingerprint_and_text, json_bytes
+from ._connect import ledger_error
 from ._errors import (
     ApprovalPending,
     CorruptRecordError,
@@ -36,8 +37,8 @@ from ._errors import (
     UnsupportedTypeError,
 )
 from ._faults import crash_point
-from ._hotpath import StepConnection
-from ._keys import RunKeys
+from ._hotpath import NOT_HERE, StepConnection
+from ._keys import RunKeys, runs_index
 from ._records import (
     SCHEMA_VERSION,
     Decision,
@@ -178,16 +179,38 @@ class RunSession:
                 [self._fence_arg, str(RunStatus(status)), err, int(ttl * 1000) if ttl else 0,
                  *self._replayed_keys])
 
+    def _index_command(self) -> list[tuple[Any, ...]]:
+        # The runs index bumped with the finish (same connection: not on a cluster, where
+        # last_call declines and script_and_index writes it to its own slot).
+        return [("ZADD", runs_index(self.ledger.prefix), int(time.time() * 1000), self.run_id)]
+
+    def _finished(self, replies: list[Any], error: BaseException | None) -> bool:
+        """The finish record's reply (and the index's) read with the barrier (last_call)."""
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is None:
+            return bool(replies[0])
+        if error is None:
+            raise ledger_error(refused, self.ledger.url, "the finish script")
+        log.error("agentledger: could not record that run %r failed: %s", self.run_id,
+                  _text_of(refused))
+        return False
+
     def finish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         """Record how the run ended (or that it waits) and release the lease. False if this
         process had been fenced out."""
         keys, args = self._finish_args(status, error)
         try:
-            self._hot.barrier()  # the end of a run: every record acknowledged first
+            # The end of a run: every record acknowledged first; where nothing among them is
+            # judged here, in the same round trip as the finish (applied only after them all).
+            replies = self._hot.last_call("finish", keys, args, self._index_command())
+            if replies is NOT_HERE:
+                self._hot.barrier()
         except LedgerError as e:
             return self._unfinished(e, error)
         finally:
             self._hot.close()
+        if replies is not NOT_HERE:
+            return self._finished(replies, error)
         try:
             return bool(self.ledger.script_and_index("finish", keys, args, self.run_id,
                                                      self._replay_counts()))
@@ -270,11 +293,15 @@ class RunSession:
     async def afinish(self, status: RunStatus | str, error: BaseException | None = None) -> bool:
         keys, args = self._finish_args(status, error)
         try:
-            await self._hot.abarrier()
+            replies = await self._hot.alast_call("finish", keys, args, self._index_command())
+            if replies is NOT_HERE:
+                await self._hot.abarrier()
         except LedgerError as e:
             return self._unfinished(e, error)
         finally:
             await self._hot.aclose()
+        if replies is not NOT_HERE:
+            return self._finished(replies, error)
         try:
             return bool(await self.ledger.ascript_and_index("finish", keys, args, self.run_id,
                                                             self._replay_counts()))

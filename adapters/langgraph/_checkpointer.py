@@ -34,6 +34,7 @@ from agentledger import (
     _context,
 )
 from agentledger._faults import crash_point
+from agentledger._replyoff import KEEP_UNLESS, no_verdict
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseCheckpointSaver,
@@ -303,7 +304,8 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             # Written without waiting; at 'sync' the barrier reads it together with the
             # task writes sent before it: one round trip for the superstep.
             session.send_script("langgraph.put", plan.keys.all, plan.args,
-                                self._sent_put(plan), defer=True)
+                                self._sent_put(plan), defer=True,
+                                expect=_PUT_EXPECT)
             if not session.pipelined:
                 try:
                     session.barrier()
@@ -311,7 +313,8 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                     plan = self._plan_put(config, checkpoint, metadata, new_versions,
                                           deltas=False)
                     session.send_script("langgraph.put", plan.keys.all, plan.args,
-                                        self._sent_put(plan), defer=True)
+                                        self._sent_put(plan), defer=True,
+                                        expect=_PUT_EXPECT)
                     session.barrier()
         except BaseException:
             self._forget(plan.keys.thread_id)
@@ -326,7 +329,8 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         crash_point("before_checkpoint")
         try:
             await session.asend_script("langgraph.put", plan.keys.all, plan.args,
-                                       self._sent_put(plan), defer=True)
+                                       self._sent_put(plan), defer=True,
+                                       expect=_PUT_EXPECT)
             if not session.pipelined:
                 try:
                     await session.abarrier()
@@ -334,7 +338,8 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                     plan = self._plan_put(config, checkpoint, metadata, new_versions,
                                           deltas=False)
                     await session.asend_script("langgraph.put", plan.keys.all, plan.args,
-                                               self._sent_put(plan), defer=True)
+                                               self._sent_put(plan), defer=True,
+                                               expect=_PUT_EXPECT)
                     await session.abarrier()
         except BaseException:
             self._forget(plan.keys.thread_id)
@@ -399,7 +404,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                 # Never waited for, at any level: a task whose writes are lost runs again
                 # (its recorded calls replay). Held until the next record (the superstep's
                 # checkpoint, a step record, a read or the run's end) and sent with it.
-                session.send_script("langgraph.put_writes", keys.all, args, _no_verdict,
+                session.send_script("langgraph.put_writes", keys.all, args, no_verdict,
                                     hold=True)
             else:
                 with self._io("put_writes"):
@@ -413,7 +418,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             crash_point("before_writes")
             session = self._run_of(config["configurable"]["thread_id"])
             if session is not None:
-                await session.asend_script("langgraph.put_writes", keys.all, args, _no_verdict,
+                await session.asend_script("langgraph.put_writes", keys.all, args, no_verdict,
                                            hold=True)
             else:
                 with self._io("put_writes"):
@@ -638,12 +643,14 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         return f"{n + 1:016}.{random.getrandbits(32):08x}"
 
 
+# A put's reply is kept for the barrier (which list versions it stored fresh: bases for the
+# next deltas), except NOBASE: then it is refused, and nothing sent after it is applied, the
+# run's finish included.
+_PUT_EXPECT = KEEP_UNLESS + "NOBASE"
+
+
 class _BaseGone(LedgerError):
     """A checkpoint written as an append to a list blob that is no longer stored: not saved."""
-
-
-def _no_verdict(_reply: Any) -> None:
-    """A pending write's reply carries nothing to check (Redis refusing it is an error)."""
 
 
 def _install_call_recording() -> None:

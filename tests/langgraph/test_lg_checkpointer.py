@@ -26,7 +26,13 @@ from langgraph.types import Command, Send, interrupt
 from redis.crc import key_slot
 
 from _support import RedisServer, killed, run_child
-from agentledger import CorruptRecordError, Ledger, LedgerUnavailableError, StepCall
+from agentledger import (
+    CorruptRecordError,
+    Ledger,
+    LedgerError,
+    LedgerUnavailableError,
+    StepCall,
+)
 from agentledger.langgraph import DurableCheckpointer
 
 
@@ -292,6 +298,42 @@ def test_lg_checkpointer_lost_base_is_rewritten_whole(ledger: Ledger) -> None:
     c2 = a.put(c1, ck2, {"step": 1}, {"messages": v2})
     got = b.get_tuple(c2)
     assert got is not None and got.checkpoint["channel_values"]["messages"] == [m1, m2]
+
+
+@pytest.mark.parametrize("level", ["sync", "async"])
+def test_lg_checkpointer_lost_base_inside_a_run(ledger: Ledger, client: redis.Redis,
+                                                prefix: str, level: str) -> None:
+    """Inside a graph run the put goes over the run's step connection; its delta base deleted
+    meanwhile: at 'sync' the put is refused at its barrier and written again whole; at
+    'async' the refusal is read at the run's end, which leaves the run open (never marked
+    ended without its last checkpoint)."""
+    saver = DurableCheckpointer(ledger)
+    thread = f"t-base-{level}"
+    m1, m2 = HumanMessage(content="one", id="1"), AIMessage(content="two", id="2")
+    ck1 = {**empty_checkpoint(), "channel_values": {"messages": [m1]},
+           "channel_versions": {"messages": saver.get_next_version(None, None)}}
+    v2 = saver.get_next_version(ck1["channel_versions"]["messages"], None)
+    ck2 = {**empty_checkpoint(), "channel_values": {"messages": [m1, m2]},
+           "channel_versions": {"messages": v2}}
+    session = ledger.open_run(thread)
+    session.use_durability(level)
+    token = session.activate()
+    try:
+        c1 = saver.put(cfg(thread, checkpoint_ns=""), ck1, {"step": 0}, ck1["channel_versions"])
+        session.barrier()
+        client.delete(f"{prefix}:{{{thread}}}:lg:blobs")  # the base of the next delta
+        c2 = saver.put(c1, ck2, {"step": 1}, {"messages": v2})
+    finally:
+        session.deactivate(token)
+    if level == "sync":
+        assert session.finish("completed")
+        got = saver.get_tuple(c2)
+        assert got is not None and got.checkpoint["channel_values"]["messages"] == [m1, m2]
+        assert ledger.get_run(thread).status == "completed"  # type: ignore[union-attr]
+    else:
+        with pytest.raises(LedgerError, match="is gone"):
+            session.finish("completed")
+        assert ledger.get_run(thread).status == "running"  # type: ignore[union-attr]
 
 
 # ---- bad data ------------------------------------------------------------------------------

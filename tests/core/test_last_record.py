@@ -1,0 +1,197 @@
+"""The run's end in one round trip: where every unacknowledged record is judged by Redis alone
+(its refusal stops the batch), the finish goes with the barrier that reads them and is applied
+only if they all were. A record whose reply this process still judges sends it the long way
+(test_held_records.py: a kept reply rejected at the end leaves the run open). Records sent with
+``expect=KEEP_UNLESS + tag`` keep their reply for the barrier unless it is that tag, which
+refuses them and stops the batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import redis.connection
+
+from agentledger import Ledger, LedgerError, RunStatus, StepCall
+from agentledger._replyoff import KEEP_UNLESS
+
+APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])"
+NOBASE = "return {'NOBASE', ARGV[1]}"
+FAIL = "return redis.error_reply('refused')"
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
+    """How many times this process waited for Redis (a reply read after a write), on sync and
+    asyncio connections alike."""
+    count = [0]
+    for cls in (redis.connection.AbstractConnection, redis.asyncio.connection.AbstractConnection):
+        send, read = cls.send_packed_command, cls.read_response
+
+        def counting_send(self: Any, *a: Any, _send: Any = send, **k: Any) -> Any:
+            self._test_sent = True
+            return _send(self, *a, **k)
+
+        def counting_read(self: Any, *a: Any, _read: Any = read, **k: Any) -> Any:
+            if getattr(self, "_test_sent", False):
+                self._test_sent = False
+                count[0] += 1
+            return _read(self, *a, **k)
+
+        monkeypatch.setattr(cls, "send_packed_command", counting_send)
+        monkeypatch.setattr(cls, "read_response", counting_read)
+    yield lambda: count[0]
+
+
+def _ledger(redis_url: str, prefix: str) -> Ledger:
+    ledger = Ledger.from_url(redis_url, prefix=prefix, durability="async")
+    ledger.register_scripts({"test.append": APPEND, "test.nobase": NOBASE, "test.fail": FAIL})
+    return ledger
+
+
+def _llm(i: int) -> StepCall:
+    return StepCall(kind="llm", name="chat", inputs=i, intent=False)
+
+
+def _in_index(ledger: Ledger, run_id: str) -> bool:
+    return any(r.run_id == run_id for r in ledger.list_runs())
+
+
+def test_the_finish_goes_with_the_barrier_in_one_round_trip(
+        redis_url: str, prefix: str, waits: Callable[[], int]) -> None:
+    ledger = _ledger(redis_url, prefix)
+    try:
+        session = ledger.open_run("r")
+        for i in range(3):
+            session.call(_llm(i), lambda i=i: f"answer {i}")
+        assert session._hot.unacknowledged == 3
+        before = waits()
+        assert session.finish(RunStatus.COMPLETED)
+        assert waits() - before == 1
+        run = ledger.get_run("r")
+        assert run is not None and run.status == "completed"
+        assert len(ledger.steps("r")) == 3
+        assert _in_index(ledger, "r")
+    finally:
+        ledger.close()
+
+
+def test_afinish_goes_with_the_barrier_in_one_round_trip(
+        redis_url: str, prefix: str, waits: Callable[[], int]) -> None:
+    ledger = _ledger(redis_url, prefix)
+
+    async def answer(i: int) -> str:
+        return f"answer {i}"
+
+    async def run() -> None:
+        session = await ledger.aopen_run("r")
+        for i in range(3):
+            await session.acall(_llm(i), answer, i)
+        before = waits()
+        assert await session.afinish(RunStatus.COMPLETED)
+        assert waits() - before == 1
+
+    try:
+        asyncio.run(run())
+        run_record = ledger.get_run("r")
+        assert run_record is not None and run_record.status == "completed"
+        assert len(ledger.steps("r")) == 3
+        assert _in_index(ledger, "r")
+    finally:
+        asyncio.run(ledger.aclose())
+        ledger.close()
+
+
+def test_a_record_refused_by_redis_keeps_the_finish_from_being_applied(
+        redis_url: str, prefix: str, waits: Callable[[], int]) -> None:
+    ledger = _ledger(redis_url, prefix)
+    key = f"{prefix}:{{r}}:list"
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        session = ledger.open_run("r")
+        session.call(_llm(1), lambda: "answer")
+        session.send_script("test.fail", [key], [], lambda _r: None, expect="OK")
+        session.send_script("test.append", [key], ["after"], lambda _r: None, expect="1")
+        sent_with_barrier: list[str] = []
+        call_after_batch = session._hot._call_after_batch
+
+        def spy(name: str, *args: Any) -> Any:
+            sent_with_barrier.append(name)
+            return call_after_batch(name, *args)
+
+        session._hot._call_after_batch = spy  # type: ignore[method-assign]
+        before = waits()
+        with pytest.raises(LedgerError, match="refused"):
+            session.finish(RunStatus.COMPLETED)
+        # It did go in one round trip with the barrier, and was not applied.
+        assert waits() - before == 1 and sent_with_barrier == ["finish"]
+        run = ledger.get_run("r")
+        assert run is not None and run.status == "running"  # it resumes from its records
+        assert len(ledger.steps("r")) == 1 and plain.llen(key) == 0
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_a_kept_reply_unless_refused(redis_url: str, prefix: str) -> None:
+    """KEEP_UNLESS: replies other than the tag reach on_reply at the barrier; the tag is a
+    refusal that stops every record after it, raised as on_reply raises it."""
+    ledger = _ledger(redis_url, prefix)
+    key = f"{prefix}:{{r}}:list"
+    plain = redis.Redis.from_url(redis_url)
+    replies: list[Any] = []
+    expect = KEEP_UNLESS + "NOBASE"
+
+    def judge(reply: Any) -> None:
+        if isinstance(reply, list) and reply[0] == b"NOBASE":
+            raise LedgerError(f"not saved: base {reply[1]!r} is gone")
+        replies.append(reply)
+
+    try:
+        session = ledger.open_run("r")
+        session.send_script("test.append", [key], ["a"], judge, expect=expect)
+        session.send_script("test.append", [key], ["b"], judge, expect=expect)
+        session.barrier()
+        assert replies == [1, 2]  # kept, and read at the barrier
+        session.send_script("test.nobase", [key], ["base-1"], judge, expect=expect)
+        session.send_script("test.append", [key], ["c"], judge, expect=expect)
+        with pytest.raises(LedgerError, match="not saved: base b'base-1' is gone"):
+            session.barrier()
+        assert plain.lrange(key, 0, -1) == [b"a", b"b"]  # nothing after the refusal
+        with pytest.raises(LedgerError, match="not saved"):  # believed recorded: stops
+            session.finish(RunStatus.COMPLETED)
+        run = ledger.get_run("r")
+        assert run is not None and run.status == "running"
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_a_refusal_last_in_the_batch_does_not_stop_the_session(redis_url: str,
+                                                               prefix: str) -> None:
+    """Nothing was sent after the refused record: its caller may send it again (the
+    checkpointer puts a checkpoint whose delta base is gone again, whole)."""
+    ledger = _ledger(redis_url, prefix)
+    key = f"{prefix}:{{r}}:list"
+    plain = redis.Redis.from_url(redis_url)
+    expect = KEEP_UNLESS + "NOBASE"
+
+    def judge(reply: Any) -> None:
+        if isinstance(reply, list) and reply[0] == b"NOBASE":
+            raise LedgerError("not saved")
+
+    try:
+        session = ledger.open_run("r")
+        session.send_script("test.nobase", [key], ["base"], judge, expect=expect)
+        with pytest.raises(LedgerError, match="not saved"):
+            session.barrier()
+        session.send_script("test.append", [key], ["whole"], judge, expect=expect)
+        assert session.finish(RunStatus.COMPLETED)
+        assert plain.lrange(key, 0, -1) == [b"whole"]
+    finally:
+        ledger.close()
+        plain.close()
