@@ -52,7 +52,8 @@ SUITES = {
     "crewai": ["tests/crewai"],
 }
 BENCHES = {
-    "core": ["benchmarks/bench_core.py", "benchmarks/bench_workers.py", "benchmarks/bench_cluster.py"],
+    "core": ["benchmarks/bench_core.py", "benchmarks/bench_workers.py", "benchmarks/bench_cluster.py",
+             "benchmarks/bench_send_cost.py"],
     "langgraph": ["benchmarks/bench_langgraph_checkpointer.py", "benchmarks/bench_langgraph_calls.py"],
     "openai-agents": ["benchmarks/bench_openai_agents.py"],
     "crewai": ["benchmarks/bench_crewai.py"],
