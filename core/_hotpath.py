@@ -264,9 +264,11 @@ class StepConnection:
         error = batch_error(replies[at], items, self._ledger.url)
         if error is None:
             return
-        if skipped_after_refusal(replies[at], len(items)):  # believed recorded, and not
+        if skipped_after_refusal(replies[at], len(items)) or self.pipelined:
+            # Believed recorded, and not: records after it were skipped, or (at 'async' and
+            # 'exit') whoever reads this batch is not the refused record's sender, who went on.
             raise self._failed_with(error)
-        raise error  # the last record's own refusal, or a kept reply rejected
+        raise error  # at 'sync', the last record's own refusal, or a kept reply rejected
 
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:
@@ -452,8 +454,7 @@ class StepConnection:
     def _send_quiet(self, records: list[Sent]) -> None:
         """Write ``records`` (after any held ones) with replies off, in one write; the caller
         holds the lock."""
-        held = bool(self._held)
-        if held:
+        if self._held:
             records = [*self._held, *records]
             self._held, self._held_bytes = [], 0
         pending = self._pending
@@ -466,10 +467,12 @@ class StepConnection:
         except redis.RedisError as e:
             pending.clear()  # what was sent before is of unknown fate: fail closed
             pending.waited = True  # (reported here: no WAIT on a connection that lost it)
-            self._lost(e)  # reported here, as an acknowledged call's failure would be
-            error = ledger_error(e, self._ledger.url, f"the {records[-1][0]} script")
-            # Held records were accepted as recorded: their loss stops the session.
-            raise (self._failed_with(error) if held else error) from e
+            self._lost(e)
+            # The session stops: records sent before (or held, accepted as recorded) are of
+            # unknown fate, and the batch's state in Redis may count some of them; a next
+            # batch numbered from 1 would be skipped against it without a word.
+            raise self._failed_with(ledger_error(e, self._ledger.url,
+                                                 f"the {records[-1][0]} script")) from e
         if self._sent(pending, records):
             self._drain()
 
@@ -703,8 +706,7 @@ class StepConnection:
                 await self._asend_quiet([])
 
     async def _asend_quiet(self, records: list[Sent]) -> None:
-        held = bool(self._aheld)
-        if held:
+        if self._aheld:
             records = [*self._aheld, *records]
             self._aheld, self._aheld_bytes = [], 0
         pending = self._apending
@@ -721,9 +723,9 @@ class StepConnection:
         except redis.RedisError as e:
             pending.clear()
             pending.waited = True
-            await self._alost(e)
-            error = ledger_error(e, self._ledger.url, f"the {records[-1][0]} script")
-            raise (self._failed_with(error) if held else error) from e
+            await self._alost(e)  # the session stops (see _send_quiet)
+            raise self._failed_with(ledger_error(e, self._ledger.url,
+                                                 f"the {records[-1][0]} script")) from e
         except asyncio.CancelledError:
             # Cancelled mid-write: these records' fate is unknown and the connection may hold
             # half a command. The session stops; counted as unacknowledged, so that closing

@@ -72,6 +72,9 @@ class _PutPlan:
     lists: dict[tuple[str, str, str], tuple[str, list[bytes]]]
     fields: list[str]
     result: RunnableConfig
+    # Set when Redis answered NOBASE, by whichever caller read the reply (at 'sync' another
+    # thread's call may read the batch that carries this put): the put checks it itself.
+    gone: LedgerError | None = None
 
 
 class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
@@ -269,9 +272,11 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             while len(self._lists) > _CACHE_SIZE:
                 self._lists.popitem(last=False)
 
-    def _sent_put(self, plan: _PutPlan) -> Callable[[Any], None]:
+    def _sent_put(self, plan: _PutPlan, refuse: bool = True) -> Callable[[Any], None]:
         """Remember the lists of a put written without waiting (the next put may extend them
-        before its reply is read); the returned callback checks that reply at the barrier."""
+        before its reply is read); the returned callback checks that reply at the barrier.
+        ``refuse``: a NOBASE raises there (else it is only noted on the plan, for the put
+        itself to handle: a barrier read by another caller is not refused for it)."""
         for k, entry in plan.lists.items():
             self._remember(k, entry)
 
@@ -279,9 +284,13 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             if text(reply[0]) == "NOBASE":
                 self._forget(plan.keys.thread_id)
                 cid = plan.result["configurable"]["checkpoint_id"]
-                raise _BaseGone(f"checkpoint {cid!r} of thread {plan.keys.thread_id!r} was not "
-                                f"saved: the list blob {text(reply[1])!r} it appends to is gone "
-                                "(the thread was deleted or pruned while the graph ran)")
+                plan.gone = _BaseGone(
+                    f"checkpoint {cid!r} of thread {plan.keys.thread_id!r} was not saved: the "
+                    f"list blob {text(reply[1])!r} it appends to is gone (the thread was "
+                    "deleted or pruned while the graph ran)")
+                if refuse:
+                    raise plan.gone
+                return
             fresh = dict(zip(plan.fields, reply[1], strict=True))
             for k, entry in plan.lists.items():
                 if fresh.get(entry[0]) != 1:  # stored before: no base to build on
@@ -301,21 +310,23 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
         crash_point("before_checkpoint")
         try:
-            # Written without waiting; at 'sync' the barrier reads it together with the
-            # task writes sent before it: one round trip for the superstep.
-            session.send_script("langgraph.put", plan.keys.all, plan.args,
-                                self._sent_put(plan), defer=True,
-                                expect=_PUT_EXPECT)
-            if not session.pipelined:
-                try:
-                    session.barrier()
-                except _BaseGone:  # at 'sync' it can be put again at once, whole
+            if session.pipelined:  # written, not waited for; a refusal stops the run
+                session.send_script("langgraph.put", plan.keys.all, plan.args,
+                                    self._sent_put(plan), defer=True, expect=_PUT_EXPECT)
+            else:
+                # Held, then acknowledged with the task writes held before it: one round trip
+                # for the superstep. Its reply is kept and asks nothing of the batch: a NOBASE
+                # is noted on the plan and this put handles it, put again at once, whole.
+                for whole in (False, True):
+                    session.send_script("langgraph.put", plan.keys.all, plan.args,
+                                        self._sent_put(plan, refuse=False), defer=True)
+                    session.barrier()  # or another caller's round trip read it
+                    if plan.gone is None:
+                        break
+                    if whole:
+                        raise plan.gone
                     plan = self._plan_put(config, checkpoint, metadata, new_versions,
                                           deltas=False)
-                    session.send_script("langgraph.put", plan.keys.all, plan.args,
-                                        self._sent_put(plan), defer=True,
-                                        expect=_PUT_EXPECT)
-                    session.barrier()
         except BaseException:
             self._forget(plan.keys.thread_id)
             raise
@@ -328,19 +339,21 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         plan = self._plan_put(config, checkpoint, metadata, new_versions)
         crash_point("before_checkpoint")
         try:
-            await session.asend_script("langgraph.put", plan.keys.all, plan.args,
-                                       self._sent_put(plan), defer=True,
-                                       expect=_PUT_EXPECT)
-            if not session.pipelined:
-                try:
+            if session.pipelined:
+                await session.asend_script("langgraph.put", plan.keys.all, plan.args,
+                                           self._sent_put(plan), defer=True,
+                                           expect=_PUT_EXPECT)
+            else:
+                for whole in (False, True):
+                    await session.asend_script("langgraph.put", plan.keys.all, plan.args,
+                                               self._sent_put(plan, refuse=False), defer=True)
                     await session.abarrier()
-                except _BaseGone:
+                    if plan.gone is None:
+                        break
+                    if whole:
+                        raise plan.gone
                     plan = self._plan_put(config, checkpoint, metadata, new_versions,
                                           deltas=False)
-                    await session.asend_script("langgraph.put", plan.keys.all, plan.args,
-                                               self._sent_put(plan), defer=True,
-                                               expect=_PUT_EXPECT)
-                    await session.abarrier()
         except BaseException:
             self._forget(plan.keys.thread_id)
             raise
@@ -643,9 +656,9 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         return f"{n + 1:016}.{random.getrandbits(32):08x}"
 
 
-# A put's reply is kept for the barrier (which list versions it stored fresh: bases for the
-# next deltas), except NOBASE: then it is refused, and nothing sent after it is applied, the
-# run's finish included.
+# At 'async'/'exit' a put's reply is kept for the barrier (which list versions it stored
+# fresh: bases for the next deltas), except NOBASE: then it is refused, and nothing sent after
+# it is applied, the run's finish included (the session stops; the run resumes).
 _PUT_EXPECT = KEEP_UNLESS + "NOBASE"
 
 

@@ -64,7 +64,12 @@ def test_a_verdict_is_raised_at_the_barrier(redis_url: str, prefix: str) -> None
         session.send_script("test.push", [key], ["x"], refuse)
         with pytest.raises(LedgerError, match="refused 1"):
             session.barrier()
-        session.finish("completed")
+        # Read by a barrier, not by the record's sender, who went on: the session stops, and
+        # the run is not marked ended (it resumes from its records).
+        with pytest.raises(LedgerError, match="refused 1"):
+            session.finish("completed")
+        run = ledger.get_run("r")
+        assert run is not None and run.status == "running"
     finally:
         ledger.redis.delete(key)
         ledger.close()

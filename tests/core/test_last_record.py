@@ -8,6 +8,7 @@ refuses them and stops the batch."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -171,10 +172,12 @@ def test_a_kept_reply_unless_refused(redis_url: str, prefix: str) -> None:
         plain.close()
 
 
-def test_a_refusal_last_in_the_batch_does_not_stop_the_session(redis_url: str,
-                                                               prefix: str) -> None:
-    """Nothing was sent after the refused record: its caller may send it again (the
-    checkpointer puts a checkpoint whose delta base is gone again, whole)."""
+@pytest.mark.parametrize("level", ["sync", "async"])
+def test_a_refusal_last_in_the_batch(redis_url: str, prefix: str, level: str) -> None:
+    """At 'sync', where the sender reads its own record's barrier, a refusal with nothing sent
+    after it leaves the session going (the checkpointer puts a checkpoint whose delta base is
+    gone again, whole). At 'async' whoever reads the batch is not the sender, who went on as
+    if it were recorded: the session stops, and the run is not marked ended."""
     ledger = _ledger(redis_url, prefix)
     key = f"{prefix}:{{r}}:list"
     plain = redis.Redis.from_url(redis_url)
@@ -186,12 +189,52 @@ def test_a_refusal_last_in_the_batch_does_not_stop_the_session(redis_url: str,
 
     try:
         session = ledger.open_run("r")
-        session.send_script("test.nobase", [key], ["base"], judge, expect=expect)
+        session.use_durability(level)
+        session.send_script("test.nobase", [key], ["base"], judge, expect=expect, defer=True)
         with pytest.raises(LedgerError, match="not saved"):
             session.barrier()
-        session.send_script("test.append", [key], ["whole"], judge, expect=expect)
-        assert session.finish(RunStatus.COMPLETED)
-        assert plain.lrange(key, 0, -1) == [b"whole"]
+        if level == "sync":
+            session.send_script("test.append", [key], ["whole"], judge, expect=expect,
+                                defer=True)
+            assert session.finish(RunStatus.COMPLETED)
+            assert plain.lrange(key, 0, -1) == [b"whole"]
+        else:
+            with pytest.raises(LedgerError, match="not saved"):
+                session.send_script("test.append", [key], ["whole"], judge, expect=expect)
+            with pytest.raises(LedgerError, match="not saved"):
+                session.finish(RunStatus.COMPLETED)
+            run = ledger.get_run("r")
+            assert run is not None and run.status == "running"
+            assert plain.llen(key) == 0
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_a_failed_write_stops_the_session(redis_url: str, prefix: str) -> None:
+    """A write that fails (the connection broke under it) leaves the fate of what was sent
+    before unknown, and the batch's count in Redis may include some of it: the session stops
+    there, rather than send a next batch that Redis would skip against that count."""
+    ledger = _ledger(redis_url, prefix)
+    key = f"{prefix}:{{r}}:list"
+    plain = redis.Redis.from_url(redis_url)
+    try:
+        session = ledger.open_run("r")
+        for value in ("a", "b", "c"):
+            session.send_script("test.append", [key], [value], lambda _r: None)
+        # Its connection (named while records are unacknowledged) is cut by the server.
+        cid = next(c["id"] for c in plain.client_list() if c["name"] == session._hot._name)
+        plain.client_kill_filter(_id=cid)
+        time.sleep(0.1)
+        with pytest.raises(LedgerError):
+            for i in range(100):  # the first writes may still reach the kernel's buffer
+                session.send_script("test.append", [key], [f"x{i}"], lambda _r: None)
+        with pytest.raises(LedgerError):  # sticky
+            session.send_script("test.append", [key], ["after"], lambda _r: None)
+        with pytest.raises(LedgerError):
+            session.finish(RunStatus.COMPLETED)
+        run = ledger.get_run("r")
+        assert run is not None and run.status == "running"
     finally:
         ledger.close()
         plain.close()
