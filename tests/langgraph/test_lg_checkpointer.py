@@ -336,6 +336,58 @@ def test_lg_checkpointer_lost_base_inside_a_run(ledger: Ledger, client: redis.Re
         assert ledger.get_run(thread).status == "running"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("between", ["task writes", "another call"])
+def test_lg_checkpointer_lost_base_read_by_another_caller(ledger: Ledger, client: redis.Redis,
+                                                          prefix: str, between: str) -> None:
+    """At 'sync', between a put's send and its barrier (LangGraph saves from a background
+    thread while the next superstep's tasks run): a task's writes held after it, or another
+    thread's acknowledged call that reads the batch carrying it. The put whose base is gone is
+    still put again whole, the other caller is not refused for it, and nothing after it is
+    lost."""
+    ledger.register_scripts({"test.noop": "return 1"})
+    saver = DurableCheckpointer(ledger)
+    thread = f"t-between-{between.replace(' ', '-')}"
+    m1, m2 = HumanMessage(content="one", id="1"), AIMessage(content="two", id="2")
+    ck1 = {**empty_checkpoint(), "channel_values": {"messages": [m1]},
+           "channel_versions": {"messages": saver.get_next_version(None, None)}}
+    v2 = saver.get_next_version(ck1["channel_versions"]["messages"], None)
+    ck2 = {**empty_checkpoint(), "channel_values": {"messages": [m1, m2]},
+           "channel_versions": {"messages": v2}}
+    session = ledger.open_run(thread)
+    token = session.activate()
+    other: list[Any] = []
+    try:
+        c1 = saver.put(cfg(thread, checkpoint_ns=""), ck1, {"step": 0}, ck1["channel_versions"])
+        client.delete(f"{prefix}:{{{thread}}}:lg:blobs")  # the base of the next delta
+        barrier = session.barrier
+
+        def interleaved() -> None:  # what runs between the put's send and its barrier
+            if not other:
+                if between == "task writes":
+                    saver.put_writes(cfg(thread, checkpoint_ns="", checkpoint_id=ck2["id"]),
+                                     [("messages", "x")], "task-1")
+                    other.append("held")
+                else:
+                    try:
+                        other.append(session.call_script(
+                            "test.noop", [f"{prefix}:{{{thread}}}:x"], []))
+                    except LedgerError as e:  # refused for the put's reply: wrong
+                        other.append(e)
+            barrier()
+
+        session.barrier = interleaved  # type: ignore[method-assign]
+        c2 = saver.put(c1, ck2, {"step": 1}, {"messages": v2})
+    finally:
+        session.deactivate(token)
+    assert other == (["held"] if between == "task writes" else [1])
+    assert session.finish("completed")
+    got = saver.get_tuple(c2)
+    assert got is not None and got.checkpoint["channel_values"]["messages"] == [m1, m2]
+    if between == "task writes":
+        assert [(t, c, v) for t, c, v in got.pending_writes] == [("task-1", "messages", "x")]
+    assert ledger.get_run(thread).status == "completed"  # type: ignore[union-attr]
+
+
 # ---- bad data ------------------------------------------------------------------------------
 def test_lg_checkpointer_corrupt_record_names_key(saver: DurableCheckpointer,
                                                  client: redis.Redis, prefix: str) -> None:
