@@ -168,6 +168,12 @@ class StepConnection:
         self.pipelined = before
 
     @property
+    def used(self) -> bool:
+        """Whether anything was sent, held or called on this connection yet."""
+        return (self._conn is not None or self._aconn is not None or bool(self._held)
+                or bool(self._aheld))
+
+    @property
     def unacknowledged(self) -> int:
         """How many records were sent and not acknowledged yet."""
         return (len(self._pending.items) + len(self._apending.items) + len(self._held)

@@ -40,7 +40,7 @@ from ._records import (
 )
 from ._replyoff import wait_until_gone
 from ._session import RunSession
-from ._store import RedisStore, _s
+from ._store import NOT_MADE, Read, RedisStore, _s
 
 __all__ = ["Ledger", "PendingApproval"]
 
@@ -212,10 +212,12 @@ class Ledger(RedisStore):
         return not _process_alive(pid)
 
     def open_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
-                 wait_timeout_s: float | None = None) -> RunSession:
+                 wait_timeout_s: float | None = None, read: Read | None = None) -> RunSession:
         """Take the run's lease and load its recorded steps (one round trip); the caller
         must :meth:`RunSession.finish` it. ``on_busy``: 'wait' for a live owner's lease to
-        expire (at most ``wait_timeout_s``), 'fail' at once, or 'takeover' (fence it out)."""
+        expire (at most ``wait_timeout_s``), 'fail' at once, or 'takeover' (fence it out).
+        ``read``: a registered script run in the same round trip, once the lease is taken
+        (an adapter's first read of the run's state): :meth:`RunSession.prefetched`."""
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
@@ -223,9 +225,11 @@ class Ledger(RedisStore):
         self.check_server()
         while True:
             keys, args = self._acquire_args(run_id, kind, force, lapsed)
-            reply = self.script_and_index("acquire", keys, args, run_id)
+            reply, read_reply = self._read_too(
+                self.script_and_index("acquire", keys, args, run_id, read=read), read)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
+                session.prefetch(read, read_reply)
                 session.start_renewing()
                 return session
             owner = _s(reply[1])
@@ -240,7 +244,8 @@ class Ledger(RedisStore):
                 time.sleep(min(0.2, max(0.01, reply[2] / 1000)))
 
     async def aopen_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
-                        wait_timeout_s: float | None = None) -> RunSession:
+                        wait_timeout_s: float | None = None, read: Read | None = None
+                        ) -> RunSession:
         deadline = time.monotonic() + (wait_timeout_s if wait_timeout_s is not None
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
@@ -248,9 +253,11 @@ class Ledger(RedisStore):
         await self.acheck_server()
         while True:
             keys, args = self._acquire_args(run_id, kind, force, lapsed)
-            reply = await self.ascript_and_index("acquire", keys, args, run_id)
+            reply, read_reply = self._read_too(
+                await self.ascript_and_index("acquire", keys, args, run_id, read=read), read)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
+                session.prefetch(read, read_reply)
                 session._hot.opened_async = True  # its records may be sent from asyncio unread
                 session.start_renewing()
                 return session
@@ -264,6 +271,10 @@ class Ledger(RedisStore):
                 await asyncio.to_thread(self._await_owner_gone, owner, run_id)
             else:
                 await asyncio.sleep(min(0.2, max(0.01, reply[2] / 1000)))
+
+    @staticmethod
+    def _read_too(reply: Any, read: Read | None) -> tuple[Any, Any]:
+        return reply if read is not None else (reply, NOT_MADE)
 
     def _after_acquire(self, run_id: str, kind: str, owner: str, reply: list[Any],
                        on_busy: str, deadline: float) -> RunSession | None:

@@ -50,15 +50,17 @@ from ._records import (
     parse_outcome,
     parse_step_meta,
 )
+from ._store import NOT_MADE
 from ._suggest import command
 
 if TYPE_CHECKING:
     from ._ledger import Ledger
 
-__all__ = ["RunSession", "StepCall", "StepStart", "is_control_flow"]
+__all__ = ["NOT_READ", "RunSession", "StepCall", "StepStart", "is_control_flow"]
 
 log = logging.getLogger("agentledger")
 T = TypeVar("T")
+NOT_READ: Any = object()  # RunSession.prefetched: no read made with the open fits; make it
 _PREVIEW = 160
 
 
@@ -140,9 +142,26 @@ class RunSession:
         self._hot = StepConnection(ledger, self.keys.run, base=self.keys.base, fence=fence,
                                    owner=owner)
         self._ik_seed = f"{ledger.prefix}\0{run_id}\0"
+        # The read made in the open's round trip (open_run(read=...)): (read, its reply).
+        self._prefetched: tuple[tuple[str, list[str], list[Any]], Any] | None = None
         self.otel: Any = None  # the run's span and attached contexts, when tracing is on
         if _otel.active is not None:
             _otel.active.run_opened(self)
+
+    # ---- the read made with the open -------------------------------------------------------
+    def prefetch(self, read: tuple[str, list[str], list[Any]] | None, reply: Any) -> None:
+        if read is not None and reply is not NOT_MADE and not isinstance(reply, Exception):
+            self._prefetched = (read, reply)
+
+    def prefetched(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """The reply of the read ``open_run(read=...)`` made in the open's round trip, if it is
+        this read (script, keys, arguments) and this session has sent nothing since (so it is
+        what a read now would return: nobody else writes the run while the lease is held); at
+        most once. Else :data:`NOT_READ`: make the read."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is None or self._hot.used or prefetched[0] != (name, keys, args):
+            return NOT_READ
+        return prefetched[1]
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start_renewing(self) -> None:
@@ -360,10 +379,12 @@ class RunSession:
         """Store an adapter's own state under the run (a framework's saved run state, say),
         under this lease's fencing token, expired and deleted with the run. None deletes it."""
         self._hot.barrier()  # written on another connection: the records before it first
+        self._prefetched = None
         self._after_put(name, self.ledger.script("put_blob", *self._blob_args(name, value)))
 
     async def aput_blob(self, name: str, value: str | bytes | None) -> None:
         await self._hot.abarrier()
+        self._prefetched = None
         self._after_put(name, await self.ledger.ascript("put_blob", *self._blob_args(name, value)))
 
     def get_blob(self, name: str) -> bytes | None:

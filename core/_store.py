@@ -39,7 +39,11 @@ from ._nodes import (
     refresh_slots,
 )
 
-__all__ = ["RedisStore"]
+__all__ = ["NOT_MADE", "Read", "RedisStore"]
+
+# A read made in the round trip of a run's open: a registered script, its keys, its arguments.
+Read = tuple[str, list[str], list[Any]]
+NOT_MADE: Any = object()  # script_and_index's read reply where the read was not made
 
 log = logging.getLogger("agentledger")
 
@@ -332,9 +336,14 @@ class RedisStore:
             raise ledger_error(e, self.url, f"the {name} script") from e
 
     def script_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
-                         before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
+                         before: list[tuple[str, ...]] = (),  # type: ignore[assignment]
+                         read: Read | None = None) -> Any:
         """Run ``before`` (commands on the run's keys), a script, and bump the run in the
-        runs index: one pipelined round trip, or sequential calls on a Redis Cluster."""
+        runs index: one pipelined round trip, or sequential calls on a Redis Cluster. With
+        ``read`` (a registered script, its keys and arguments): that script too, after them in
+        the same round trip, and the reply is ``(script's reply, read's reply)``; the read's
+        reply is :data:`NOT_MADE` where it was not made (a cluster) and an exception in its place where it
+        failed (it is the caller's to make again)."""
         stamp = {run_id: int(time.time() * 1000)}
         with self.redis_errors():
             if self.cluster:
@@ -342,7 +351,7 @@ class RedisStore:
                     self.redis.execute_command(*cmd)  # type: ignore[no-untyped-call]
                 reply = self.script(name, keys, args)
                 self.redis.zadd(runs_index(self.prefix), stamp)
-                return reply
+                return reply if read is None else (reply, NOT_MADE)
             def attempt() -> Any:
                 pipe = self.redis.pipeline(transaction=False)
                 for cmd in before:
@@ -351,12 +360,12 @@ class RedisStore:
                 # more round trip.
                 pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
                 pipe.zadd(runs_index(self.prefix), stamp)
-                if not self.wait_replicas:
-                    return pipe.execute()[-2]
-                pipe.execute_command(*self.wait_command())  # type: ignore[no-untyped-call]
-                *_, reply, _, acked = pipe.execute()
-                self.check_replicated(acked, f"the {name} script")
-                return reply
+                if read is not None:
+                    pipe.evalsha(self._scripts[read[0]].sha, len(read[1]), *read[1], *read[2])
+                if self.wait_replicas:
+                    pipe.execute_command(*self.wait_command())  # type: ignore[no-untyped-call]
+                return self._after_pipeline(pipe.execute(raise_on_error=False), len(before),
+                                            name, read)
 
             try:
                 try:
@@ -367,8 +376,23 @@ class RedisStore:
             except redis.ResponseError as e:
                 raise ledger_error(e, self.url, f"the {name} script") from e
 
+    def _after_pipeline(self, replies: list[Any], n_before: int, name: str, read: Read | None
+                        ) -> Any:
+        """script_and_index's replies: errors of ``before``, the script and the index raised
+        (NoScriptError as itself, for a retry), the read's returned in its place."""
+        for r in replies[:n_before + 2]:
+            if isinstance(r, Exception):
+                raise r
+        if self.wait_replicas:
+            if isinstance(replies[-1], Exception):
+                raise replies[-1]
+            self.check_replicated(replies[-1], f"the {name} script")
+        reply = replies[n_before]
+        return reply if read is None else (reply, replies[n_before + 2])
+
     async def ascript_and_index(self, name: str, keys: list[str], args: list[Any], run_id: str,
-                                before: list[tuple[str, ...]] = ()) -> Any:  # type: ignore[assignment]
+                                before: list[tuple[str, ...]] = (),  # type: ignore[assignment]
+                                read: Read | None = None) -> Any:
         stamp = {run_id: int(time.time() * 1000)}
         client, scripts = self._async()
         with self.redis_errors():
@@ -377,19 +401,19 @@ class RedisStore:
                     await client.execute_command(*cmd)  # type: ignore[no-untyped-call]
                 reply = await self.ascript(name, keys, args)
                 await client.zadd(runs_index(self.prefix), stamp)
-                return reply
+                return reply if read is None else (reply, NOT_MADE)
             async def attempt() -> Any:
                 pipe = client.pipeline(transaction=False)
                 for cmd in before:
                     pipe.execute_command(*cmd)
                 pipe.evalsha(scripts[name].sha, len(keys), *keys, *args)
                 pipe.zadd(runs_index(self.prefix), stamp)
-                if not self.wait_replicas:
-                    return (await pipe.execute())[-2]
-                pipe.execute_command(*self.wait_command())
-                *_, reply, _, acked = await pipe.execute()
-                self.check_replicated(acked, f"the {name} script")
-                return reply
+                if read is not None:
+                    pipe.evalsha(scripts[read[0]].sha, len(read[1]), *read[1], *read[2])
+                if self.wait_replicas:
+                    pipe.execute_command(*self.wait_command())
+                return self._after_pipeline(await pipe.execute(raise_on_error=False),
+                                            len(before), name, read)
 
             try:
                 try:

@@ -35,6 +35,7 @@ from agentledger import (
 )
 from agentledger._faults import crash_point
 from agentledger._replyoff import KEEP_UNLESS, no_verdict
+from agentledger._session import NOT_READ
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseCheckpointSaver,
@@ -508,12 +509,21 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         ns = conf.get("checkpoint_ns", "")
         return [f"{ns}{_US}", conf.get("checkpoint_id") or ""]
 
+    def first_read(self, config: RunnableConfig) -> tuple[str, list[str], list[Any]]:
+        """What an invocation's first get_tuple reads, made in the round trip that opens the
+        thread's run (``Ledger.open_run(read=...)``)."""
+        return ("langgraph.load", self._keys(config["configurable"]["thread_id"]).all,
+                self._load_args(config))
+
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         keys = self._keys(config["configurable"]["thread_id"])
         session = self._run_of(config["configurable"]["thread_id"])
-        if session is not None:  # a barrier: the read sees every write sent before it
-            session.barrier()
-            reply = session.call_script("langgraph.load", keys.all, self._load_args(config))
+        if session is not None:
+            args = self._load_args(config)
+            reply = session.prefetched("langgraph.load", keys.all, args)
+            if reply is NOT_READ:  # a barrier: the read sees every write sent before it
+                session.barrier()
+                reply = session.call_script("langgraph.load", keys.all, args)
         else:
             with self._io("get_tuple"):
                 reply = self._scripts["load"](keys.all, self._load_args(config))
@@ -525,9 +535,11 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         keys = self._keys(config["configurable"]["thread_id"])
         session = self._run_of(config["configurable"]["thread_id"])
         if session is not None:
-            await session.abarrier()
-            reply = await session.acall_script("langgraph.load", keys.all,
-                                               self._load_args(config))
+            args = self._load_args(config)
+            reply = session.prefetched("langgraph.load", keys.all, args)
+            if reply is NOT_READ:
+                await session.abarrier()
+                reply = await session.acall_script("langgraph.load", keys.all, args)
         else:
             with self._io("get_tuple"):
                 reply = await self._aclient()[1]["load"](keys.all, self._load_args(config))

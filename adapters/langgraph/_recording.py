@@ -94,6 +94,13 @@ def _durability(kwargs: dict[str, Any]) -> str | None:
     return level if level in ("sync", "async", "exit") else None
 
 
+def _first_read(saver: Any, config: Any) -> Any:
+    # The invocation's first read of the thread (its latest checkpoint, or the one the config
+    # names), made in the round trip that opens the run.
+    first_read = getattr(saver, "first_read", None)
+    return None if first_read is None else first_read(config)
+
+
 def _opened(session: RunSession, checkpointer: Any, durability: str | None = None) -> RunSession:
     session.use_durability(durability)
     # One retention rule: an ended run's keys (its steps and the thread's checkpoints, all in
@@ -164,8 +171,9 @@ def _durable_stream(original: Callable[..., Iterator[Any]], graph: Any, input: A
             _reset(graph_scope, inner)
     ledger, thread, saver = plan
     adopted = _adoptable(thread)
-    session = adopted or _opened(ledger.open_run(thread, kind="langgraph"), saver,
-                                 _durability(kwargs))
+    session = adopted or _opened(ledger.open_run(thread, kind="langgraph",
+                                                 read=_first_read(saver, config)),
+                                 saver, _durability(kwargs))
     # An adopted run (a worker's pipeline) records the graph's steps at the invocation's own
     # durability= when it gives one, as a run of the graph's own would.
     level_before = None if adopted is None else adopted.join_durability(_durability(kwargs))
@@ -217,8 +225,9 @@ async def _durable_astream(original: Callable[..., AsyncGenerator[Any, Any]], gr
     else:
         ledger, thread, saver = plan
         adopted = _adoptable(thread)
-        session = adopted or _opened(await ledger.aopen_run(thread, kind="langgraph"), saver,
-                                     _durability(kwargs))
+        session = adopted or _opened(await ledger.aopen_run(
+            thread, kind="langgraph", read=_first_read(saver, config)), saver,
+            _durability(kwargs))
         level_before = None if adopted is None else adopted.join_durability(_durability(kwargs))
         token = session.activate()
         scope_token = graph_scope.set("")

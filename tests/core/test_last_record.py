@@ -238,3 +238,67 @@ def test_a_failed_write_stops_the_session(redis_url: str, prefix: str) -> None:
     finally:
         ledger.close()
         plain.close()
+
+
+# ---- the read made with the open ------------------------------------------------------------
+READ = "return redis.call('LRANGE', KEYS[1], 0, -1)"
+
+
+def test_a_read_made_in_the_opens_round_trip(redis_url: str, prefix: str,
+                                             waits: Callable[[], int]) -> None:
+    """``open_run(read=...)``: the adapter's first read goes with the lease, in one round trip;
+    it serves that read once, and only while the session has sent nothing since."""
+    from agentledger._session import NOT_READ
+
+    ledger = _ledger(redis_url, prefix)
+    ledger.register_scripts({"test.read": READ, "test.broken": "return redis.error_reply('x')"})
+    key = f"{prefix}:{{r}}:list"
+    plain = redis.Redis.from_url(redis_url)
+    plain.rpush(key, "before")
+    read = ("test.read", [key], [])
+    plain.script_load(READ)  # a read whose script Redis does not know is made again later
+    try:
+        ledger.open_run("warm").finish(RunStatus.COMPLETED)  # the server checked once
+        before = waits()
+        session = ledger.open_run("r", read=read)
+        assert waits() - before == 1
+        assert session.prefetched("test.read", [key], ["other"]) is NOT_READ  # not this read
+        session.finish(RunStatus.COMPLETED)
+
+        session = ledger.open_run("r", read=read)
+        assert session.prefetched(*read) == [b"before"]
+        assert session.prefetched(*read) is NOT_READ  # once
+        session.finish(RunStatus.COMPLETED)
+
+        session = ledger.open_run("r", read=read)
+        session.send_script("test.append", [key], ["mine"], lambda _r: None)
+        assert session.prefetched(*read) is NOT_READ  # it sent something since: stale
+        session.finish(RunStatus.COMPLETED)
+
+        session = ledger.open_run("r", read=("test.broken", [key], []))  # opens all the same
+        assert session.prefetched("test.broken", [key], []) is NOT_READ
+        session.finish(RunStatus.COMPLETED)
+    finally:
+        ledger.close()
+        plain.close()
+
+
+def test_a_read_made_in_the_opens_round_trip_from_asyncio(redis_url: str, prefix: str) -> None:
+    ledger = _ledger(redis_url, prefix)
+    ledger.register_scripts({"test.read": READ})
+    key = f"{prefix}:{{r}}:list"
+    plain = redis.Redis.from_url(redis_url)
+    plain.rpush(key, "before")
+    plain.script_load(READ)
+
+    async def run() -> None:
+        session = await ledger.aopen_run("r", read=("test.read", [key], []))
+        assert session.prefetched("test.read", [key], []) == [b"before"]
+        await session.afinish(RunStatus.COMPLETED)
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(ledger.aclose())
+        ledger.close()
+        plain.close()

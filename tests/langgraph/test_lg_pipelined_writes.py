@@ -263,3 +263,42 @@ def test_a_sigkill_at_async_leaves_a_prefix(redis_url: str, prefix: str, kill_no
         assert run is not None and run.status == RunStatus.COMPLETED
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_an_invocations_waits(redis_url: str, prefix: str, durability: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted: the run's open carries the invocation's first read of the thread (one round
+    trip); at "async"/"exit" the end is the only other wait (its barrier and the finish in one
+    round trip); at "sync" each superstep's checkpoint is waited for, and the end then has
+    nothing left to read but the finish."""
+    waits = [0]
+    send, read = (redis.connection.AbstractConnection.send_packed_command,
+                  redis.connection.AbstractConnection.read_response)
+
+    def counting_send(self: Any, *a: Any, **k: Any) -> Any:
+        self._test_sent = True
+        return send(self, *a, **k)
+
+    def counting_read(self: Any, *a: Any, **k: Any) -> Any:
+        if getattr(self, "_test_sent", False):
+            self._test_sent = False
+            waits[0] += 1
+        return read(self, *a, **k)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                        counting_send)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", counting_read)
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    graph = _linear(DurableCheckpointer(ledger), 4)
+    config = {"configurable": {"thread_id": "w"}}
+    try:
+        graph.invoke({"count": 0, "log": []}, config, durability=durability)  # scripts loaded
+        before = waits[0]
+        out = graph.invoke({"count": 0, "log": []}, config, durability=durability)
+        # The second invocation read the first's state (the open's read): the log goes on.
+        assert out["log"] == ["n0", "n1", "n2", "n3"] * 2
+        checkpoints = 6  # the input, the start, one per node (as the history above shows)
+        assert waits[0] - before == (2 if durability != "sync" else 2 + checkpoints)
+    finally:
+        ledger.close()
