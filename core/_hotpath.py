@@ -238,7 +238,7 @@ class StepConnection:
         as a batch of their own with their source (EVAL: no NOSCRIPT), and its barrier: the
         commands sent with replies off, and those whose replies are read."""
         quiet = [*self._open_batch(conn)]
-        for seq, (name, keys, args, expect, _on_reply) in enumerate(items, 1):
+        for seq, (name, keys, args, expect, _on_reply, _waited) in enumerate(items, 1):
             quiet.append(("EVAL", wrapped(self._ledger._scripts[name].script), len(keys) + 1,
                           *keys, self._state[which], *args, seq, _expected(expect)))
         loud = self._close_batch(conn, which, len(items))
@@ -267,14 +267,16 @@ class StepConnection:
                                                  "the step records"))
         if isinstance(replies[at], SLOT_MOVED):  # a failover: the next connection is elsewhere
             self._lost(replies[at])
-        error = batch_error(replies[at], items, self._ledger.url)
+        error, record = batch_error(replies[at], items, self._ledger.url)
         if error is None:
             return
-        if skipped_after_refusal(replies[at], len(items)) or self.pipelined:
-            # Believed recorded, and not: records after it were skipped, or (at 'async' and
-            # 'exit') whoever reads this batch is not the refused record's sender, who went on.
+        if (skipped_after_refusal(replies[at], len(items)) or record is None
+                or not record[5]):
+            # Believed recorded, and not: records after it were skipped, or it was sent
+            # without waiting or held, and its sender went on (whoever reads it is not its
+            # sender), or the batch as a whole is of unknown fate.
             raise self._failed_with(error)
-        raise error  # at 'sync', the last record's own refusal, or a kept reply rejected
+        raise error  # the last record, its sender waiting for it: its refusal, to handle
 
     # ---- sync -------------------------------------------------------------------------------
     def _take(self) -> bool:
@@ -429,8 +431,10 @@ class StepConnection:
         soon: a task's writes, then its superstep's checkpoint). A process killed before that
         loses it, as it loses a record not sent yet. Where replies cannot be switched off it is
         acknowledged at once, as a deferred record is."""
-        record: Sent = (name, keys, args, expect, on_reply)
         held = (hold or (defer and not self.pipelined)) and self._enabled
+        # Its sender reads its barrier itself only when it was deferred at 'sync'.
+        record: Sent = (name, keys, args, expect, on_reply,
+                        defer and not hold and not self.pipelined)
         pipelined = self.pipelined or (defer and self._enabled)
         if pipelined or held:
             _size(keys, args)  # text only: refused here, before anything is queued or written
@@ -460,11 +464,13 @@ class StepConnection:
     def _send_quiet(self, records: list[Sent]) -> None:
         """Write ``records`` (after any held ones) with replies off, in one write; the caller
         holds the lock."""
+        pending = self._pending
+        # In flight (before the held records leave _held: a barrier from another thread, which
+        # looks without the lock, must never see neither): it waits for the lock.
+        pending.waited = False
         if self._held:
             records = [*self._held, *records]
             self._held, self._held_bytes = [], 0
-        pending = self._pending
-        pending.waited = False  # in flight: a barrier from another thread waits for the lock
         try:
             conn = self._connection()
             # One write: in the kernel when it returns (sendall).
@@ -487,7 +493,7 @@ class StepConnection:
         """The commands that send ``records`` with replies off (opening a batch if none is)."""
         pending = self._pending if which == "s" else self._apending
         commands = [] if pending.items else self._open_batch(conn)
-        for seq, (name, keys, args, expect, _on_reply) in enumerate(records):
+        for seq, (name, keys, args, expect, _on_reply, _waited) in enumerate(records):
             commands += self._record(pending, name, keys, args, which, expect,
                                      len(pending.items) + seq + 1)
         return commands
@@ -688,8 +694,10 @@ class StepConnection:
                     ) -> None:
         loop = asyncio.get_running_loop()
         lock = self._alock_for(loop)
-        record: Sent = (name, keys, args, expect, on_reply)
         held = (hold or (defer and not self.pipelined)) and self._enabled
+        # Its sender reads its barrier itself only when it was deferred at 'sync'.
+        record: Sent = (name, keys, args, expect, on_reply,
+                        defer and not hold and not self.pipelined)
         pipelined = self.pipelined or (defer and self._enabled)
         if pipelined or held:
             _size(keys, args)  # text only (see send)
@@ -712,11 +720,11 @@ class StepConnection:
                 await self._asend_quiet([])
 
     async def _asend_quiet(self, records: list[Sent]) -> None:
+        pending = self._apending
+        pending.waited = False  # in flight (see _send_quiet)
         if self._aheld:
             records = [*self._aheld, *records]
             self._aheld, self._aheld_bytes = [], 0
-        pending = self._apending
-        pending.waited = False  # in flight (see _send_quiet)
         try:
             conn = await self._aconnection()
             if not conn.is_connected:

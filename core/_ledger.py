@@ -223,16 +223,18 @@ class Ledger(RedisStore):
         force = on_busy == "takeover"
         lapsed = ""
         self.check_server()
+        reading = read
         while True:
             keys, args = self._acquire_args(run_id, kind, force, lapsed)
             reply, read_reply = self._read_too(
-                self.script_and_index("acquire", keys, args, run_id, read=read), read)
+                self.script_and_index("acquire", keys, args, run_id, read=reading), reading)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
-                session.prefetch(read, read_reply)
+                session.prefetch(reading, read_reply)
                 session.start_renewing()
                 return session
             owner = _s(reply[1])
+            reading = read  # made again only where the next try is expected to take the lease
             if _s(reply[0]) == "LAPSED":
                 self._await_owner_gone(owner, run_id)
                 lapsed = owner
@@ -241,6 +243,7 @@ class Ledger(RedisStore):
             if force:
                 self._await_owner_gone(owner, run_id)
             else:
+                reading = None  # waiting out a live lease: the first get_tuple reads
                 time.sleep(min(0.2, max(0.01, reply[2] / 1000)))
 
     async def aopen_run(self, run_id: str, *, kind: str = "", on_busy: str = "wait",
@@ -251,17 +254,20 @@ class Ledger(RedisStore):
         force = on_busy == "takeover"
         lapsed = ""
         await self.acheck_server()
+        reading = read
         while True:
             keys, args = self._acquire_args(run_id, kind, force, lapsed)
             reply, read_reply = self._read_too(
-                await self.ascript_and_index("acquire", keys, args, run_id, read=read), read)
+                await self.ascript_and_index("acquire", keys, args, run_id, read=reading),
+                reading)
             session = self._after_acquire(run_id, kind, args[0], reply, on_busy, deadline)
             if session is not None:
-                session.prefetch(read, read_reply)
+                session.prefetch(reading, read_reply)
                 session._hot.opened_async = True  # its records may be sent from asyncio unread
                 session.start_renewing()
                 return session
             owner = _s(reply[1])
+            reading = read
             if _s(reply[0]) == "LAPSED":
                 await asyncio.to_thread(self._await_owner_gone, owner, run_id)
                 lapsed = owner
@@ -270,6 +276,7 @@ class Ledger(RedisStore):
             if force:
                 await asyncio.to_thread(self._await_owner_gone, owner, run_id)
             else:
+                reading = None
                 await asyncio.sleep(min(0.2, max(0.01, reply[2] / 1000)))
 
     @staticmethod

@@ -187,8 +187,9 @@ def client_name(owner: str) -> str:
 
 
 # A record sent: script name, keys, arguments, the reply expected (None: kept for the
-# barrier), what to do with a reply.
-Sent = tuple[str, list[str], list[Any], str | None, OnReply]
+# barrier), what to do with a reply, and whether its sender waits for its barrier itself (a
+# record deferred at 'sync'; False: sent without waiting, or held).
+Sent = tuple[str, list[str], list[Any], str | None, OnReply, bool]
 
 
 class Batch:
@@ -274,37 +275,40 @@ def skipped_after_refusal(reply: Any, sent: int) -> int:
     return max(0, sent - int(state.get(b"n", 0)) - 1)
 
 
-def batch_error(reply: Any, items: list[Sent], url: str | None) -> BaseException | None:
+def batch_error(reply: Any, items: list[Sent], url: str | None
+                ) -> tuple[BaseException | None, Sent | None]:
     """The error the batch's state (:data:`BATCH_STATE`'s reply) means, or None if every record
-    was applied as expected. A refused record's ``on_reply`` gets the reply its script gave and
-    raises what it would have raised had the reply been read at once."""
+    was applied as expected, and the record it is about (None: the batch as a whole). A refused
+    record's ``on_reply`` gets the reply its script gave and raises what it would have raised
+    had the reply been read at once."""
     if isinstance(reply, BaseException):
-        return ledger_error(reply, url, "the step records")
+        return ledger_error(reply, url, "the step records"), None
     why = reply[-1]
     state = _state(reply)
     applied = int(state.get(b"n", 0))
     sent = len(items)
     failed = int(state.get(b"f", 0))
-    for seq, (_name, _keys, _args, expect, on_reply) in enumerate(items[:applied], 1):
-        if kept(expect):  # its reply was kept: read now, as it was before replies went off
+    for seq, record in enumerate(items[:applied], 1):
+        if kept(record[3]):  # its reply was kept: read now, as it was before replies went off
             try:
-                on_reply(_decode(state[b"p%d" % seq]))
+                record[4](_decode(state[b"p%d" % seq]))
             except Exception as e:
-                return e
+                return e, record
     if failed:
-        name, _keys, _args, _expect, on_reply = items[failed - 1]
+        record = items[failed - 1]
+        name, on_reply = record[0], record[4]
         if b"e" in state:
             return ledger_error(redis.ResponseError(state[b"e"].decode("utf-8", "replace")),
-                                url, f"the {name} script")
+                                url, f"the {name} script"), record
         value = _decode(state[b"v"])
         try:
             on_reply(value)
         except Exception as e:  # the record's own verdict (fenced out, ...)
-            return e
+            return e, record
         tag = value[0] if isinstance(value, list) and value else value
         return LedgerError(f"the {name} script answered {tag!r}; the {sent - failed} step "
                            "records sent after it were not applied, so this run stops here "
-                           "(it resumes from its records)")
+                           "(it resumes from its records)"), record
     if applied < sent:
         name = items[applied][0]
         text = why.decode("utf-8", "replace") if why else (
@@ -312,8 +316,8 @@ def batch_error(reply: Any, items: list[Sent], url: str | None) -> BaseException
         error = ledger_error(redis.ResponseError(text), url, f"the {name} script")
         return LedgerError(f"{error} ({sent - applied} of {sent} step records sent without "
                            "waiting were not applied, from that one on; the run stops here "
-                           "and resumes from its records)")
-    return None
+                           "and resumes from its records)"), items[applied]
+    return None, None
 
 
 def quiet_exchange(conn: Any, quiet: list[tuple[Any, ...]], loud: list[tuple[Any, ...]]

@@ -155,9 +155,11 @@ class RunSession:
 
     def prefetched(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """The reply of the read ``open_run(read=...)`` made in the open's round trip, if it is
-        this read (script, keys, arguments) and this session has sent nothing since (so it is
-        what a read now would return: nobody else writes the run while the lease is held); at
-        most once. Else :data:`NOT_READ`: make the read."""
+        this read (script, keys, arguments) and this session has sent nothing since; at most
+        once. Else :data:`NOT_READ`: make the read. Served, it is what the read returned right
+        after the lease was taken: a write by another process in between (an unfenced
+        adapter write: a thread deleted or updated elsewhere) may or may not be in it, as it may
+        or may not be in a read made now."""
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is None or self._hot.used or prefetched[0] != (name, keys, args):
             return NOT_READ

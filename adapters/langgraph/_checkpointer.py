@@ -118,6 +118,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         # (thread, ns, channel) -> (blob field, encoded items) of the last list stored, so the
         # next version of an append-only list stores only what was appended.
         self._lists: OrderedDict[tuple[str, str, str], tuple[str, list[bytes]]] = OrderedDict()
+        self._list_threads: dict[str, int] = {}  # threads with lists in _lists: how many
         self._lists_lock = threading.Lock()
         self._thread_keys: dict[Any, ThreadKeys] = {}
         self._channel_names: set[str] = set()  # checked for separator bytes already
@@ -190,8 +191,17 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
 
     def _forget(self, thread_id: str) -> None:
         with self._lists_lock:
-            for k in [k for k in self._lists if k[0] == thread_id]:
-                del self._lists[k]
+            if thread_id in self._list_threads:  # else nothing to scan for
+                for k in [k for k in self._lists if k[0] == thread_id]:
+                    self._drop_list(k)
+
+    def _drop_list(self, key: tuple[str, str, str]) -> None:  # _lists_lock held
+        if self._lists.pop(key, None) is not None:
+            left = self._list_threads[key[0]] - 1
+            if left:
+                self._list_threads[key[0]] = left
+            else:
+                del self._list_threads[key[0]]
 
     def _run_of(self, thread_id: Any) -> RunSession | None:
         """The live run of ``thread_id`` in this context: the run a graph invocation opened
@@ -266,12 +276,14 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
                   ) -> None:
         with self._lists_lock:
             if entry is None:
-                self._lists.pop(key, None)
+                self._drop_list(key)
                 return
+            if key not in self._lists:
+                self._list_threads[key[0]] = self._list_threads.get(key[0], 0) + 1
             self._lists[key] = entry
             self._lists.move_to_end(key)
             while len(self._lists) > _CACHE_SIZE:
-                self._lists.popitem(last=False)
+                self._drop_list(next(iter(self._lists)))
 
     def _sent_put(self, plan: _PutPlan, refuse: bool = True) -> Callable[[Any], None]:
         """Remember the lists of a put written without waiting (the next put may extend them
@@ -303,7 +315,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
         with self._lists_lock:
             entry = self._lists.get(key)
             if entry is not None and entry[0] == field:
-                del self._lists[key]
+                self._drop_list(key)
 
     def _put_on_run(self, session: RunSession, config: RunnableConfig, checkpoint: Checkpoint,
                     metadata: CheckpointMetadata, new_versions: ChannelVersions
@@ -528,6 +540,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             with self._io("get_tuple"):
                 reply = self._scripts["load"](keys.all, self._load_args(config))
         if not reply:
+            self._forget(keys.thread_id)  # gone (deleted, expired): no base for deltas
             return None
         return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
 
@@ -544,6 +557,7 @@ class DurableCheckpointer(ThreadAdmin, BaseCheckpointSaver[str]):
             with self._io("get_tuple"):
                 reply = await self._aclient()[1]["load"](keys.all, self._load_args(config))
         if not reply:
+            self._forget(keys.thread_id)
             return None
         return self._tuple(keys, config["configurable"]["thread_id"], reply, remember=True)
 

@@ -302,3 +302,27 @@ def test_a_read_made_in_the_opens_round_trip_from_asyncio(redis_url: str, prefix
         asyncio.run(ledger.aclose())
         ledger.close()
         plain.close()
+
+
+def test_a_refusal_of_a_record_sent_without_waiting_stops_the_session_after_a_level_swap(
+        redis_url: str, prefix: str) -> None:
+    """A caller's own run at 'sync' joined by an adapter recording at 'async' (join/leave
+    durability): what decides whether a refusal stops the session is how the refused record
+    was sent (without waiting: its sender went on), not the level when the batch is read."""
+    ledger = Ledger.from_url(redis_url, prefix=prefix)  # 'sync'
+    ledger.register_scripts({"test.fail": FAIL})
+    key = f"{prefix}:{{r}}:list"
+    try:
+        session = ledger.open_run("r")
+        assert not session.pipelined
+        before = session.join_durability("async")
+        session.send_script("test.fail", [key], [], lambda _r: None, expect="OK")
+        session.leave_durability(before)  # back at 'sync' before anything read it
+        with pytest.raises(LedgerError, match="refused"):
+            session.barrier()
+        with pytest.raises(LedgerError, match="refused"):  # sticky
+            session.finish(RunStatus.COMPLETED)
+        run = ledger.get_run("r")
+        assert run is not None and run.status == "running"
+    finally:
+        ledger.close()

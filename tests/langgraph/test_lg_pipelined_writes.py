@@ -302,3 +302,27 @@ def test_an_invocations_waits(redis_url: str, prefix: str, durability: str,
         assert waits[0] - before == (2 if durability != "sync" else 2 + checkpoints)
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_a_thread_deleted_elsewhere_is_saved_anew(redis_url: str, prefix: str,
+                                                  durability: str) -> None:
+    """Another process deletes the thread (or it expires) between two invocations: this
+    process's cache of the lists it stored must not make the next checkpoint a delta of a
+    list that is gone."""
+    ledger = Ledger.from_url(redis_url, prefix=prefix)
+    other = DurableCheckpointer(Ledger.from_url(redis_url, prefix=prefix))
+    graph = _linear(DurableCheckpointer(ledger), 3)
+    config = {"configurable": {"thread_id": "gone"}}
+    try:
+        graph.invoke({"count": 0, "log": []}, config, durability=durability)
+        other.delete_thread("gone")
+        out = graph.invoke({"count": 0, "log": []}, config, durability=durability)
+        assert out == {"count": 3, "log": ["n0", "n1", "n2"]}
+        final = other.get_tuple(config)
+        assert final is not None and final.checkpoint["channel_values"] == out
+        run = ledger.get_run("gone")
+        assert run is not None and run.status == RunStatus.COMPLETED
+    finally:
+        ledger.close()
+        other.ledger.close()
