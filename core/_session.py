@@ -290,8 +290,11 @@ class RunSession:
         connection, after the records sent before it. At 'async'/'exit', or with ``defer`` at
         any level, it is written without waiting and ``on_reply`` runs at the next barrier
         (its exception is raised there); at 'sync' without ``defer``, it is acknowledged now.
-        ``expect``, ``hold``: see :meth:`StepConnection.send` (``hold``: kept in this process
-        until the next record or barrier, and sent with it)."""
+        A record sent without waiting or held that ``on_reply`` (or Redis, per ``expect``)
+        refuses stops the session: its caller went on as if it were recorded. Only a record
+        deferred at 'sync', whose caller calls :meth:`barrier` itself, may have its refusal
+        handled there. ``expect``, ``hold``: see :meth:`StepConnection.send` (``hold``: kept in
+        this process until the next record or barrier, and sent with it)."""
         self._hot.send(name, keys, args, on_reply, defer, expect=expect, hold=hold)
 
     async def asend_script(self, name: str, keys: list[str], args: list[Any],
