@@ -300,6 +300,18 @@ def test_lg_checkpointer_lost_base_is_rewritten_whole(ledger: Ledger) -> None:
     assert got is not None and got.checkpoint["channel_values"]["messages"] == [m1, m2]
 
 
+def _two_checkpoints(saver: DurableCheckpointer) -> tuple[Any, Any, Any, Any, str]:
+    """Two messages, a checkpoint holding the first and the next holding both (stored as an
+    append to the first's list), and the second's version."""
+    m1, m2 = HumanMessage(content="one", id="1"), AIMessage(content="two", id="2")
+    ck1 = {**empty_checkpoint(), "channel_values": {"messages": [m1]},
+           "channel_versions": {"messages": saver.get_next_version(None, None)}}
+    v2 = saver.get_next_version(ck1["channel_versions"]["messages"], None)
+    ck2 = {**empty_checkpoint(), "channel_values": {"messages": [m1, m2]},
+           "channel_versions": {"messages": v2}}
+    return m1, m2, ck1, ck2, v2
+
+
 @pytest.mark.parametrize("level", ["sync", "async"])
 def test_lg_checkpointer_lost_base_inside_a_run(ledger: Ledger, client: redis.Redis,
                                                 prefix: str, level: str) -> None:
@@ -309,12 +321,7 @@ def test_lg_checkpointer_lost_base_inside_a_run(ledger: Ledger, client: redis.Re
     ended without its last checkpoint)."""
     saver = DurableCheckpointer(ledger)
     thread = f"t-base-{level}"
-    m1, m2 = HumanMessage(content="one", id="1"), AIMessage(content="two", id="2")
-    ck1 = {**empty_checkpoint(), "channel_values": {"messages": [m1]},
-           "channel_versions": {"messages": saver.get_next_version(None, None)}}
-    v2 = saver.get_next_version(ck1["channel_versions"]["messages"], None)
-    ck2 = {**empty_checkpoint(), "channel_values": {"messages": [m1, m2]},
-           "channel_versions": {"messages": v2}}
+    m1, m2, ck1, ck2, v2 = _two_checkpoints(saver)
     session = ledger.open_run(thread)
     session.use_durability(level)
     token = session.activate()
@@ -347,12 +354,7 @@ def test_lg_checkpointer_lost_base_read_by_another_caller(ledger: Ledger, client
     ledger.register_scripts({"test.noop": "return 1"})
     saver = DurableCheckpointer(ledger)
     thread = f"t-between-{between.replace(' ', '-')}"
-    m1, m2 = HumanMessage(content="one", id="1"), AIMessage(content="two", id="2")
-    ck1 = {**empty_checkpoint(), "channel_values": {"messages": [m1]},
-           "channel_versions": {"messages": saver.get_next_version(None, None)}}
-    v2 = saver.get_next_version(ck1["channel_versions"]["messages"], None)
-    ck2 = {**empty_checkpoint(), "channel_values": {"messages": [m1, m2]},
-           "channel_versions": {"messages": v2}}
+    m1, m2, ck1, ck2, v2 = _two_checkpoints(saver)
     session = ledger.open_run(thread)
     token = session.activate()
     other: list[Any] = []
