@@ -342,8 +342,8 @@ class RedisStore:
         runs index: one pipelined round trip, or sequential calls on a Redis Cluster. With
         ``read`` (a registered script, its keys and arguments): that script too, after them in
         the same round trip, and the reply is ``(script's reply, read's reply)``; the read's
-        reply is :data:`NOT_MADE` where it was not made (a cluster) and an exception in its place where it
-        failed (it is the caller's to make again)."""
+        reply is :data:`NOT_MADE` where it was not made (a cluster), and an exception in its
+        place where it failed (it is the caller's to make again)."""
         stamp = {run_id: int(time.time() * 1000)}
         with self.redis_errors():
             if self.cluster:
