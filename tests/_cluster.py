@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,7 @@ class Cluster:
         replica of the master that replaced it; until it is in sync."""
         node.start()
         started = time.monotonic()
-        deadline, nudged = started + 60, False
+        deadline, nudged, reset = started + 90, False, False
         while True:
             try:
                 info = self._client(node).info("replication")
@@ -137,11 +138,67 @@ class Cluster:
                     # master without slots after 60 s): make it follow the master left with no
                     # replica, the one that took its place.
                     nudged = self._follow_the_orphan(node)
+                if not reset and time.monotonic() > started + 30:
+                    # Still not (seen twice in CI, cause not found): say what the nodes saw,
+                    # then join it again from scratch. Its data is ours to drop: a replica's
+                    # full sync replaces it anyway.
+                    warnings.warn("a restarted cluster node did not rejoin in 30 s; "
+                                  "joining it again\n" + self._diagnosis(node), stacklevel=2)
+                    reset = True
+                    self._join_again(node)
             except (redis.RedisError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the restarted node did not rejoin as a replica")
+                raise RuntimeError("the restarted node did not rejoin as a replica\n"
+                                   + self._diagnosis(node))
             time.sleep(0.1)
+
+    def _follow_the_orphan(self, node: RedisServer) -> bool:
+        for master in self.masters():
+            if master is node or self._client(master).info("replication").get(
+                    "connected_slaves", 0):
+                continue
+            target = self._client(master).execute_command("CLUSTER MYID")
+            self._client(node).execute_command("CLUSTER REPLICATE", target)
+            return True
+        return False
+
+    def _join_again(self, node: RedisServer) -> None:
+        """Empty the node, make it forget the cluster (it keeps its id; a replica's reset
+        empties it), meet the others again and follow the master with no replica."""
+        client = self._client(node)
+        if client.execute_command("ROLE")[0] in (b"master", "master"):
+            client.execute_command("FLUSHALL")  # our own node: CLUSTER RESET needs it empty
+        client.execute_command("CLUSTER RESET", "SOFT")
+        for other in self.nodes:
+            if other is not node and other.proc is not None:
+                client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if self._follow_the_orphan(node):
+                    return
+            except redis.ResponseError:  # it does not know that master yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("no master without a replica to follow")
+            time.sleep(0.2)
+
+    def _diagnosis(self, node: RedisServer) -> str:
+        """What the node and the masters say, and the node's log: why a rejoin stalled."""
+        parts = []
+        for n in [node, *(m for m in self.nodes if m is not node and m.proc is not None)]:
+            try:
+                c = self._client(n)
+                parts.append(f"--- {n.port} ROLE {c.execute_command('ROLE')!r}\n"
+                             f"{c.execute_command('CLUSTER NODES')}")
+            except (redis.RedisError, OSError) as exc:
+                parts.append(f"--- {n.port}: {exc!r}")
+        log = node.dir / "redis.log"
+        if log.exists():
+            parts.append("--- log\n" + "\n".join(log.read_text(errors="replace")
+                                                   .splitlines()[-40:]))
+        return "\n".join(parts)
 
     def _follow_the_orphan(self, node: RedisServer) -> bool:
         for master in self.masters():
