@@ -51,6 +51,7 @@ from ._nodes import (
     arefresh_slots,
     arelease,
     as_cluster,
+    asend_packed,
     exchange,
     owner_connection,
     pack,
@@ -732,8 +733,8 @@ class StepConnection:
             # No bytes left in asyncio's buffer when a send returns (drain waits for an
             # empty buffer): in the kernel, as with the synchronous sendall.
             conn._writer.transport.set_write_buffer_limits(high=0)
-            await conn.send_packed_command(pack(conn, self._quiet_commands(conn, records, "a")),
-                                           check_health=False)
+            await asend_packed(conn, pack(conn, self._quiet_commands(conn, records, "a")),
+                               check_health=False)
         except redis.RedisError as e:
             pending.clear()
             pending.waited = True

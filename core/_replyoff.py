@@ -37,7 +37,7 @@ import redis
 
 from ._connect import ledger_error
 from ._errors import LedgerError
-from ._nodes import pack
+from ._nodes import asend_packed, pack
 
 __all__ = ["BATCH_STATE", "KEEP_REPLY", "KEEP_UNLESS", "Batch", "Sent", "aquiet_exchange",
            "batch_error", "client_name", "judged_here", "kept", "no_verdict", "not_run_from",
@@ -337,7 +337,7 @@ def quiet_exchange(conn: Any, quiet: list[tuple[Any, ...]], loud: list[tuple[Any
 
 async def aquiet_exchange(conn: Any, quiet: list[tuple[Any, ...]],
                           loud: list[tuple[Any, ...]]) -> list[Any]:
-    await conn.send_packed_command(pack(conn, [*quiet, *loud]), check_health=False)
+    await asend_packed(conn, pack(conn, [*quiet, *loud]), check_health=False)
     replies: list[Any] = []
     for _ in loud:
         try:

@@ -1,14 +1,17 @@
-"""``agentledger._nodes.pack``: hiredis's packer gives the bytes redis-py's own packers give."""
+"""``agentledger._nodes.pack``: hiredis's packer gives the bytes redis-py's own packers give;
+``asend_packed`` writes them as ``send_packed_command`` would, errors included."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aredis
 
-from agentledger._nodes import pack
+from _support import RedisServer
+from agentledger._nodes import asend_packed, pack
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("CLIENT", "REPLY", "OFF"),
@@ -36,3 +39,48 @@ def test_another_encoding_uses_the_connections_packer() -> None:
     conn = redis.Connection(encoding="latin-1")
     assert b"".join(pack(conn, [("SET", "k", "é")])) == b"".join(conn.pack_command("SET", "k",
                                                                                     "é"))
+
+
+# ---- asend_packed: a write without redis-py's per-write task, with the same errors ----------
+async def _connected(url: str, **kw: Any) -> Any:
+    client = aredis.Redis.from_url(url, socket_timeout=kw.pop("socket_timeout", 5), **kw)
+    conn = await client.connection_pool.get_connection()
+    await conn.connect()
+    return client, conn
+
+
+async def test_a_write_reaches_redis_in_order(redis_url: str) -> None:
+    client, conn = await _connected(redis_url)
+    key = f"pack-test:{id(conn)}"
+    await asend_packed(conn, pack(conn, [("RPUSH", key, "a"), ("RPUSH", key, "b")]),
+                       check_health=False)
+    assert [await conn.read_response(), await conn.read_response()] == [1, 2]
+    assert await client.lrange(key, 0, -1) == [b"a", b"b"]
+    await client.delete(key)
+    await client.connection_pool.release(conn)
+    await client.aclose()
+
+
+async def test_a_closed_connection_raises_instead_of_dropping_the_write(redis_url: str) -> None:
+    client, conn = await _connected(redis_url)
+    conn._writer.transport.close()  # asyncio would drop a write to it without a word
+    with pytest.raises(redis.ConnectionError):
+        await asend_packed(conn, pack(conn, [("PING",)]), check_health=False)
+    await client.aclose()
+
+
+async def test_a_write_redis_does_not_take_is_bounded_by_the_socket_timeout(tmp_path: Any
+                                                                            ) -> None:
+    server = RedisServer(tmp_path, appendonly=False).start()
+    assert server.proc is not None
+    client, conn = await _connected(server.url, socket_timeout=0.5)
+    server.proc.send_signal(signal.SIGSTOP)  # alive, reads nothing: the kernel buffers fill
+    try:
+        big = "x" * (32 << 20)
+        with pytest.raises(redis.TimeoutError):
+            await asend_packed(conn, pack(conn, [("SET", "big", big)]), check_health=False)
+        assert not conn.is_connected  # half a command went out: never used again
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.kill()
+        await client.aclose()
