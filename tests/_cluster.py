@@ -7,6 +7,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -127,45 +128,64 @@ class Cluster:
         replica of the master that replaced it; until it is in sync."""
         node.start()
         started = time.monotonic()
-        deadline, nudged, reset = started + 90, False, False
+        deadline, nudged, joined_again = started + 90, 0.0, False
         while True:
             try:
                 info = self._client(node).info("replication")
                 if info.get("role") == "slave" and info.get("master_link_status") == "up":
                     return
-                if not nudged and time.monotonic() > started + 10:
-                    # Under load the cluster may not demote it by itself (seen in CI: still a
-                    # master without slots after 60 s): make it follow the master left with no
-                    # replica, the one that took its place.
-                    nudged = self._follow_the_orphan(node)
-                if not reset and time.monotonic() > started + 30:
+                now = time.monotonic()
+                if not joined_again and now > started + 30 and self._owns_no_slots(node):
                     # Still not (seen twice in CI, cause not found): say what the nodes saw,
                     # then join it again from scratch. Its data is ours to drop: a replica's
                     # full sync replaces it anyway.
                     warnings.warn("a restarted cluster node did not rejoin in 30 s; "
                                   "joining it again\n" + self._diagnosis(node), stacklevel=2)
-                    reset = True
-                    self._join_again(node)
+                    joined_again = True
+                    self._forget_the_cluster(node)
+                if now > started + 10 and now > nudged + 5:
+                    # Under load the cluster may not demote it by itself (seen in CI: still a
+                    # master without slots after 60 s): make it follow the master left with no
+                    # replica, the one that took its place; again every 5 s until it does.
+                    nudged = now
+                    self._follow_the_orphan(node)
             except (redis.RedisError, OSError):
-                pass
+                pass  # a node busy or restarting: the next turn tries again
             if time.monotonic() > deadline:
                 raise RuntimeError("the restarted node did not rejoin as a replica\n"
                                    + self._diagnosis(node))
             time.sleep(0.1)
 
-    def _follow_the_orphan(self, node: RedisServer) -> bool:
-        for master in self.masters():
-            if master is node or self._client(master).info("replication").get(
-                    "connected_slaves", 0):
-                continue
-            target = self._client(master).execute_command("CLUSTER MYID")
-            self._client(node).execute_command("CLUSTER REPLICATE", target)
-            return True
-        return False
+    def _view(self, node: RedisServer) -> dict[str, dict[str, Any]]:
+        """The cluster as a live node other than ``node`` sees it: node id -> its entry."""
+        peer = next(n for n in self.nodes if n is not node and n.proc is not None)
+        nodes = self._client(peer).execute_command("CLUSTER NODES")
+        return {entry["node_id"]: entry for entry in nodes.values()}
 
-    def _join_again(self, node: RedisServer) -> None:
+    def _owns_no_slots(self, node: RedisServer) -> bool:
+        """Whether the rest of the cluster sees no slot served by ``node`` (so emptying it
+        loses no shard)."""
+        me = self._client(node).execute_command("CLUSTER MYID")
+        me = me.decode() if isinstance(me, bytes) else me
+        return not self._view(node).get(me, {}).get("slots")
+
+    def _follow_the_orphan(self, node: RedisServer) -> None:
+        """Make ``node`` replicate the one master that, in the cluster's view, has slots and
+        no replica besides ``node``; nothing if there is not exactly one."""
+        me = self._client(node).execute_command("CLUSTER MYID")
+        me = me.decode() if isinstance(me, bytes) else me
+        view = self._view(node)
+        masters = [i for i, e in view.items() if "master" in e["flags"] and e["slots"]
+                   and "fail" not in e["flags"] and i != me]
+        followed = {e["master_id"] for i, e in view.items() if "slave" in e["flags"]
+                    and "fail" not in e["flags"] and i != me}
+        orphans = [m for m in masters if m not in followed]
+        if len(orphans) == 1:
+            self._client(node).execute_command("CLUSTER REPLICATE", orphans[0])
+
+    def _forget_the_cluster(self, node: RedisServer) -> None:
         """Empty the node, make it forget the cluster (it keeps its id; a replica's reset
-        empties it), meet the others again and follow the master with no replica."""
+        empties it) and meet the others again; the caller then makes it follow a master."""
         client = self._client(node)
         if client.execute_command("ROLE")[0] in (b"master", "master"):
             client.execute_command("FLUSHALL")  # our own node: CLUSTER RESET needs it empty
@@ -173,19 +193,9 @@ class Cluster:
         for other in self.nodes:
             if other is not node and other.proc is not None:
                 client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self._follow_the_orphan(node):
-                    return
-            except redis.ResponseError:  # it does not know that master yet
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("no master without a replica to follow")
-            time.sleep(0.2)
 
     def _diagnosis(self, node: RedisServer) -> str:
-        """What the node and the masters say, and the node's log: why a rejoin stalled."""
+        """What the node and the others say, and the node's log: why a rejoin stalled."""
         parts = []
         for n in [node, *(m for m in self.nodes if m is not node and m.proc is not None)]:
             try:
@@ -199,16 +209,6 @@ class Cluster:
             parts.append("--- log\n" + "\n".join(log.read_text(errors="replace")
                                                    .splitlines()[-40:]))
         return "\n".join(parts)
-
-    def _follow_the_orphan(self, node: RedisServer) -> bool:
-        for master in self.masters():
-            if master is node or self._client(master).info("replication").get(
-                    "connected_slaves", 0):
-                continue
-            target = self._client(master).execute_command("CLUSTER MYID")
-            self._client(node).execute_command("CLUSTER REPLICATE", target)
-            return True
-        return False
 
     def stop(self) -> None:
         for n in self.nodes:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from typing import Any
 
@@ -79,6 +80,43 @@ async def test_a_write_redis_does_not_take_is_bounded_by_the_socket_timeout(tmp_
         big = "x" * (32 << 20)
         with pytest.raises(redis.TimeoutError):
             await asend_packed(conn, pack(conn, [("SET", "big", big)]), check_health=False)
+        assert not conn.is_connected  # half a command went out: never used again
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        server.kill()
+        await client.aclose()
+
+
+async def test_a_write_to_a_killed_server_raises_never_returns_as_sent(tmp_path: Any) -> None:
+    server = RedisServer(tmp_path, appendonly=False).start()
+    client, conn = await _connected(server.url)
+    server.kill()  # its socket is gone: a send fails (reset or broken pipe) in the write
+    await asyncio.sleep(0.05)
+    try:
+        with pytest.raises(redis.ConnectionError):
+            for _ in range(20):  # the first write may still go into the kernel
+                await asend_packed(conn, pack(conn, [("SET", "k", "v")]), check_health=False)
+                # Returned: then the transport took the bytes and is still open.
+                assert not conn._writer.transport.is_closing()
+                await asyncio.sleep(0.01)
+        assert not conn.is_connected
+    finally:
+        await client.aclose()
+
+
+async def test_a_write_cancelled_half_way_drops_the_connection(tmp_path: Any) -> None:
+    server = RedisServer(tmp_path, appendonly=False).start()
+    assert server.proc is not None
+    client, conn = await _connected(server.url, socket_timeout=30)
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        write = asyncio.ensure_future(asend_packed(
+            conn, pack(conn, [("SET", "big", "x" * (32 << 20))]), check_health=False))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # waiting for Redis to take the rest
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
         assert not conn.is_connected  # half a command went out: never used again
     finally:
         server.proc.send_signal(signal.SIGCONT)
