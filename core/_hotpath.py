@@ -731,8 +731,8 @@ class StepConnection:
             if not conn.is_connected:
                 await conn.connect()
             # No bytes left in asyncio's buffer when a send returns (drain waits for an
-            # empty buffer): in the kernel, as with the synchronous sendall. Not over TLS, nor
-            # on CPython 3.12.0-3.12.8 / 3.13.0-3.13.1 (docs/durability.md says why).
+            # empty buffer): in the kernel, as with the synchronous sendall. Not over TLS
+            # (docs/durability.md says why).
             conn._writer.transport.set_write_buffer_limits(high=0)
             await asend_packed(conn, pack(conn, self._quiet_commands(conn, records, "a")),
                                check_health=False)

@@ -133,14 +133,19 @@ async def asend_packed(conn: Any, packed: list[bytes], check_health: bool = True
     """``conn.send_packed_command(packed)`` without its cost on the hot path: with a socket
     timeout, redis-py bounds each write by ``asyncio.wait_for``, which on Python 3.11 runs the
     write in a task of its own (two more turns of the event loop per record). Here the bytes
-    go to the transport at once and the write waits, bounded, only when they did not all go
-    into the kernel or the connection is closing; errors are redis-py's own."""
+    go to the transport at once and the write waits, bounded by the socket timeout, only when
+    they did not all go into the kernel; a closed connection, a timeout, a failed or cancelled
+    write disconnect it and raise as redis-py does."""
     writer = getattr(conn, "_writer", None)
-    if (writer is None or not conn.is_connected or writer.transport.is_closing()
-            or (check_health and conn.health_check_interval)):
+    if writer is None or not conn.is_connected or (check_health and conn.health_check_interval):
         await conn.send_packed_command(packed, check_health=check_health)
         return
-    writer.writelines(packed)
+    if writer.transport.is_closing():  # asyncio would drop the bytes (3.11) or fail oddly (3.12)
+        await conn.disconnect(nowait=True)
+        raise redis.ConnectionError("Error while writing to socket: the connection is closed.")
+    # write, not writelines: writelines on CPython 3.12.0-3.12.8 / 3.13.0-3.13.1 never
+    # pauses the writer, so drain would not wait for the kernel (gh-127655).
+    writer.write(packed[0] if len(packed) == 1 else b"".join(packed))
     transport = writer.transport
     if not transport.get_write_buffer_size() and not transport.is_closing():
         return

@@ -33,15 +33,15 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
     # A write marks what it went through: a sync connection, or an asyncio stream (records
     # from asyncio go to the stream directly, not through send_packed_command).
     send = redis.connection.AbstractConnection.send_packed_command
-    writelines = asyncio.StreamWriter.writelines
+    write = asyncio.StreamWriter.write
 
     def counting_send(self: Any, *a: Any, **k: Any) -> Any:
         self._test_sent = True
         return send(self, *a, **k)
 
-    def counting_writelines(self: Any, data: Any) -> None:
+    def counting_write(self: Any, data: Any) -> None:
         self._test_sent = True
-        writelines(self, data)
+        write(self, data)
 
     def counted(marked: Any) -> None:
         if getattr(marked, "_test_sent", False):
@@ -61,7 +61,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
                         counting_send)
-    monkeypatch.setattr(asyncio.StreamWriter, "writelines", counting_writelines)
+    monkeypatch.setattr(asyncio.StreamWriter, "write", counting_write)
     monkeypatch.setattr(redis.connection.AbstractConnection, "read_response", counting_read)
     monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "read_response",
                         counting_aread)

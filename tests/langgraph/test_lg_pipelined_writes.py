@@ -181,6 +181,12 @@ def test_a_lost_list_base_is_put_whole_at_sync_and_raised_at_async(redis_url: st
 
         def inside(i: int, keys: Any = keys, ledger: Ledger = ledger) -> None:
             if i == 2:
+                # At "async" LangGraph saves from a thread that may lag behind the nodes (CI,
+                # under load: the base was written after this deletion, so nothing was lost):
+                # the base must be in Redis before it vanishes.
+                deadline = time.monotonic() + 10
+                while not ledger.redis.exists(keys.blobs) and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 ledger.redis.delete(keys.blobs, keys.all[4])  # blobs and chain
 
         graph = _linear(saver, 4, inside)
