@@ -222,6 +222,7 @@ class Ledger(RedisStore):
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
         lapsed = ""
+        self._check_read(read)
         self.check_server()
         reading = read
         while True:
@@ -253,6 +254,7 @@ class Ledger(RedisStore):
                                        else 2 * self.lease_ms / 1000)
         force = on_busy == "takeover"
         lapsed = ""
+        self._check_read(read)
         await self.acheck_server()
         reading = read
         while True:
@@ -278,6 +280,11 @@ class Ledger(RedisStore):
             else:
                 reading = None
                 await asyncio.sleep(min(0.2, max(0.01, reply[2] / 1000)))
+
+    def _check_read(self, read: Read | None) -> None:
+        if read is not None and read[0] not in self._scripts:
+            raise ValueError(f"open_run(read=...): no script named {read[0]!r} is registered "
+                             "with this ledger (Ledger.register_scripts)")
 
     @staticmethod
     def _read_too(reply: Any, read: Read | None) -> tuple[Any, Any]:

@@ -304,6 +304,19 @@ def test_a_read_made_in_the_opens_round_trip(redis_url: str, prefix: str,
         plain.close()
 
 
+def test_a_read_of_a_script_not_registered_is_refused_before_the_open(
+        redis_url: str, prefix: str) -> None:
+    ledger = _ledger(redis_url, prefix)
+    try:
+        with pytest.raises(ValueError, match=r"'test\.unknown' is registered"):
+            ledger.open_run("r", read=("test.unknown", ["k"], []))
+        with pytest.raises(ValueError, match=r"'test\.unknown' is registered"):
+            asyncio.run(ledger.aopen_run("r", read=("test.unknown", ["k"], [])))
+        assert ledger.get_run("r") is None  # no lease taken
+    finally:
+        ledger.close()
+
+
 def test_a_read_made_in_the_opens_round_trip_from_asyncio(redis_url: str, prefix: str) -> None:
     ledger = _ledger(redis_url, prefix)
     ledger.register_scripts({"test.read": READ})
