@@ -220,14 +220,15 @@ class StepConnection:
             commands.append(("CLIENT", "SETNAME", self._restored_name(conn)))
         return commands
 
-    def _record(self, batch: Batch, name: str, keys: list[str], args: list[Any], which: str,
-                expect: str | None, seq: int) -> list[tuple[Any, ...]]:
+    def _record(self, batch: Batch, conn: Any, name: str, keys: list[str], args: list[Any],
+                which: str, expect: str | None, seq: int) -> list[tuple[Any, ...]]:
         """The commands that send one record of ``batch`` (its script loaded first, once per
-        batch: EVALSHA spares Redis hashing the script's body on every record)."""
+        socket: EVALSHA spares Redis hashing the script's body on every record)."""
         source = self._ledger._scripts[name].script
         commands: list[tuple[Any, ...]] = []
-        if name not in batch.loaded:
-            batch.loaded.add(name)
+        loaded = batch.loaded_over(conn)
+        if name not in loaded:
+            loaded.add(name)
             commands.append(("SCRIPT", "LOAD", wrapped(source)))
         commands.append(("EVALSHA", wrapped_sha(source), len(keys) + 1, *keys,
                          self._state[which], *args, seq, _expected(expect)))
@@ -235,9 +236,11 @@ class StepConnection:
 
     def _again(self, conn: Any, items: list[Sent], which: str
                ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Records whose scripts were not run (flushed after the batch loaded them), sent again
+        """Records whose scripts were not run (flushed after they were loaded), sent again
         as a batch of their own with their source (EVAL: no NOSCRIPT), and its barrier: the
-        commands sent with replies off, and those whose replies are read."""
+        commands sent with replies off, and those whose replies are read. The next batch loads
+        its scripts again."""
+        (self._pending if which == "s" else self._apending).loaded.clear()
         quiet = [*self._open_batch(conn)]
         for seq, (name, keys, args, expect, _on_reply, _waited) in enumerate(items, 1):
             quiet.append(("EVAL", wrapped(self._ledger._scripts[name].script), len(keys) + 1,
@@ -495,7 +498,7 @@ class StepConnection:
         pending = self._pending if which == "s" else self._apending
         commands = [] if pending.items else self._open_batch(conn)
         for seq, (name, keys, args, expect, _on_reply, _waited) in enumerate(records):
-            commands += self._record(pending, name, keys, args, which, expect,
+            commands += self._record(pending, conn, name, keys, args, which, expect,
                                      len(pending.items) + seq + 1)
         return commands
 

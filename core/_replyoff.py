@@ -19,9 +19,10 @@ Redis holds is always a prefix. The barrier turns replies back on and reads that
 refused record's own reply would have raised.
 
 Records go as EVALSHA of the wrapped script, loaded (``SCRIPT LOAD``, no reply either) once per
-batch: Redis hashes an EVAL's whole body on every call. Scripts flushed mid-batch make a record
-fail with NOSCRIPT without a word; nothing after it runs, and the barrier sends those records
-again with EVAL (:func:`not_run_from`).
+socket: Redis hashes an EVAL's whole body on every call. Scripts flushed since (or a Redis that
+restarted behind the same socket) make a record fail with NOSCRIPT without a word; nothing
+after it runs, and the barrier sends those records again with EVAL (:func:`not_run_from`) and
+loads the scripts again in the next batch.
 """
 
 from __future__ import annotations
@@ -195,18 +196,29 @@ Sent = tuple[str, list[str], list[Any], str | None, OnReply, bool]
 class Batch:
     """Records sent on one connection with replies off since the last barrier."""
 
-    __slots__ = ("bytes", "items", "loaded", "waited")
+    __slots__ = ("bytes", "items", "loaded", "loaded_on", "waited")
 
     def __init__(self) -> None:
         self.items: list[Sent] = []
-        self.loaded: set[str] = set()  # scripts loaded (SCRIPT LOAD) in this batch
+        # Scripts loaded (SCRIPT LOAD) over the socket ``loaded_on``: once per socket, not per
+        # batch; a script flushed since makes its record fail with NOSCRIPT, and the barrier
+        # sends it again (not_run_from) and forgets what was loaded.
+        self.loaded: set[str] = set()
+        self.loaded_on: object = None
         self.bytes = 0
         self.waited = True  # False: writes since the last WAIT (durability "replicated")
 
     def clear(self) -> None:
         self.items.clear()
-        self.loaded.clear()
         self.bytes = 0
+
+    def loaded_over(self, conn: Any) -> set[str]:
+        """The scripts loaded over ``conn``'s socket (none for a socket new since)."""
+        sock = getattr(conn, "_sock", None) or getattr(conn, "_writer", None)
+        if sock is None or sock is not self.loaded_on:
+            self.loaded.clear()
+            self.loaded_on = sock
+        return self.loaded
 
 
 def kept(expect: str | None) -> bool:

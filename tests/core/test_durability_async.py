@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -181,6 +182,41 @@ def test_script_flush_mid_run_loses_no_record(tmp_path: Path) -> None:
         assert [s.key for s in ledger.steps("r")] == [f"llm:chat#{i}" for i in (1, 2, 3)]
         assert ledger.get_run("r").status == RunStatus.COMPLETED  # type: ignore[union-attr]
     finally:
+        ledger.close()
+        server.stop()
+
+
+def test_a_script_is_loaded_once_per_socket_and_again_after_a_flush(tmp_path: Path) -> None:
+    """Records go as EVALSHA of a script loaded once over the session's socket, not once per
+    batch; after SCRIPT FLUSH the batch that met NOSCRIPT is sent again and the next one loads
+    the script again. (A server of its own: its command counts and SCRIPT FLUSH are ours.)"""
+    server = RedisServer(tmp_path / "r", appendonly=False).start()
+    ledger = Ledger.from_url(server.url, prefix="t", durability="async")
+    admin = redis.Redis.from_url(server.url)
+
+    def loads_and_scripts(batch: Any) -> tuple[int, int]:
+        admin.config_resetstat()
+        batch()
+        stats = admin.info("commandstats")
+        return (int(stats.get("cmdstat_script|load", {}).get("calls", 0)),
+                int(stats.get("cmdstat_evalsha", {}).get("calls", 0)))
+
+    try:
+        with ledger.run("r") as session:
+            def batch(i: int) -> Any:
+                return lambda: (_llm(session, i), session.barrier())
+
+            assert loads_and_scripts(batch(1)) == (1, 1)
+            for i in (2, 3, 4):
+                assert loads_and_scripts(batch(i)) == (0, 1)  # loaded already
+            admin.script_flush()
+            assert loads_and_scripts(batch(5)) == (0, 1)  # NOSCRIPT: sent again with EVAL
+            assert loads_and_scripts(batch(6)) == (1, 1)  # loaded again
+            assert loads_and_scripts(batch(7)) == (0, 1)
+        assert [s.key for s in ledger.steps("r")] == [f"llm:chat#{i}" for i in range(1, 8)]
+        assert ledger.get_run("r").status == RunStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        admin.close()
         ledger.close()
         server.stop()
 
