@@ -295,10 +295,10 @@ class StepConnection:
             return self._ledger.script(name, keys, args)
         try:
             self._check_failed()
-            if self._held:  # written first, in the batch this call's round trip closes
-                self._send_quiet([])
+            # Held records go first, in the write of the round trip that closes their batch.
+            quiet = self._held_out()
             if self._pending.items:  # the barrier and this record: one round trip
-                reply = self._call_after_batch(name, keys, args)
+                reply = self._call_after_batch(name, keys, args, quiet=quiet)
                 if reply is not _SENT_AGAIN:
                     return reply
             self._drain()
@@ -329,7 +329,9 @@ class StepConnection:
             self._lock.release()
 
     def _call_after_batch(self, name: str, keys: list[str], args: list[Any],
-                          after: list[tuple[Any, ...]] = ()) -> Any:  # type: ignore[assignment]
+                          after: list[tuple[Any, ...]] = (),  # type: ignore[assignment]
+                          quiet: list[tuple[Any, ...]] = ()  # type: ignore[assignment]
+                          ) -> Any:
         pending, conn = self._pending, self._conn
         items = list(pending.items)
         pending.clear()
@@ -338,7 +340,8 @@ class StepConnection:
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
-            replies = exchange(conn, commands, check_health=False)
+            replies = (quiet_exchange(conn, quiet, commands) if quiet
+                       else exchange(conn, commands, check_health=False))
             start = None if isinstance(replies[0], Exception) else not_run_from(replies[2],
                                                                                 len(items))
             if start is not None:  # this record was skipped too: sent as usual after them
@@ -386,9 +389,8 @@ class StepConnection:
             self._check_failed()
             if not self._one_trip([*self._pending.items, *self._held]):
                 return NOT_HERE
-            if self._held:  # written first, in the batch this round trip closes
-                self._send_quiet([])
-            reply = self._call_after_batch(name, keys, args, after)
+            quiet = self._held_out()
+            reply = self._call_after_batch(name, keys, args, after, quiet)
             return NOT_HERE if reply is _SENT_AGAIN else reply
 
     def _lost(self, _error: Exception) -> None:
@@ -502,6 +504,46 @@ class StepConnection:
                                      len(pending.items) + seq + 1)
         return commands
 
+    def _held_out(self) -> list[tuple[Any, ...]]:
+        """The held records' commands (:meth:`_held_commands`), none if none are held; no
+        connection to carry them stops the session, as a failed write of them would."""
+        if not self._held:
+            return []
+        try:
+            conn = self._connection()
+        except redis.RedisError as e:
+            self._lost(e)
+            raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        return self._held_commands(conn, "s")
+
+    async def _aheld_out(self) -> list[tuple[Any, ...]]:
+        if not self._aheld:
+            return []
+        try:
+            conn = await self._aconnection()
+        except redis.RedisError as e:
+            await self._alost(e)
+            raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        return self._held_commands(conn, "a")
+
+    def _held_commands(self, conn: Any, which: str) -> list[tuple[Any, ...]]:
+        """Move the held records into the batch and return the commands that write them with
+        replies off, for the caller's round trip to carry in its own write (one write, not
+        two). The caller holds the lock; a failure of that round trip stops the session, as a
+        failed write of them would."""
+        pending, records = ((self._pending, self._held) if which == "s"
+                            else (self._apending, self._aheld))
+        # In flight before they leave the held list: a barrier from another thread, which
+        # looks without the lock, must never see neither (see _send_quiet).
+        pending.waited = False
+        commands = self._quiet_commands(conn, records, which)  # before they count as sent
+        self._sent(pending, records)
+        if which == "s":
+            self._held, self._held_bytes = [], 0
+        else:
+            self._aheld, self._aheld_bytes = [], 0
+        return commands
+
     def _sent(self, pending: Batch, records: list[Sent]) -> bool:
         """Count ``records`` as written to ``pending``; True when past a bound (drain now)."""
         for record in records:
@@ -534,8 +576,8 @@ class StepConnection:
                 self._drain()
 
     def _drain(self) -> None:
-        if self._held:  # written first, in the batch this barrier closes
-            self._send_quiet([])
+        # Held records go first, in the barrier's own write.
+        quiet = self._held_out()
         pending = self._pending
         if not pending.items and pending.waited:
             return
@@ -549,7 +591,8 @@ class StepConnection:
             pending.waited = True
             return
         try:
-            replies = exchange(conn, commands, check_health=False)
+            replies = (quiet_exchange(conn, quiet, commands) if quiet
+                       else exchange(conn, commands, check_health=False))
             start = (not_run_from(replies[1], len(items))
                      if items and not isinstance(replies[0], Exception) else None)
             if start is not None:
@@ -598,10 +641,9 @@ class StepConnection:
             scripts = self._ledger._async()[1]
             try:
                 self._check_failed()
-                if self._aheld:  # written first, in the batch this call's round trip closes
-                    await self._asend_quiet([])
+                quiet = await self._aheld_out()
                 if self._apending.items:
-                    reply = await self._acall_after_batch(name, keys, args)
+                    reply = await self._acall_after_batch(name, keys, args, quiet=quiet)
                     if reply is not _SENT_AGAIN:
                         return reply
                 await self._adrain()
@@ -630,7 +672,8 @@ class StepConnection:
                 raise ledger_error(e, self._ledger.url, f"the {name} script") from e
 
     async def _acall_after_batch(self, name: str, keys: list[str], args: list[Any],
-                                 after: list[tuple[Any, ...]] = ()  # type: ignore[assignment]
+                                 after: list[tuple[Any, ...]] = (),  # type: ignore[assignment]
+                                 quiet: list[tuple[Any, ...]] = ()  # type: ignore[assignment]
                                  ) -> Any:
         pending, conn = self._apending, self._aconn
         items = list(pending.items)
@@ -640,7 +683,8 @@ class StepConnection:
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
-            replies = await aexchange(conn, commands, check_health=False)
+            replies = await (aquiet_exchange(conn, quiet, commands) if quiet
+                             else aexchange(conn, commands, check_health=False))
             start = None if isinstance(replies[0], Exception) else not_run_from(replies[2],
                                                                                 len(items))
             if start is not None:
@@ -651,6 +695,9 @@ class StepConnection:
         except redis.RedisError as e:
             await self._alost(e)
             raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        except asyncio.CancelledError:
+            await self._acancelled(items)
+            raise
         finally:
             pending.waited = True
         return self._after_batch_call(name, replies, items, len(after))
@@ -667,10 +714,20 @@ class StepConnection:
             self._check_failed()
             if not self._one_trip([*self._apending.items, *self._aheld]):
                 return NOT_HERE
-            if self._aheld:
-                await self._asend_quiet([])
-            reply = await self._acall_after_batch(name, keys, args, after)
+            quiet = await self._aheld_out()
+            reply = await self._acall_after_batch(name, keys, args, after, quiet)
             return NOT_HERE if reply is _SENT_AGAIN else reply
+
+    async def _acancelled(self, items: list[Sent]) -> None:
+        """A round trip that acknowledges ``items`` was cancelled (a task's timeout) before its
+        replies were read: their fate is unknown, so the session stops; counted as
+        unacknowledged, so that closing it drops the connection (its replies unread)."""
+        self._failed_with(LedgerError(
+            "a round trip of step records was cancelled before its replies were read: their "
+            "fate is unknown, the run stops (a restart finds what Redis applied)"))
+        self._apending.items.extend(items)
+        if self._aconn is not None:
+            await self._aconn.disconnect(nowait=True)
 
     async def _alost(self, _error: Exception) -> None:
         if self._aconn is not None:
@@ -783,8 +840,7 @@ class StepConnection:
             await self._adrain()
 
     async def _adrain(self) -> None:
-        if self._aheld:
-            await self._asend_quiet([])
+        quiet = await self._aheld_out()
         pending = self._apending
         if not pending.items and pending.waited:
             return
@@ -798,7 +854,8 @@ class StepConnection:
             pending.waited = True
             return
         try:
-            replies = await aexchange(conn, commands, check_health=False)
+            replies = await (aquiet_exchange(conn, quiet, commands) if quiet
+                             else aexchange(conn, commands, check_health=False))
             start = (not_run_from(replies[1], len(items))
                      if items and not isinstance(replies[0], Exception) else None)
             if start is not None:
@@ -807,6 +864,9 @@ class StepConnection:
         except redis.RedisError as e:
             await self._alost(e)
             raise self._failed_with(ledger_error(e, self._ledger.url, "the step records")) from e
+        except asyncio.CancelledError:
+            await self._acancelled(items)
+            raise
         finally:
             pending.waited = True
         if items:

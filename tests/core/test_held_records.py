@@ -6,6 +6,7 @@ sending them loses them (as a killed process would)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,98 @@ def test_a_record_with_a_non_text_argument_is_refused_before_it_is_queued(
         session.barrier()
         assert plain.lrange(key, 0, -1) == [b"next"]
         assert session.finish(RunStatus.COMPLETED)
+    finally:
+        ledger.close()
+        plain.close()
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_barrier_cancelled_before_its_replies_stops_the_session(tmp_path: Path, prefix: str,
+                                                                  held: bool) -> None:
+    """A barrier's round trip cancelled (a task timeout) before its replies were read: the
+    records it acknowledged, and any held ones it carried, are of unknown fate, so the session
+    stops; the run is left to a restart, which finds what Redis applied."""
+    server = RedisServer(tmp_path, appendonly=False).start()
+    assert server.proc is not None
+
+    async def main() -> None:
+        ledger = _ledger(server.url, prefix, durability="async")
+        key = f"{prefix}:{{r}}:held"
+        try:
+            session = await ledger.aopen_run("r")
+            await session.acall(StepCall(kind="llm", name="chat", inputs=1, intent=False),
+                                _answer)
+            if held:
+                await session.asend_script("test.append", [key], ["a"], lambda _r: None,
+                                           hold=True)
+            server.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            try:
+                barrier = asyncio.ensure_future(session.abarrier())
+                await asyncio.sleep(0.3)
+                assert not barrier.done()
+                barrier.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await barrier
+            finally:
+                server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            with pytest.raises(LedgerError, match="cancelled"):
+                await session.acall(StepCall(kind="llm", name="chat", inputs=2, intent=False),
+                                    _answer)
+            with pytest.raises(LedgerError, match="cancelled"):
+                await session.afinish(RunStatus.COMPLETED)
+            run = ledger.get_run("r")
+            assert run is not None and run.status == RunStatus.RUNNING  # left to a restart
+        finally:
+            await ledger.aclose()
+            ledger.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_held_records_go_in_the_write_of_the_round_trip_that_closes_their_batch(
+        redis_url: str, prefix: str, durability: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held records are not written on their own before a barrier, a call or the run's end:
+    they go in that round trip's one write (one socket write per superstep for the LangGraph
+    checkpointer at 'sync', not two)."""
+    writes = [0]
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting_send(self: Any, *a: Any, **k: Any) -> Any:
+        writes[0] += 1
+        return send(self, *a, **k)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                        counting_send)
+    # A long lease: the renewer (a third of it) never writes during the test.
+    ledger = _ledger(redis_url, prefix, durability=durability, lease_ms=600_000)
+    plain = redis.Redis.from_url(redis_url)
+    key = f"{prefix}:{{r}}:held"
+    replies: list[Any] = []
+    try:
+        session = ledger.open_run("r")
+        for closing in ("barrier", "call", "finish"):
+            session.send_script("test.append", [key], [closing], replies.append, hold=True)
+            before = writes[0]
+            if closing == "barrier":
+                session.barrier()
+            elif closing == "call":
+                session.call(StepCall(kind="llm", name="chat", inputs=1, intent=False),
+                             lambda: "answer")
+            else:
+                assert session.finish(RunStatus.COMPLETED)
+            # One write carries the held record and what closes its batch (at 'async' the call
+            # is not waited for: its record goes with the held one, read at the end). The
+            # finish is written after that: the held record's reply is judged here, so it
+            # cannot go in the same round trip (test_last_record.py).
+            assert writes[0] - before == (2 if closing == "finish" else 1), closing
+        assert plain.lrange(key, 0, -1) == [b"barrier", b"call", b"finish"]
+        assert replies == [1, 2, 3]
+        run = ledger.get_run("r")
+        assert run is not None and run.status == RunStatus.COMPLETED
     finally:
         ledger.close()
         plain.close()
