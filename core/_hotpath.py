@@ -340,12 +340,11 @@ class StepConnection:
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
-            replies = (quiet_exchange(conn, quiet, commands) if quiet
-                       else exchange(conn, commands, check_health=False))
+            replies = self._round_trip(conn, quiet, commands)
             start = None if isinstance(replies[0], Exception) else not_run_from(replies[2],
                                                                                 len(items))
             if start is not None:  # this record was skipped too: sent as usual after them
-                items = items[start:]
+                items = self._applied_head(replies, items, start, 2)
                 self._closed(quiet_exchange(conn, *self._again(conn, items, "s")), items, 1)
                 return _SENT_AGAIN
         except redis.RedisError as e:
@@ -393,7 +392,7 @@ class StepConnection:
             reply = self._call_after_batch(name, keys, args, after, quiet)
             return NOT_HERE if reply is _SENT_AGAIN else reply
 
-    def _lost(self, _error: Exception) -> None:
+    def _lost(self, _error: BaseException) -> None:
         """The connection failed or its node no longer owns the slot: on a cluster, re-read the
         slot map, and take the next connection from the slot's owner then."""
         if self._conn is not None:
@@ -504,6 +503,52 @@ class StepConnection:
                                      len(pending.items) + seq + 1)
         return commands
 
+    def _round_trip(self, conn: Any, quiet: list[tuple[Any, ...]],
+                    loud: list[tuple[Any, ...]]) -> list[Any]:
+        """The round trip that closes a batch (``quiet``: held records it carries). The batch
+        is already taken off the session, so a failure that is not Redis's (a record that does
+        not encode, an interrupt while reading) stops the session too: their fate is unknown."""
+        try:
+            return (quiet_exchange(conn, quiet, loud) if quiet
+                    else exchange(conn, loud, check_health=False))
+        except redis.RedisError:
+            raise
+        except BaseException as e:
+            self._lost(e)
+            raise self._stopped_by(e) from e
+
+    async def _around_trip(self, conn: Any, quiet: list[tuple[Any, ...]],
+                           loud: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            return await (aquiet_exchange(conn, quiet, loud) if quiet
+                          else aexchange(conn, loud, check_health=False))
+        except (redis.RedisError, asyncio.CancelledError):
+            raise  # the callers' own handlers
+        except BaseException as e:
+            await self._alost(e)
+            raise self._stopped_by(e) from e
+
+    def _stopped_by(self, e: BaseException) -> BaseException:
+        """Stop the session because of ``e``; what to raise: a LedgerError for an error, the
+        interrupt itself otherwise."""
+        error = self._failed_with(LedgerError(
+            f"a round trip of step records failed ({type(e).__name__}: {e}): their fate is "
+            "unknown, the run stops here (a restart finds what Redis applied)"))
+        return error if isinstance(e, Exception) else e
+
+    def _applied_head(self, replies: list[Any], items: list[Sent], start: int, at: int
+                      ) -> list[Sent]:
+        """The batch stopped without a word at ``start`` (NOSCRIPT): the records before it
+        were applied, and their kept replies (in ``replies[at]``) are handed over now; the
+        rest, returned, are sent again. A head record refused here stops the session: the
+        rest are never sent again."""
+        if start:
+            try:
+                self._closed(replies, items[:start], at)
+            except BaseException as e:
+                raise self._failed_with(e) from None
+        return items[start:]
+
     def _held_out(self) -> list[tuple[Any, ...]]:
         """The held records' commands (:meth:`_held_commands`), none if none are held; no
         connection to carry them stops the session, as a failed write of them would."""
@@ -591,12 +636,11 @@ class StepConnection:
             pending.waited = True
             return
         try:
-            replies = (quiet_exchange(conn, quiet, commands) if quiet
-                       else exchange(conn, commands, check_health=False))
+            replies = self._round_trip(conn, quiet, commands)
             start = (not_run_from(replies[1], len(items))
                      if items and not isinstance(replies[0], Exception) else None)
             if start is not None:
-                items = items[start:]
+                items = self._applied_head(replies, items, start, 1)
                 replies = quiet_exchange(conn, *self._again(conn, items, "s"))
         except redis.RedisError as e:
             self._lost(e)  # replies unread: the connection is out of step
@@ -683,12 +727,11 @@ class StepConnection:
         if self._ledger.wait_replicas:
             commands.append(self._ledger.wait_command())
         try:
-            replies = await (aquiet_exchange(conn, quiet, commands) if quiet
-                             else aexchange(conn, commands, check_health=False))
+            replies = await self._around_trip(conn, quiet, commands)
             start = None if isinstance(replies[0], Exception) else not_run_from(replies[2],
                                                                                 len(items))
             if start is not None:
-                items = items[start:]
+                items = self._applied_head(replies, items, start, 2)
                 self._closed(await aquiet_exchange(conn, *self._again(conn, items, "a")),
                              items, 1)
                 return _SENT_AGAIN
@@ -729,7 +772,7 @@ class StepConnection:
         if self._aconn is not None:
             await self._aconn.disconnect(nowait=True)
 
-    async def _alost(self, _error: Exception) -> None:
+    async def _alost(self, _error: BaseException) -> None:
         if self._aconn is not None:
             await self._aconn.disconnect()
         if self._route_key is not None and self._ledger.cluster:
@@ -854,12 +897,11 @@ class StepConnection:
             pending.waited = True
             return
         try:
-            replies = await (aquiet_exchange(conn, quiet, commands) if quiet
-                             else aexchange(conn, commands, check_health=False))
+            replies = await self._around_trip(conn, quiet, commands)
             start = (not_run_from(replies[1], len(items))
                      if items and not isinstance(replies[0], Exception) else None)
             if start is not None:
-                items = items[start:]
+                items = self._applied_head(replies, items, start, 1)
                 replies = await aquiet_exchange(conn, *self._again(conn, items, "a"))
         except redis.RedisError as e:
             await self._alost(e)

@@ -426,3 +426,58 @@ def test_held_records_go_in_the_write_of_the_round_trip_that_closes_their_batch(
     finally:
         ledger.close()
         plain.close()
+
+
+@pytest.mark.parametrize("closing", ["barrier", "call"])
+def test_a_kept_reply_before_a_record_redis_did_not_run_is_still_handed_over(
+        tmp_path: Path, prefix: str, closing: str) -> None:
+    """Scripts flushed between two batches: the next batch's first record (a script new to
+    the socket, loaded and run) keeps its reply; the next one finds no script (NOSCRIPT) and is
+    sent again. The first record's reply still reaches its sender at the barrier."""
+    server = RedisServer(tmp_path, appendonly=False).start()
+    ledger = _ledger(server.url, prefix, durability="async")
+    admin = redis.Redis.from_url(server.url)
+    key = f"{prefix}:{{r}}:kept"
+    replies: list[Any] = []
+    try:
+        session = ledger.open_run("r")
+        _llm(session, 1)
+        session.barrier()  # 'complete' is loaded on this socket now
+        admin.script_flush()
+        session.send_script("test.append", [key], ["a"], replies.append)  # loaded, run
+        _llm(session, 2)  # EVALSHA of 'complete': NOSCRIPT, the batch stops here
+        if closing == "barrier":
+            session.barrier()
+        else:
+            assert session.call_script("test.append", [key], ["b"]) == 2
+        assert replies == [1]
+        assert admin.lrange(key, 0, -1) == ([b"a"] if closing == "barrier" else [b"a", b"b"])
+        assert session.finish(RunStatus.COMPLETED)
+        assert [s.key for s in ledger.steps("r")] == ["llm:chat#1", "llm:chat#2"]
+    finally:
+        admin.close()
+        ledger.close()
+        server.stop()
+
+
+def test_a_held_record_that_cannot_be_written_stops_the_session(redis_url: str,
+                                                                prefix: str) -> None:
+    """A held record whose text does not encode fails the barrier's round trip after the batch
+    was taken off the session: the session stops (its records' fate is unknown), and no later
+    record is counted as saved."""
+    ledger = _ledger(redis_url, prefix, durability="async")
+    key = f"{prefix}:{{r}}:held"
+    try:
+        session = ledger.open_run("r")
+        _llm(session, 1)
+        session.send_script("test.append", [key], ["\ud800"], lambda _r: None, hold=True)
+        with pytest.raises(LedgerError, match="UnicodeEncodeError"):
+            session.barrier()
+        with pytest.raises(LedgerError, match="UnicodeEncodeError"):
+            _llm(session, 2)
+        with pytest.raises(LedgerError, match="UnicodeEncodeError"):
+            session.finish(RunStatus.COMPLETED)
+        run = ledger.get_run("r")
+        assert run is not None and run.status == RunStatus.RUNNING  # left to a restart
+    finally:
+        ledger.close()
