@@ -56,7 +56,10 @@ def effects(w: Workers, phase: str = "start") -> list[dict[str, Any]]:
     path = Path(w.env["AL_EFFECTS"])
     if not path.exists():
         return []
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    # Only whole lines: a worker may be writing the last one while it is read (CI).
+    text = path.read_text()
+    whole = text[:text.rfind("\n") + 1]
+    lines = [json.loads(x) for x in whole.splitlines() if x.strip()]
     return [x for x in lines if x["phase"] == phase]
 
 
